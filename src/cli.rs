@@ -1,0 +1,119 @@
+//! The command line: `serve`, `check` and `demo`, and what each exits with.
+//!
+//! Exit codes: 0 done; 1 refused or failed (a one-line reason on stderr);
+//! 2 usage error (from clap, before anything runs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::proxy::Server;
+
+/// Where `serve` and `check` look for the config when not told.
+pub const DEFAULT_CONFIG_PATH: &str = "config/switchyard.toml";
+
+/// switchyard: a reverse proxy that holds the maintenance and blue/green
+/// decisions, so database migrations stop being outages.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ConfigArgs),
+    /// Validate a config file without serving; exit 1 listing every error.
+    Check(ConfigArgs),
+    /// Zero-setup tour: built-in blue and green apps behind the proxy.
+    Demo(DemoArgs),
+}
+
+/// Where the config file is.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Config file path.
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the demo proxy (use port 0 for any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(args) => check(&args.config),
+        Command::Serve(args) => with_runtime(serve(args.config)),
+        Command::Demo(args) => with_runtime(crate::demo::run(args.listen)),
+    }
+}
+
+fn with_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => {
+            eprintln!("switchyard: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check`: every problem on its own line, or a one-line summary.
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: ok: {}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `serve`: run until SIGTERM or SIGINT, then drain and exit 0.
+async fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(config = %path.display(), summary = %config.summary(), "starting");
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    server
+        .run(async {
+            match crate::shutdown::signal().await {
+                Ok(signal) => info!(signal, "stop requested"),
+                Err(e) => error!(%e, "cannot listen for stop signals; stopping"),
+            }
+        })
+        .await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,297 @@
+//! Configuration: what the operator wrote, validated into one [`Config`].
+//!
+//! Loading runs in stages (`file.rs` describes the TOML shape, `validate.rs`
+//! turns it into a [`Config`]); nothing outside this module sees the file
+//! structs. Every problem carries the line and column it was found at, and
+//! all of them are reported at once, so `switchyard check` can list them as
+//! `PATH:LINE:COL: message` and a bad reload can show them in the admin API.
+
+mod file;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use ipnet::IpNet;
+
+/// Default public listener address.
+pub const DEFAULT_LISTENER_BIND: &str = "127.0.0.1:8080";
+/// Default limit on a request's header block (request line included), in bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Default admin socket path, relative to the config file.
+pub const DEFAULT_ADMIN_SOCKET: &str = "run/admin.sock";
+/// Default state file path, relative to the config file.
+pub const DEFAULT_STATE_FILE: &str = "run/state.json";
+/// Default pool made live when no state file exists yet.
+pub const DEFAULT_INITIAL_POOL: &str = "blue";
+/// Default text of the maintenance answer.
+pub const DEFAULT_MAINTENANCE_MESSAGE: &str = "Service is undergoing maintenance";
+/// Default `Retry-After` of the maintenance answer.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+/// Default paths that pass the maintenance gate.
+pub const DEFAULT_ALLOW_PATHS: &[&str] = &["/health", "/status"];
+/// Default health probe path.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Default time between two probes of one upstream.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default budget of one probe.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default consecutive successes that make an upstream healthy again.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default consecutive failures that make an upstream unhealthy.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+/// Default budget to open a TCP connection to an upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default budget from sending a request until the upstream's response head arrives.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default budget for in-flight work at shutdown (and, later, old-pool drain).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default budget for a client to send a complete request head; also how
+/// long an idle keep-alive connection is kept.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A validated configuration. Paths are already resolved against the
+/// directory of the config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, as it was named (not canonicalized).
+    pub path: PathBuf,
+    /// The public entry point.
+    pub listener: Listener,
+    /// The optional preview entry point, routed to the pool that is not live.
+    pub preview: Option<Preview>,
+    /// Where the admin API listens.
+    pub admin: Admin,
+    /// Where the decisions persist.
+    pub state: State,
+    /// What users see during maintenance, and who bypasses it.
+    pub maintenance: Maintenance,
+    /// Upstream pools by name (`blue`, `green`, ...).
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// How upstreams are probed.
+    pub health: Health,
+    /// Time budgets.
+    pub timeouts: Timeouts,
+}
+
+/// The public listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address to accept connections on.
+    pub bind: SocketAddr,
+    /// Largest accepted request head (request line and headers), in bytes;
+    /// larger heads get `431`.
+    pub max_header_bytes: usize,
+}
+
+/// The preview listener.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// Address to accept connections on.
+    pub bind: SocketAddr,
+    /// Whether preview traffic passes the maintenance gate.
+    pub bypass_maintenance: bool,
+}
+
+/// The admin API's listeners.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Unix socket path (created with mode 0600).
+    pub socket: PathBuf,
+    /// Optional TCP address; requires `token_file`.
+    pub bind: Option<SocketAddr>,
+    /// File holding the bearer token of the TCP listener.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Durable state.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// The JSON file holding the decisions.
+    pub file: PathBuf,
+    /// Pool made live when `file` does not exist yet.
+    pub initial_pool: String,
+}
+
+/// The maintenance gate's answer and exceptions.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// Default message of the 503 answer.
+    pub message: String,
+    /// Default `Retry-After`.
+    pub retry_after: Duration,
+    /// Path prefixes (whole segments) that still reach the live pool.
+    pub allow_paths: Vec<String>,
+    /// Client networks that still reach the live pool.
+    pub bypass_cidrs: Vec<IpNet>,
+    /// HTML page served to clients that prefer `text/html`.
+    pub html_page: Option<HtmlPage>,
+}
+
+/// A maintenance page, read when the config is loaded.
+#[derive(Debug, Clone)]
+pub struct HtmlPage {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its bytes.
+    pub body: Bytes,
+}
+
+/// One upstream pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Upstream addresses (`host:port`).
+    pub upstreams: Vec<Authority>,
+    /// How requests are spread over them.
+    pub balance: Balance,
+}
+
+/// A balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each upstream in turn.
+    #[default]
+    RoundRobin,
+    /// The upstream with the fewest requests in flight (ties in turn).
+    LeastInFlight,
+}
+
+impl Balance {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastInFlight => "least_in_flight",
+        }
+    }
+}
+
+/// Health probing.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Path probed with `GET`.
+    pub path: String,
+    /// Time between probes of one upstream.
+    pub interval: Duration,
+    /// Budget of one probe.
+    pub timeout: Duration,
+    /// Consecutive successes that make an upstream healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make an upstream unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// Time budgets.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Opening a TCP connection to an upstream.
+    pub connect: Duration,
+    /// From sending a request until the upstream's response head arrives.
+    pub upstream: Duration,
+    /// In-flight work at shutdown.
+    pub drain: Duration,
+    /// A client's complete request head; also the keep-alive idle limit.
+    pub header: Duration,
+}
+
+/// One problem in a config file, with its position (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Line of the offending text.
+    pub line: usize,
+    /// Column (in characters) of the offending text.
+    pub column: usize,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but has problems.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem as one `PATH:LINE:COL: message` line.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message))
+                .collect(),
+        }
+    }
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message));
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as the contents of the config file at `path`
+    /// (which only anchors relative paths and error messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::parse(path, text).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// A one-line summary for `check` and the startup log.
+    pub fn summary(&self) -> String {
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .map(|(name, pool)| format!("{name} ({} upstreams)", pool.upstreams.len()))
+            .collect();
+        format!(
+            "listener {}, pools {}, initial pool {}",
+            self.listener.bind,
+            pools.join(", "),
+            self.state.initial_pool
+        )
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}

@@ -1,0 +1,105 @@
+//! The config file as written: one serde struct per TOML section.
+//!
+//! These structs only know the file's shape. Every field that validation may
+//! need to point at is `Spanned`, so a semantic error can name the line and
+//! column of the offending value. Defaults live in `validate.rs`, beside the
+//! checks, so that one place decides what a missing key means.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A humantime duration (`"500ms"`, `"30s"`, `"10m"`) with its position.
+pub type SpannedDuration = Spanned<humantime_serde::Serde<Duration>>;
+
+/// `[listener]` and the future `[preview]`: a public entry point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub bind: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+}
+
+/// `[preview]`: a second listener that routes to the pool that is not live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewSection {
+    pub bind: Spanned<String>,
+    pub bypass_maintenance: Option<bool>,
+}
+
+/// `[admin]`: where operators reach the control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub socket: Option<Spanned<String>>,
+    pub bind: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// `[state]`: where the decisions persist.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    pub file: Option<Spanned<String>>,
+    pub initial_pool: Option<Spanned<String>>,
+}
+
+/// `[maintenance]`: what gated users see, and who still gets through.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSection {
+    pub message: Option<Spanned<String>>,
+    pub retry_after: Option<SpannedDuration>,
+    pub allow_paths: Option<Vec<Spanned<String>>>,
+    pub bypass_cidrs: Option<Vec<Spanned<String>>>,
+    pub html_page: Option<Spanned<String>>,
+}
+
+/// `[pools.NAME]`: one upstream pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    pub upstreams: Spanned<Vec<Spanned<String>>>,
+    pub balance: Option<Spanned<String>>,
+}
+
+/// `[pools]`: every pool by name.
+pub type PoolsSection = BTreeMap<Spanned<String>, Spanned<PoolSection>>;
+
+/// `[health]`: how upstreams are probed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<SpannedDuration>,
+    pub timeout: Option<SpannedDuration>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+}
+
+/// `[timeouts]`: every time budget.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    pub connect: Option<SpannedDuration>,
+    pub upstream: Option<SpannedDuration>,
+    pub drain: Option<SpannedDuration>,
+    pub header: Option<SpannedDuration>,
+}
+
+/// The whole file, section by section; `None` where a section is absent or
+/// could not be read (its error is already recorded).
+#[derive(Debug, Default)]
+pub struct FileConfig {
+    pub listener: Option<Spanned<ListenerSection>>,
+    pub preview: Option<Spanned<PreviewSection>>,
+    pub admin: Option<Spanned<AdminSection>>,
+    pub state: Option<Spanned<StateSection>>,
+    pub maintenance: Option<Spanned<MaintenanceSection>>,
+    pub pools: Option<Spanned<PoolsSection>>,
+    pub health: Option<Spanned<HealthSection>>,
+    pub timeouts: Option<Spanned<TimeoutsSection>>,
+}

@@ -1,0 +1,690 @@
+//! From TOML text to a [`Config`], collecting every problem on the way.
+//!
+//! Stage one parses the document and deserializes each top-level section on
+//! its own, so a type error in `[timeouts]` does not hide one in `[pools]`.
+//! Stage two checks meaning (addresses parse, pools exist, ...) and fills in
+//! the documented defaults. Each problem points at the key or value at
+//! fault; a missing section points at the top of the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use super::file::*;
+use super::*;
+
+/// The sections a config file may have.
+const SECTIONS: &[&str] = &[
+    "listener",
+    "preview",
+    "admin",
+    "state",
+    "maintenance",
+    "pools",
+    "health",
+    "timeouts",
+];
+
+/// Largest `max_header_bytes` accepted: beyond this a header block is an attack.
+const MAX_HEADER_BYTES_CEILING: i64 = 1024 * 1024;
+/// Smallest `max_header_bytes` accepted: below this ordinary browsers break.
+const MAX_HEADER_BYTES_FLOOR: i64 = 1024;
+
+/// Parses and validates; `Err` holds every problem, sorted by position.
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator {
+        text,
+        base: path.parent().map(Path::to_owned).unwrap_or_default(),
+        problems: Vec::new(),
+    };
+    let file = v.read_sections();
+    if !v.problems.is_empty() && file.is_none() {
+        return Err(v.finish());
+    }
+    let config = v.build(path, file.unwrap_or_default());
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.finish())
+    }
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    /// Directory that relative paths resolve against.
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn finish(mut self) -> Vec<Problem> {
+        self.problems
+            .sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.problems.dedup();
+        self.problems
+    }
+
+    /// Records a problem at a byte span of the text (`None`: top of file).
+    fn problem(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let (line, column) = match span {
+            Some(span) => position(self.text, span.start),
+            None => (1, 1),
+        };
+        self.problems.push(Problem {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Stage one: syntax, then the shape of each section. `None` when the
+    /// document itself does not parse.
+    fn read_sections(&mut self) -> Option<FileConfig> {
+        let (root, errors) = DeTable::parse_recoverable(self.text);
+        if !errors.is_empty() {
+            for error in errors {
+                self.problem(error.span(), error.message().to_owned());
+            }
+            return None;
+        }
+        let mut file = FileConfig::default();
+        for (key, value) in root.into_inner() {
+            let name: &str = key.get_ref();
+            match name {
+                "listener" => file.listener = self.section(name, value),
+                "preview" => file.preview = self.section(name, value),
+                "admin" => file.admin = self.section(name, value),
+                "state" => file.state = self.section(name, value),
+                "maintenance" => file.maintenance = self.section(name, value),
+                "pools" => file.pools = self.section(name, value),
+                "health" => file.health = self.section(name, value),
+                "timeouts" => file.timeouts = self.section(name, value),
+                other => self.problem(
+                    Some(key.span()),
+                    format!(
+                        "unknown section `{other}`, expected one of: {}",
+                        SECTIONS.join(", ")
+                    ),
+                ),
+            }
+        }
+        Some(file)
+    }
+
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<Spanned<T>> {
+        let span = value.span();
+        match Spanned::<T>::deserialize(ValueDeserializer::from(value)) {
+            Ok(section) => Some(section),
+            Err(error) => {
+                let at = error.span().unwrap_or(span);
+                self.problem(Some(at), format!("[{name}]: {}", error.message()));
+                None
+            }
+        }
+    }
+
+    /// Stage two: meaning and defaults.
+    fn build(&mut self, path: &Path, file: FileConfig) -> Config {
+        let listener = self.listener(file.listener.as_ref());
+        let preview = file.preview.as_ref().map(|p| {
+            let bind = self.socket_addr("preview.bind", &p.get_ref().bind);
+            if bind == listener.bind {
+                self.problem(
+                    Some(p.get_ref().bind.span()),
+                    "preview.bind: must differ from listener.bind",
+                );
+            }
+            Preview {
+                bind,
+                bypass_maintenance: p.get_ref().bypass_maintenance.unwrap_or(true),
+            }
+        });
+        let admin = self.admin(file.admin.as_ref());
+        let pools = self.pools(file.pools.as_ref());
+        let state = self.state(file.state.as_ref(), &pools);
+        let maintenance = self.maintenance(file.maintenance.as_ref());
+        let health = self.health(file.health.as_ref());
+        let timeouts = self.timeouts(file.timeouts.as_ref());
+        Config {
+            path: path.to_owned(),
+            listener,
+            preview,
+            admin,
+            state,
+            maintenance,
+            pools,
+            health,
+            timeouts,
+        }
+    }
+
+    fn listener(&mut self, section: Option<&Spanned<ListenerSection>>) -> Listener {
+        let section = section.map(Spanned::get_ref);
+        let bind = match section.and_then(|s| s.bind.as_ref()) {
+            Some(bind) => self.socket_addr("listener.bind", bind),
+            None => DEFAULT_LISTENER_BIND.parse().expect("default bind parses"),
+        };
+        let max_header_bytes = match section.and_then(|s| s.max_header_bytes.as_ref()) {
+            Some(n) if (MAX_HEADER_BYTES_FLOOR..=MAX_HEADER_BYTES_CEILING).contains(n.get_ref()) => {
+                *n.get_ref() as usize
+            }
+            Some(n) => {
+                self.problem(
+                    Some(n.span()),
+                    format!(
+                        "listener.max_header_bytes: {} is out of range {MAX_HEADER_BYTES_FLOOR}..={MAX_HEADER_BYTES_CEILING}",
+                        n.get_ref()
+                    ),
+                );
+                DEFAULT_MAX_HEADER_BYTES
+            }
+            None => DEFAULT_MAX_HEADER_BYTES,
+        };
+        Listener {
+            bind,
+            max_header_bytes,
+        }
+    }
+
+    fn admin(&mut self, section: Option<&Spanned<AdminSection>>) -> Admin {
+        let section = section.map(Spanned::get_ref);
+        let socket = match section.and_then(|s| s.socket.as_ref()) {
+            Some(socket) => self.path("admin.socket", socket),
+            None => self.base.join(DEFAULT_ADMIN_SOCKET),
+        };
+        let bind = section
+            .and_then(|s| s.bind.as_ref())
+            .map(|b| (b.span(), self.socket_addr("admin.bind", b)));
+        let token_file = section
+            .and_then(|s| s.token_file.as_ref())
+            .map(|t| (t.span(), self.path("admin.token_file", t)));
+        match (&bind, &token_file) {
+            (Some((span, _)), None) => self.problem(
+                Some(span.clone()),
+                "admin.bind: a TCP admin listener needs admin.token_file (the bearer token clients must send)",
+            ),
+            (_, Some((span, file))) => match std::fs::read_to_string(file) {
+                Ok(token) if token.trim().is_empty() => self.problem(
+                    Some(span.clone()),
+                    format!("admin.token_file: {} is empty", file.display()),
+                ),
+                Ok(_) => {}
+                Err(e) => self.problem(
+                    Some(span.clone()),
+                    format!("admin.token_file: cannot read {}: {e}", file.display()),
+                ),
+            },
+            (None, None) => {}
+        }
+        Admin {
+            socket,
+            bind: bind.map(|(_, addr)| addr),
+            token_file: token_file.map(|(_, file)| file),
+        }
+    }
+
+    fn pools(&mut self, section: Option<&Spanned<PoolsSection>>) -> BTreeMap<String, PoolConfig> {
+        let mut pools = BTreeMap::new();
+        let Some(section) = section else {
+            self.problem(
+                None,
+                "missing [pools]: define at least one pool, e.g. [pools.blue] upstreams = [\"127.0.0.1:9001\"]",
+            );
+            return pools;
+        };
+        if section.get_ref().is_empty() {
+            self.problem(Some(section.span()), "[pools]: define at least one pool");
+        }
+        for (name, pool) in section.get_ref() {
+            if !valid_pool_name(name.get_ref()) {
+                self.problem(
+                    Some(name.span()),
+                    format!(
+                        "pools.{}: a pool name may hold only letters, digits, `-` and `_`",
+                        name.get_ref()
+                    ),
+                );
+            }
+            let key = format!("pools.{}", name.get_ref());
+            let pool = pool.get_ref();
+            let mut upstreams = Vec::new();
+            let mut seen = HashSet::new();
+            if pool.upstreams.get_ref().is_empty() {
+                self.problem(
+                    Some(pool.upstreams.span()),
+                    format!("{key}.upstreams: a pool needs at least one upstream"),
+                );
+            }
+            for addr in pool.upstreams.get_ref() {
+                match parse_upstream(addr.get_ref()) {
+                    Ok(authority) => {
+                        if !seen.insert(authority.clone()) {
+                            self.problem(
+                                Some(addr.span()),
+                                format!("{key}.upstreams: `{authority}` is listed twice"),
+                            );
+                        }
+                        upstreams.push(authority);
+                    }
+                    Err(reason) => self.problem(
+                        Some(addr.span()),
+                        format!("{key}.upstreams: `{}` {reason}", addr.get_ref()),
+                    ),
+                }
+            }
+            let balance = match pool.balance.as_ref() {
+                None => Balance::default(),
+                Some(b) => match b.get_ref().as_str() {
+                    "round_robin" => Balance::RoundRobin,
+                    "least_in_flight" => Balance::LeastInFlight,
+                    other => {
+                        self.problem(
+                            Some(b.span()),
+                            format!(
+                                "{key}.balance: unknown policy `{other}`, expected `round_robin` or `least_in_flight`"
+                            ),
+                        );
+                        Balance::default()
+                    }
+                },
+            };
+            pools.insert(
+                name.get_ref().clone(),
+                PoolConfig { upstreams, balance },
+            );
+        }
+        pools
+    }
+
+    fn state(
+        &mut self,
+        section: Option<&Spanned<StateSection>>,
+        pools: &BTreeMap<String, PoolConfig>,
+    ) -> State {
+        let section = section.map(Spanned::get_ref);
+        let file = match section.and_then(|s| s.file.as_ref()) {
+            Some(file) => self.path("state.file", file),
+            None => self.base.join(DEFAULT_STATE_FILE),
+        };
+        let initial = section.and_then(|s| s.initial_pool.as_ref());
+        let initial_pool = initial
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_else(|| DEFAULT_INITIAL_POOL.to_owned());
+        if !pools.is_empty() && !pools.contains_key(&initial_pool) {
+            let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+            let message = match initial {
+                Some(_) => format!(
+                    "state.initial_pool: `{initial_pool}` is not a pool; expected one of: {}",
+                    known.join(", ")
+                ),
+                None => format!(
+                    "state.initial_pool: defaults to `{DEFAULT_INITIAL_POOL}`, which is not a pool; set it to one of: {}",
+                    known.join(", ")
+                ),
+            };
+            self.problem(initial.map(Spanned::span), message);
+        }
+        State { file, initial_pool }
+    }
+
+    fn maintenance(&mut self, section: Option<&Spanned<MaintenanceSection>>) -> Maintenance {
+        let section = section.map(Spanned::get_ref);
+        let message = section
+            .and_then(|s| s.message.as_ref())
+            .map(|m| m.get_ref().clone())
+            .unwrap_or_else(|| DEFAULT_MAINTENANCE_MESSAGE.to_owned());
+        let retry_after = match section.and_then(|s| s.retry_after.as_ref()) {
+            Some(d) => self.duration("maintenance.retry_after", d, Duration::ZERO),
+            None => DEFAULT_RETRY_AFTER,
+        };
+        let allow_paths = match section.and_then(|s| s.allow_paths.as_ref()) {
+            Some(paths) => paths
+                .iter()
+                .filter_map(|p| {
+                    if p.get_ref().starts_with('/') {
+                        Some(p.get_ref().clone())
+                    } else {
+                        self.problem(
+                            Some(p.span()),
+                            format!(
+                                "maintenance.allow_paths: `{}` must start with `/`",
+                                p.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            None => DEFAULT_ALLOW_PATHS.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let bypass_cidrs = section
+            .and_then(|s| s.bypass_cidrs.as_ref())
+            .map(|cidrs| {
+                cidrs
+                    .iter()
+                    .filter_map(|c| match parse_cidr(c.get_ref()) {
+                        Some(net) => Some(net),
+                        None => {
+                            self.problem(
+                                Some(c.span()),
+                                format!(
+                                    "maintenance.bypass_cidrs: `{}` is not a network like 10.0.0.0/8 or an address",
+                                    c.get_ref()
+                                ),
+                            );
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let html_page = section.and_then(|s| s.html_page.as_ref()).and_then(|p| {
+            let path = self.path("maintenance.html_page", p);
+            match std::fs::read(&path) {
+                Ok(body) => Some(HtmlPage {
+                    path,
+                    body: Bytes::from(body),
+                }),
+                Err(e) => {
+                    self.problem(
+                        Some(p.span()),
+                        format!("maintenance.html_page: cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        Maintenance {
+            message,
+            retry_after,
+            allow_paths,
+            bypass_cidrs,
+            html_page,
+        }
+    }
+
+    fn health(&mut self, section: Option<&Spanned<HealthSection>>) -> Health {
+        let section = section.map(Spanned::get_ref);
+        let path = match section.and_then(|s| s.path.as_ref()) {
+            Some(p) if p.get_ref().starts_with('/') && p.get_ref().parse::<http::Uri>().is_ok() => {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.problem(
+                    Some(p.span()),
+                    format!("health.path: `{}` is not a path like /health", p.get_ref()),
+                );
+                DEFAULT_HEALTH_PATH.to_owned()
+            }
+            None => DEFAULT_HEALTH_PATH.to_owned(),
+        };
+        let min = Duration::from_millis(1);
+        let interval = section
+            .and_then(|s| s.interval.as_ref())
+            .map_or(DEFAULT_HEALTH_INTERVAL, |d| {
+                self.duration("health.interval", d, min)
+            });
+        let timeout = section
+            .and_then(|s| s.timeout.as_ref())
+            .map_or(DEFAULT_HEALTH_TIMEOUT, |d| {
+                self.duration("health.timeout", d, min)
+            });
+        let healthy_threshold = self.threshold(
+            "health.healthy_threshold",
+            section.and_then(|s| s.healthy_threshold.as_ref()),
+            DEFAULT_HEALTHY_THRESHOLD,
+        );
+        let unhealthy_threshold = self.threshold(
+            "health.unhealthy_threshold",
+            section.and_then(|s| s.unhealthy_threshold.as_ref()),
+            DEFAULT_UNHEALTHY_THRESHOLD,
+        );
+        Health {
+            path,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        }
+    }
+
+    fn timeouts(&mut self, section: Option<&Spanned<TimeoutsSection>>) -> Timeouts {
+        let section = section.map(Spanned::get_ref);
+        let min = Duration::from_millis(1);
+        let mut pick = |key: &str, value: Option<&SpannedDuration>, default: Duration| {
+            value.map_or(default, |d| self.duration(key, d, min))
+        };
+        Timeouts {
+            connect: pick(
+                "timeouts.connect",
+                section.and_then(|s| s.connect.as_ref()),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            upstream: pick(
+                "timeouts.upstream",
+                section.and_then(|s| s.upstream.as_ref()),
+                DEFAULT_UPSTREAM_TIMEOUT,
+            ),
+            drain: pick(
+                "timeouts.drain",
+                section.and_then(|s| s.drain.as_ref()),
+                DEFAULT_DRAIN_TIMEOUT,
+            ),
+            header: pick(
+                "timeouts.header",
+                section.and_then(|s| s.header.as_ref()),
+                DEFAULT_HEADER_TIMEOUT,
+            ),
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &Spanned<String>) -> SocketAddr {
+        value.get_ref().parse().unwrap_or_else(|_| {
+            self.problem(
+                Some(value.span()),
+                format!(
+                    "{key}: `{}` is not an address like 127.0.0.1:8080",
+                    value.get_ref()
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn path(&mut self, key: &str, value: &Spanned<String>) -> PathBuf {
+        if value.get_ref().is_empty() {
+            self.problem(Some(value.span()), format!("{key}: must not be empty"));
+        }
+        let path = Path::new(value.get_ref());
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: &SpannedDuration, min: Duration) -> Duration {
+        let duration = **value.get_ref();
+        if duration < min {
+            self.problem(
+                Some(value.span()),
+                format!("{key}: must be at least {}", humantime::format_duration(min)),
+            );
+        }
+        duration
+    }
+
+    fn threshold(&mut self, key: &str, value: Option<&Spanned<i64>>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.problem(
+                        Some(n.span()),
+                        format!("{key}: must be a whole number of at least 1"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+}
+
+/// Line and column (1-based, column in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// An upstream is `host:port`; a scheme or path is a mistake worth naming.
+fn parse_upstream(addr: &str) -> Result<Authority, &'static str> {
+    if addr.contains("://") {
+        return Err("must be host:port without a scheme");
+    }
+    let authority: Authority = addr
+        .parse()
+        .map_err(|_| "is not an address like 127.0.0.1:9001")?;
+    if authority.port_u16().is_none() {
+        return Err("needs a port, like 127.0.0.1:9001");
+    }
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err("is not an address like 127.0.0.1:9001");
+    }
+    Ok(authority)
+}
+
+/// A network, or a single address taken as a host network.
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(Path::new("sy.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const MINIMAL: &str = "[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = parse(Path::new("etc/sy.toml"), MINIMAL).expect("valid");
+        assert_eq!(config.listener.bind.to_string(), DEFAULT_LISTENER_BIND);
+        assert_eq!(config.listener.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(config.state.initial_pool, "blue");
+        assert_eq!(config.state.file, Path::new("etc/run/state.json"));
+        assert_eq!(config.admin.socket, Path::new("etc/run/admin.sock"));
+        assert_eq!(config.timeouts.upstream, DEFAULT_UPSTREAM_TIMEOUT);
+        assert_eq!(config.maintenance.allow_paths, ["/health", "/status"]);
+        assert!(config.preview.is_none());
+    }
+
+    #[test]
+    fn every_section_error_is_reported_with_its_position() {
+        let text = "[listener]\nbind = \"nope\"\n\n[timeouts]\nconnect = \"fast\"\n\n[pools.blue]\nupstreams = [\"127.0.0.1\"]\n";
+        let found = problems(text);
+        assert_eq!(
+            found,
+            [
+                "2:8: listener.bind: `nope` is not an address like 127.0.0.1:8080",
+                "5:11: [timeouts]: invalid value: string \"fast\", expected a duration",
+                "8:14: pools.blue.upstreams: `127.0.0.1` needs a port, like 127.0.0.1:9001",
+            ]
+        );
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_offending_value() {
+        let text = "[listener]\nbind = \"nope\"\n[pools.blue]\nupstreams = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n[state]\ninitial_pool = \"red\"\n";
+        let found = problems(text);
+        assert_eq!(
+            found,
+            [
+                "2:8: listener.bind: `nope` is not an address like 127.0.0.1:8080",
+                "4:29: pools.blue.upstreams: `127.0.0.1:1` is listed twice",
+                "6:16: state.initial_pool: `red` is not a pool; expected one of: blue",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_errors() {
+        let text = format!("{MINIMAL}[listener]\nbnid = \"x\"\n[extra]\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("4:1: [listener]: unknown field `bnid`"), "{found:?}");
+        assert!(found[1].starts_with("5:2: unknown section `extra`"), "{found:?}");
+    }
+
+    #[test]
+    fn tcp_admin_requires_a_token_file() {
+        let text = format!("{MINIMAL}[admin]\nbind = \"127.0.0.1:9901\"\n");
+        assert_eq!(
+            problems(&text),
+            ["4:8: admin.bind: a TCP admin listener needs admin.token_file (the bearer token clients must send)"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_stop_before_meaning() {
+        let found = problems("[pools.blue\nupstreams = 1\n");
+        assert!(!found.is_empty());
+        assert!(found[0].starts_with("1:"), "{found:?}");
+    }
+
+    #[test]
+    fn missing_pools_is_reported_at_the_top() {
+        assert_eq!(
+            problems("[listener]\nbind = \"127.0.0.1:1\"\n"),
+            ["1:1: missing [pools]: define at least one pool, e.g. [pools.blue] upstreams = [\"127.0.0.1:9001\"]"]
+        );
+    }
+
+    #[test]
+    fn upstreams_need_host_and_port() {
+        assert!(parse_upstream("127.0.0.1:9001").is_ok());
+        assert!(parse_upstream("app.internal:80").is_ok());
+        assert!(parse_upstream("127.0.0.1").is_err());
+        assert!(parse_upstream("http://127.0.0.1:80").is_err());
+        assert!(parse_upstream("").is_err());
+    }
+
+    #[test]
+    fn position_counts_characters_not_bytes() {
+        assert_eq!(position("ab\ncé d", 7), (2, 4));
+        assert_eq!(position("x", 0), (1, 1));
+    }
+}

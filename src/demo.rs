@@ -1,0 +1,153 @@
+//! `switchyard demo`: the whole idea in one command.
+//!
+//! Starts three tiny built-in apps on loopback (blue with two instances,
+//! green with one), writes a config for them into a temporary directory,
+//! and serves the proxy in front of them until Ctrl-C. Each app answers
+//! with its color and instance, so balancing and pool changes are visible
+//! from `curl`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::proxy::{Body, Route, Server};
+
+/// Runs the demo until SIGINT/SIGTERM.
+pub async fn run(listen: SocketAddr) -> ExitCode {
+    match tour(listen).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("switchyard demo: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn tour(listen: SocketAddr) -> Result<(), String> {
+    let blue = [start_app("blue", 1, 2).await?, start_app("blue", 2, 2).await?];
+    let green = [start_app("green", 1, 1).await?];
+    let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let config_path = dir.join("switchyard.toml");
+    let config_text = demo_config(listen, &blue, &green);
+    std::fs::write(&config_path, config_text)
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    let server = Server::bind(config).await.map_err(|e| {
+        format!("{e}\n  another program has this port; try: switchyard demo --listen 127.0.0.1:0")
+    })?;
+    let proxy = server
+        .local_addr(Route::Live)
+        .ok_or("the proxy listener has no address")?;
+    print_tour(proxy, &blue, &green, &config_path);
+    server
+        .run(async {
+            match crate::shutdown::signal().await {
+                Ok(signal) => info!(signal, "demo stopping"),
+                Err(e) => error!(%e, "cannot listen for stop signals; stopping"),
+            }
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn demo_config(listen: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) -> String {
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "# Written by `switchyard demo`.\n\
+         [listener]\nbind = \"{listen}\"\n\n\
+         [state]\ninitial_pool = \"blue\"\n\n\
+         [pools.blue]\nupstreams = [{}]\n\n\
+         [pools.green]\nupstreams = [{}]\n\n\
+         [timeouts]\ndrain = \"2s\"\n",
+        list(blue),
+        list(green)
+    )
+}
+
+fn print_tour(proxy: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], config: &Path) {
+    let addrs = |a: &[SocketAddr]| {
+        a.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "\nswitchyard demo is running.\n\n\
+         \x20 proxy       http://{proxy}/      live pool: blue\n\
+         \x20 blue pool   {}   (two instances)\n\
+         \x20 green pool  {}\n\
+         \x20 config      {}\n\n\
+         Try:\n\
+         \x20 curl http://{proxy}/                  # blue answers, instances in turn\n\
+         \x20 curl -i http://{proxy}/hello          # see the X-Forwarded-For the app got\n\
+         \x20 curl --http2-prior-knowledge http://{proxy}/   # HTTP/2 (h2c) works too\n\
+         \x20 switchyard check --config {}\n\n\
+         Press Ctrl-C to stop.\n",
+        addrs(blue),
+        addrs(green),
+        config.display(),
+        config.display(),
+    );
+}
+
+/// Starts one demo app on an ephemeral loopback port.
+async fn start_app(color: &'static str, instance: u32, of: u32) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot start the {color} demo app: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot start the {color} demo app: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service_fn(move |request| async move {
+                Ok::<_, Infallible>(answer(color, instance, of, &request))
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    Ok(addr)
+}
+
+fn answer(color: &str, instance: u32, of: u32, request: &Request<Incoming>) -> Response<Body> {
+    if request.uri().path() == "/health" {
+        return Response::new(Body::full("ok\n"));
+    }
+    let forwarded_for = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let text = format!(
+        "Hello from {color} (instance {instance} of {of}): {} {} (X-Forwarded-For: {forwarded_for})\n",
+        request.method(),
+        request.uri().path(),
+    );
+    let mut response = Response::new(Body::full(text));
+    response.headers_mut().insert(
+        "x-demo-pool",
+        http::HeaderValue::from_static(if color == "blue" { "blue" } else { "green" }),
+    );
+    response
+}

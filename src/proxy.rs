@@ -1,0 +1,403 @@
+//! The data plane: accept connections, check each request, forward it to
+//! the live pool, stream the answer back.
+//!
+//! ```text
+//! accept ─► sniff (HTTP/1 or h2c, header timeout) ─► hyper connection
+//!   └─► handle: front-door checks ─► one state load (pool, timeouts)
+//!         ─► rewrite headers ─► read body ahead ─► send (retry on connect failure)
+//!         ─► vet response (read ahead) ─► stream back   or   101 ─► tunnel
+//! ```
+//!
+//! Every failure is answered once, in [`Proxy::handle`], from a
+//! [`ProxyError`]; the inner steps just use `?`.
+
+mod body;
+mod error;
+mod forward;
+mod frontdoor;
+mod headers;
+mod sniff;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+
+pub use body::Body;
+pub use error::{json_response, ProxyError};
+
+use crate::config::Config;
+use crate::shutdown::{Lifecycle, Phase, Tracked};
+use crate::state::{SharedState, Snapshot};
+use body::ReadAhead;
+use forward::{Answer, Outgoing, UpstreamClient};
+use sniff::{Protocol, SniffError};
+
+/// How long to pause accepting when the process is out of file
+/// descriptors (or memory), so that finishing connections can free some.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Which pool a listener routes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The public listener: the live pool.
+    Live,
+    /// The preview listener: the pool that is not live.
+    Preview,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<SharedState>,
+    client: UpstreamClient,
+    lifecycle: Lifecycle,
+}
+
+/// A bound proxy, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    proxy: Arc<Proxy>,
+    listeners: Vec<(Route, TcpListener)>,
+}
+
+impl Server {
+    /// Binds the listeners of `config` and makes `initial_pool` live.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let config = Arc::new(config);
+        let live = config.state.initial_pool.clone();
+        let state = Arc::new(SharedState::new(Snapshot::new(config.clone(), &live)));
+        let mut listeners = vec![(Route::Live, bind("listener", config.listener.bind).await?)];
+        if let Some(preview) = &config.preview {
+            listeners.push((Route::Preview, bind("preview", preview.bind).await?));
+        }
+        Ok(Server {
+            proxy: Arc::new(Proxy {
+                client: forward::client(config.timeouts.connect),
+                state,
+                lifecycle: Lifecycle::default(),
+            }),
+            listeners,
+        })
+    }
+
+    /// The address a route's listener is bound to.
+    pub fn local_addr(&self, route: Route) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(r, _)| *r == route)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// The shared runtime state.
+    pub fn state(&self) -> &Arc<SharedState> {
+        &self.proxy.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains: listeners close at
+    /// once, in-flight requests get `timeouts.drain` to finish, and what is
+    /// left after that is closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        for (route, listener) in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, ?route, "listening");
+            }
+            tokio::spawn(accept_loop(self.proxy.clone(), listener, route));
+        }
+        shutdown.await;
+        let budget = self.proxy.state.load().config.timeouts.drain;
+        let active = self.proxy.lifecycle.active();
+        info!(connections = active, budget = ?budget, "stopping: listeners closed, draining");
+        let cut = self.proxy.lifecycle.drain(budget).await;
+        if cut > 0 {
+            warn!(
+                cut,
+                "drain budget spent; closed connections and tunnels still open"
+            );
+        } else {
+            info!("drained");
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Accepts until the server starts draining; dropping the listener then
+/// makes new connections fail.
+async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, route: Route) {
+    let mut phase = proxy.lifecycle.watch();
+    loop {
+        // When draining wins, the pending `accept` is dropped: a connection
+        // not yet accepted stays in the backlog and is refused on close.
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|p| *p != Phase::Serving) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Tracked before spawning, so a drain that starts now waits for it.
+                let tracked = proxy.lifecycle.track();
+                let span = tracing::debug_span!("conn", client.addr = %peer);
+                tokio::spawn(
+                    serve_connection(proxy.clone(), stream, peer, route, tracked).instrument(span),
+                );
+            }
+            Err(error) if is_resource_exhaustion(&error) => {
+                warn!(%error, "cannot accept connections; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+            // A connection reset before it was accepted is that client's problem.
+            Err(error) => debug!(%error, "accept failed"),
+        }
+    }
+}
+
+fn is_resource_exhaustion(error: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM.
+    matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    route: Route,
+    _tracked: Tracked,
+) {
+    let _ = stream.set_nodelay(true);
+    let (header_timeout, max_header_bytes) = {
+        let snapshot = proxy.state.load();
+        let config = &snapshot.config;
+        (config.timeouts.header, config.listener.max_header_bytes)
+    };
+    let mut phase = proxy.lifecycle.watch();
+    let sniffed = tokio::select! {
+        sniffed = sniff::sniff(stream, Instant::now() + header_timeout) => sniffed,
+        // Nothing was asked yet, so nothing is lost by closing now.
+        _ = phase.wait_for(|p| *p != Phase::Serving) => return,
+    };
+    let (protocol, io) = match sniffed {
+        Ok(sniffed) => sniffed,
+        Err(SniffError::Closed) => return,
+        Err(SniffError::TimedOut) => {
+            debug!(timeout = ?header_timeout, "no request head in time; closing");
+            return;
+        }
+        Err(SniffError::Io(error)) => {
+            debug!(%error, "read failed");
+            return;
+        }
+    };
+    let io = TokioIo::new(io);
+    let service = {
+        let proxy = proxy.clone();
+        service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, peer, route).await) }
+        })
+    };
+    let result = match protocol {
+        Protocol::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_header_size(max_header_bytes)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(connection, |c| c.graceful_shutdown(), phase).await
+        }
+        Protocol::Http2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(io, service);
+            drive(connection, |c| c.graceful_shutdown(), phase).await
+        }
+    };
+    if let Err(error) = result {
+        // Resets, header timeouts and malformed requests end up here; they
+        // are the client's business and hyper has answered what it could.
+        debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Runs a connection to completion, shutting it down gracefully when the
+/// server drains and dropping it when the drain budget is spent.
+async fn drive<C>(
+    connection: C,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    mut phase: watch::Receiver<Phase>,
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        // The connection future is kept and polled again below.
+        _ = phase.wait_for(|p| *p >= Phase::Draining) => {}
+    }
+    graceful_shutdown(connection.as_mut());
+    tokio::select! {
+        result = connection.as_mut() => result,
+        // Dropping the connection closes its socket.
+        _ = phase.wait_for(|p| *p == Phase::Closing) => Ok(()),
+    }
+}
+
+impl Proxy {
+    /// Answers one request: the upstream's response, or the proxy's own
+    /// answer to whatever went wrong (logged once, here).
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, route: Route) -> Response<Body> {
+        let version = request.version();
+        match self.forward(request, peer, route).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.is_client_error() {
+                    debug!(%error, "refused request");
+                } else {
+                    warn!(%error, client.addr = %peer, "request failed");
+                }
+                error.to_response(version)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        route: Route,
+    ) -> Result<Response<Body>, ProxyError> {
+        let target = frontdoor::check(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+        )?;
+        // The one state load of this request.
+        let (pool, timeouts) = {
+            let snapshot = self.state.load();
+            let pool = match route {
+                Route::Live => snapshot.live.clone(),
+                Route::Preview => snapshot.idle().clone(),
+            };
+            (pool, snapshot.config.timeouts.clone())
+        };
+        let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (parts, incoming) = request.into_parts();
+        let mut headers = parts.headers;
+        headers::prepare_request(
+            &mut headers,
+            target.authority.as_ref(),
+            peer.ip(),
+            "http",
+            target.upgrade,
+        );
+        let body = match Body::read_ahead(incoming, timeouts.header).await {
+            ReadAhead::Ready(body) => body,
+            ReadAhead::Failed(error) => return Err(ProxyError::BadRequestBody(error)),
+            ReadAhead::TimedOut(_) => return Err(ProxyError::ClientBodyTimeout(timeouts.header)),
+        };
+        let head = Outgoing {
+            method: parts.method,
+            path: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers,
+        };
+        let answer = forward::send(&self.client, &pool, head, body, timeouts.upstream).await?;
+        if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match client_upgrade {
+                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade)),
+                None => Err(ProxyError::BadUpstreamResponse {
+                    upstream: answer.in_flight.upstream().authority.clone(),
+                    reason: "101 Switching Protocols to a request that asked for no upgrade"
+                        .to_owned(),
+                }),
+            };
+        }
+        let Answer {
+            response,
+            in_flight,
+        } = answer;
+        let (mut parts, body) = forward::vet_response(&in_flight.upstream().authority, response).await?;
+        headers::prepare_response(&mut parts.headers, false);
+        Ok(Response::from_parts(parts, body.with_in_flight(in_flight)))
+    }
+
+    /// Passes the upstream's `101` to the client and, once both sides have
+    /// switched, copies bytes both ways until either closes.
+    fn tunnel(&self, answer: Answer, client_upgrade: OnUpgrade) -> Response<Body> {
+        let Answer {
+            mut response,
+            in_flight,
+        } = answer;
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let tracked = self.lifecycle.track();
+        let mut phase = self.lifecycle.watch();
+        tokio::spawn(
+            async move {
+                // Both guards live as long as the tunnel.
+                let _tracked = tracked;
+                let _in_flight = in_flight;
+                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        debug!(%error, "upgrade did not complete");
+                        return;
+                    }
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+                        Ok((up, down)) => debug!(bytes.up = up, bytes.down = down, "tunnel closed"),
+                        Err(error) => debug!(%error, "tunnel broken"),
+                    },
+                    // Dropping both ends closes them.
+                    _ = phase.wait_for(|p| *p == Phase::Closing) => debug!("tunnel closed at shutdown"),
+                }
+            }
+            .in_current_span(),
+        );
+        let (mut parts, _) = response.into_parts();
+        headers::prepare_response(&mut parts.headers, true);
+        Response::from_parts(parts, Body::empty())
+    }
+}

@@ -1,0 +1,167 @@
+//! The one body type the proxy moves in both directions.
+//!
+//! A [`Body`] is a stream read from a peer (`rest`) with at most one frame
+//! already read ahead of it (`head`). Reading ahead lets the proxy see that
+//! a body is malformed before it commits to a peer: a bad first chunk from a
+//! client never reaches an upstream, and a bad first chunk from an upstream
+//! becomes a clean 502 instead of a truncated answer. A synthetic answer is
+//! a `head` with no `rest`.
+//!
+//! A body can also carry an [`InFlight`] guard, so that its upstream counts
+//! the request until the response has been streamed, and a way back: if it
+//! is dropped before it was ever polled (the upstream could not be
+//! reached), it returns its contents so the request can be retried.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::upstream::InFlight;
+
+/// A streamed body with at most one frame read ahead.
+#[derive(Debug)]
+pub struct Body {
+    head: Option<Frame<Bytes>>,
+    rest: Option<Incoming>,
+    in_flight: Option<InFlight>,
+    /// Where to return the contents if dropped unpolled.
+    give_back: Option<oneshot::Sender<Body>>,
+}
+
+/// What reading ahead found.
+#[derive(Debug)]
+pub enum ReadAhead {
+    /// The body, with its first frame (if any) in hand.
+    Ready(Body),
+    /// The peer sent a malformed body (or reset) before its first frame.
+    Failed(hyper::Error),
+    /// Nothing arrived within the budget; the body is intact, unread.
+    TimedOut(Body),
+}
+
+impl Body {
+    fn new(head: Option<Frame<Bytes>>, rest: Option<Incoming>) -> Body {
+        Body {
+            head,
+            rest,
+            in_flight: None,
+            give_back: None,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::new(None, None)
+    }
+
+    /// A complete body held in memory.
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        Body::new(Some(Frame::data(bytes.into())), None)
+    }
+
+    /// A body streamed from `incoming`, nothing read ahead.
+    pub fn streamed(incoming: Incoming) -> Body {
+        let rest = (!http_body::Body::is_end_stream(&incoming)).then_some(incoming);
+        Body::new(None, rest)
+    }
+
+    /// Reads the first frame of `incoming`, waiting at most `budget`.
+    pub async fn read_ahead(incoming: Incoming, budget: Duration) -> ReadAhead {
+        let mut body = Body::streamed(incoming);
+        let Some(rest) = body.rest.as_mut() else {
+            return ReadAhead::Ready(body);
+        };
+        // Dropping the `frame()` future on timeout loses nothing: it only
+        // polls `rest`, which keeps any data it had buffered.
+        match tokio::time::timeout(budget, rest.frame()).await {
+            Err(_elapsed) => ReadAhead::TimedOut(body),
+            Ok(Some(Ok(frame))) => {
+                body.head = Some(frame);
+                ReadAhead::Ready(body)
+            }
+            Ok(Some(Err(error))) => ReadAhead::Failed(error),
+            Ok(None) => {
+                body.rest = None;
+                ReadAhead::Ready(body)
+            }
+        }
+    }
+
+    /// Keeps `guard` alive for as long as this body is.
+    pub fn with_in_flight(mut self, guard: InFlight) -> Body {
+        self.in_flight = Some(guard);
+        self
+    }
+
+    /// Arranges for this body's contents to come back through the returned
+    /// receiver if it is dropped without ever being polled.
+    pub fn returnable(&mut self) -> oneshot::Receiver<Body> {
+        let (tx, rx) = oneshot::channel();
+        self.give_back = Some(tx);
+        rx
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(tx) = self.give_back.take() {
+            let _ = tx.send(Body::new(self.head.take(), self.rest.take()));
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Once polled, part of the body may be gone: no retry with it.
+        self.give_back = None;
+        if let Some(frame) = self.head.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => {
+                let polled = Pin::new(rest).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    // Finished: release the upstream's count right away
+                    // rather than when hyper drops the body.
+                    self.rest = None;
+                    self.in_flight = None;
+                }
+                polled
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head = match &self.head {
+            Some(frame) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            None => 0,
+        };
+        let rest = match &self.rest {
+            Some(rest) => rest.size_hint(),
+            None => SizeHint::with_exact(0),
+        };
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint.set_lower(rest.lower() + head);
+        hint
+    }
+}

@@ -1,0 +1,144 @@
+//! Why the data plane answers a request itself, and what that answer is.
+//!
+//! Every failure maps to its status and SPEC code in one exhaustive place
+//! ([`ProxyError::status`], [`ProxyError::code`]). The client gets a short,
+//! fixed message; the details (which upstream, which error) go to the log.
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
+use http::uri::Authority;
+use http::{Response, StatusCode, Version};
+
+use super::body::Body;
+
+/// A request the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is malformed; the reason is safe to show the client.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body's first chunk was malformed or cut off.
+    #[error("malformed request body: {0}")]
+    BadRequestBody(#[source] hyper::Error),
+    /// `CONNECT`: forward proxying is not what switchyard does.
+    #[error("CONNECT is not supported")]
+    ConnectNotAllowed,
+    /// The client announced a body but sent none in time.
+    #[error("request body did not start within {0:?}")]
+    ClientBodyTimeout(Duration),
+    /// The pool has no upstream to try.
+    #[error("pool `{pool}` has no upstream available")]
+    NoHealthyUpstream {
+        /// The pool's name.
+        pool: String,
+    },
+    /// Connecting failed, or the connection died before a response.
+    #[error("upstream {upstream} unreachable: {reason}")]
+    UpstreamUnreachable {
+        /// The upstream tried last.
+        upstream: Authority,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No response head within `timeouts.upstream`.
+    #[error("upstream {upstream} sent no response head within {timeout:?}")]
+    UpstreamTimeout {
+        /// The upstream that was waited for.
+        upstream: Authority,
+        /// The budget that ran out.
+        timeout: Duration,
+    },
+    /// The upstream's response is not valid HTTP.
+    #[error("upstream {upstream} sent a malformed response: {reason}")]
+    BadUpstreamResponse {
+        /// The upstream at fault.
+        upstream: Authority,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+impl ProxyError {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::BadUpstreamResponse { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => "bad_request",
+            ProxyError::ConnectNotAllowed => "method_not_allowed",
+            ProxyError::ClientBodyTimeout(_) => "request_timeout",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::BadUpstreamResponse { .. } => "bad_upstream_response",
+        }
+    }
+
+    /// The client-facing `error.message`: no addresses, no internals.
+    fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(reason) => reason,
+            ProxyError::BadRequestBody(_) => "malformed request body",
+            ProxyError::ConnectNotAllowed => "CONNECT is not supported by this server",
+            ProxyError::ClientBodyTimeout(_) => "the request body did not arrive in time",
+            ProxyError::NoHealthyUpstream { .. } => "no healthy upstream is available",
+            ProxyError::UpstreamUnreachable { .. } => "the upstream server could not be reached",
+            ProxyError::UpstreamTimeout { .. } => "the upstream server did not answer in time",
+            ProxyError::BadUpstreamResponse { .. } => {
+                "the upstream server sent an invalid response"
+            }
+        }
+    }
+
+    /// Whether the client's connection must be closed after the answer:
+    /// after a malformed request the byte stream can't be trusted.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::BadRequestBody(_)
+                | ProxyError::ConnectNotAllowed
+                | ProxyError::ClientBodyTimeout(_)
+        )
+    }
+
+    /// Whether this is the client's fault (logged at debug, not warn).
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// The answer, shaped for a client speaking `version`.
+    pub fn to_response(&self, version: Version) -> Response<Body> {
+        let mut response = json_response(self.status(), self.code(), self.public_message());
+        if self.closes_connection() && version < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// A `{"error": {"code", "message"}}` answer.
+pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

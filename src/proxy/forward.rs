@@ -1,0 +1,190 @@
+//! Sending a checked request to an upstream of a pool and vetting the answer.
+//!
+//! Connections to upstreams come from hyper-util's pooling client, so idle
+//! keep-alive connections are reused. A request whose connection attempt
+//! failed (no byte of it was sent) is retried once on another upstream of
+//! the pool; anything else is not retried, since the upstream may have acted
+//! on it. The whole exchange, up to the response head, is bounded by
+//! `timeouts.upstream`.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::body::{Body, ReadAhead};
+use super::error::ProxyError;
+use crate::upstream::{InFlight, Pool};
+
+/// How long to wait for the first chunk of an upstream's response body
+/// before passing the head on anyway. Within it, a malformed first chunk
+/// becomes a clean 502; past it (a slow stream, server-sent events), the
+/// head goes to the client and a later failure aborts the connection.
+const RESPONSE_READ_AHEAD: Duration = Duration::from_millis(50);
+
+/// The pooled HTTP client that talks to upstreams.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// Builds the upstream client.
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        // The client's own Host would be the upstream's address; the
+        // proxy passes the client's Host through instead.
+        .set_host(false)
+        .build(connector)
+}
+
+/// A request head as it goes to an upstream.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Request method.
+    pub method: Method,
+    /// Path and query of the target.
+    pub path: PathAndQuery,
+    /// Headers, already rewritten for the upstream.
+    pub headers: HeaderMap,
+}
+
+impl Outgoing {
+    fn into_upstream(self, upstream: &Authority, body: Body) -> Request<Body> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(upstream.clone());
+            parts.path_and_query = Some(self.path);
+            parts
+        })
+        .expect("scheme, authority and path make a valid URI");
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// An upstream's answer, with the upstream still counted as busy.
+pub struct Answer {
+    /// The response as received.
+    pub response: Response<Incoming>,
+    /// The in-flight count of the upstream that answered.
+    pub in_flight: InFlight,
+}
+
+/// Sends `head` and `body` to an upstream of `pool`.
+pub async fn send(
+    client: &UpstreamClient,
+    pool: &Pool,
+    head: Outgoing,
+    mut body: Body,
+    timeout: Duration,
+) -> Result<Answer, ProxyError> {
+    let deadline = Instant::now() + timeout;
+    let no_upstream = || ProxyError::NoHealthyUpstream {
+        pool: pool.name.clone(),
+    };
+    let mut in_flight = pool.pick(None).ok_or_else(no_upstream)?;
+    let mut may_retry = pool.has_alternative();
+    let mut head = Some(head);
+    loop {
+        let upstream = in_flight.upstream().authority.clone();
+        let returned = may_retry.then(|| body.returnable());
+        // The head is copied only while a second attempt may need it.
+        let attempt = if may_retry { head.clone() } else { head.take() };
+        let request = attempt
+            .expect("the head is kept while a retry is possible")
+            .into_upstream(&upstream, body);
+        let outcome = tokio::time::timeout_at(deadline, client.request(request)).await;
+        match outcome {
+            Err(_elapsed) => return Err(ProxyError::UpstreamTimeout { upstream, timeout }),
+            Ok(Ok(response)) => {
+                return Ok(Answer {
+                    response,
+                    in_flight,
+                })
+            }
+            Ok(Err(error)) => {
+                let failure = classify(&upstream, &error);
+                // Only a failed connect guarantees the upstream saw nothing;
+                // the body comes back only if it was never polled.
+                let body_back = match returned {
+                    Some(mut rx) if error.is_connect() => rx.try_recv().ok(),
+                    _ => None,
+                };
+                let Some(returned_body) = body_back else {
+                    return Err(failure);
+                };
+                debug!(%failure, "retrying on another upstream");
+                may_retry = false;
+                body = returned_body;
+                in_flight = pool.pick(Some(in_flight.upstream())).ok_or(failure)?;
+            }
+        }
+    }
+}
+
+/// Sorts a client error into what the client is told.
+fn classify(upstream: &Authority, error: &hyper_util::client::legacy::Error) -> ProxyError {
+    let hyper_error = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<hyper::Error>());
+    if let Some(e) = hyper_error.filter(|e| e.is_parse() || e.is_parse_status()) {
+        return ProxyError::BadUpstreamResponse {
+            upstream: upstream.clone(),
+            reason: e.to_string(),
+        };
+    }
+    ProxyError::UpstreamUnreachable {
+        upstream: upstream.clone(),
+        reason: error_chain(error),
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Checks an upstream's response and reads its first body chunk ahead, so
+/// that a malformed response becomes a clean 502 rather than a truncated
+/// answer passed off as complete.
+pub async fn vet_response(
+    upstream: &Authority,
+    response: Response<Incoming>,
+) -> Result<(http::response::Parts, Body), ProxyError> {
+    let bad = |reason: String| ProxyError::BadUpstreamResponse {
+        upstream: upstream.clone(),
+        reason,
+    };
+    let (parts, incoming) = response.into_parts();
+    if parts.headers.contains_key(CONTENT_LENGTH) && parts.headers.contains_key(TRANSFER_ENCODING)
+    {
+        return Err(bad(
+            "both Content-Length and Transfer-Encoding (a smuggling vector)".to_owned(),
+        ));
+    }
+    match Body::read_ahead(incoming, RESPONSE_READ_AHEAD).await {
+        ReadAhead::Ready(body) | ReadAhead::TimedOut(body) => Ok((parts, body)),
+        ReadAhead::Failed(error) => Err(bad(format!("body: {}", error_chain(&error)))),
+    }
+}

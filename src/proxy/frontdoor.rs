@@ -1,0 +1,169 @@
+//! Checks a request must pass before any of it reaches an upstream.
+//!
+//! hyper parses HTTP, but accepts some requests a proxy must not pass on:
+//! a request without `Host` or with two, a request target that is not a
+//! path (`GET ok`), `*` on a method other than OPTIONS, an HTTP/2 `Host`
+//! that disagrees with `:authority`. Two servers that read such a request
+//! differently are how request smuggling and cache poisoning start, so the
+//! proxy refuses them with 400 and closes the connection.
+
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderMap, Method, Uri, Version};
+
+use super::error::ProxyError;
+
+/// What a checked request is routed by.
+#[derive(Debug)]
+pub struct Target {
+    /// The authority the client addressed (`Host`, or HTTP/2 `:authority`).
+    pub authority: Option<Authority>,
+    /// Whether the client asks to switch protocols (WebSocket).
+    pub upgrade: bool,
+}
+
+/// Checks method, target and `Host` of a request head.
+pub fn check(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Target, ProxyError> {
+    if method == Method::CONNECT {
+        return Err(ProxyError::ConnectNotAllowed);
+    }
+    check_target(method, uri, version)?;
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let host = match host {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<Authority>().ok())
+                .ok_or(ProxyError::BadRequest("invalid Host header"))?,
+        ),
+        None => None,
+    };
+    let authority = match (host, uri.authority()) {
+        (Some(host), Some(target)) => {
+            // An absolute-form target (HTTP/1) or `:authority` (HTTP/2)
+            // names the host too; two different answers is an attack.
+            if !host.as_str().eq_ignore_ascii_case(target.as_str()) {
+                return Err(ProxyError::BadRequest(
+                    "Host header disagrees with the request target's authority",
+                ));
+            }
+            Some(host)
+        }
+        (Some(host), None) => Some(host),
+        (None, Some(target)) if version == Version::HTTP_2 => Some(target.clone()),
+        (None, _) if version == Version::HTTP_10 => None,
+        (None, _) => return Err(ProxyError::BadRequest("missing Host header")),
+    };
+    let upgrade = version == Version::HTTP_11
+        && headers.contains_key(http::header::UPGRADE)
+        && headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    Ok(Target { authority, upgrade })
+}
+
+/// The request target must be a path (origin form), an absolute `http(s)`
+/// URI (absolute form), or `*` with OPTIONS.
+fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ProxyError> {
+    let path = uri.path();
+    if path == "*" {
+        return if method == Method::OPTIONS {
+            Ok(())
+        } else {
+            Err(ProxyError::BadRequest(
+                "request target `*` is only valid with OPTIONS",
+            ))
+        };
+    }
+    let absolute = uri.scheme().is_some() && uri.authority().is_some();
+    let origin = uri.scheme().is_none() && uri.authority().is_none();
+    let path_ok = path.starts_with('/');
+    if !path_ok || !(origin || absolute) || (version == Version::HTTP_2 && !absolute && !origin) {
+        return Err(ProxyError::BadRequest(
+            "invalid request target: expected a path such as /index.html",
+        ));
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        if scheme != "http" && scheme != "https" {
+            return Err(ProxyError::BadRequest(
+                "invalid request target: only http and https URIs are accepted",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn check_h1(method: &str, target: &str, hosts: &[&str]) -> Result<Target, ProxyError> {
+        let mut headers = HeaderMap::new();
+        for host in hosts {
+            headers.append(HOST, HeaderValue::from_str(host).unwrap());
+        }
+        let uri: Uri = target.parse().unwrap();
+        check(
+            &method.parse().unwrap(),
+            &uri,
+            Version::HTTP_11,
+            &headers,
+        )
+    }
+
+    #[test]
+    fn ordinary_requests_pass() {
+        assert!(check_h1("GET", "/", &["a.example"]).is_ok());
+        assert!(check_h1("OPTIONS", "*", &["a.example"]).is_ok());
+        assert!(check_h1("GET", "http://a.example/x", &["a.example"]).is_ok());
+    }
+
+    #[test]
+    fn bad_targets_are_refused() {
+        // `GET ok` parses as an authority-form URI.
+        assert!(check_h1("GET", "ok", &["a.example"]).is_err());
+        assert!(check_h1("GET", "*", &["a.example"]).is_err());
+        assert!(check_h1("GET", "ftp://a.example/x", &["a.example"]).is_err());
+        assert!(matches!(
+            check_h1("CONNECT", "a.example:443", &["a.example"]),
+            Err(ProxyError::ConnectNotAllowed)
+        ));
+    }
+
+    #[test]
+    fn host_must_be_there_once_and_agree() {
+        assert!(check_h1("GET", "/", &[]).is_err());
+        assert!(check_h1("GET", "/", &["a.example", "b.example"]).is_err());
+        assert!(check_h1("GET", "http://b.example/", &["a.example"]).is_err());
+    }
+
+    #[test]
+    fn http2_host_must_match_authority() {
+        let uri: Uri = "http://a.example/x".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        let get = Method::GET;
+        assert_eq!(
+            check(&get, &uri, Version::HTTP_2, &headers)
+                .unwrap()
+                .authority
+                .unwrap(),
+            "a.example"
+        );
+        headers.insert(HOST, HeaderValue::from_static("b.example"));
+        assert!(check(&get, &uri, Version::HTTP_2, &headers).is_err());
+    }
+}

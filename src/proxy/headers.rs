@@ -1,0 +1,222 @@
+//! Header rewriting between client and upstream.
+//!
+//! Hop-by-hop headers describe one connection, so they are removed in both
+//! directions, along with every header a `Connection` header names. The
+//! `X-Forwarded-*` headers tell the upstream who the client was; a client's
+//! own `X-Forwarded-Proto`/`-Host` are overwritten, its `X-Forwarded-For` is
+//! extended. `Host` is passed through unchanged.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::Authority;
+use http::HeaderMap;
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy
+/// `Keep-Alive`, `Proxy-Connection` and proxy authentication headers.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+}
+
+/// Removes hop-by-hop headers and those named in `Connection`. With
+/// `upgrade`, the `Upgrade` header survives and `Connection: upgrade` is
+/// set, so that the next hop sees the upgrade request (or its acceptance).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let kept_upgrade = if upgrade {
+        headers.remove(UPGRADE)
+    } else {
+        None
+    };
+    remove_connection_named(headers);
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(protocol) = kept_upgrade {
+        headers.insert(UPGRADE, protocol);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes the headers a `Connection` header names. `Host` and
+/// `Content-Length` are never removed this way: naming them is an attempt
+/// to confuse the next hop, not a hop-by-hop declaration.
+fn remove_connection_named(headers: &mut HeaderMap) {
+    // Allocates only when a client names a non-standard header.
+    let mut named = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+                continue;
+            };
+            if !is_hop_by_hop(&name) && name != HOST && name != CONTENT_LENGTH {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client's request headers for the upstream.
+///
+/// `authority` is the request target's authority (HTTP/2's `:authority`),
+/// used as `Host` when the client sent none.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    authority: Option<&Authority>,
+    client: IpAddr,
+    proto: &'static str,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    // The proxy answers `100-continue` itself when it reads the body.
+    headers.remove(EXPECT);
+    if !headers.contains_key(HOST) {
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(HOST, value);
+        }
+    }
+    append_forwarded_for(headers, client);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match headers.get(HOST).cloned() {
+        Some(host) => {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For`, folding multiple
+/// header lines into one.
+fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let client = client.to_canonical().to_string();
+    let mut value = String::new();
+    for earlier in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(earlier) = earlier.to_str() {
+            let earlier = earlier.trim();
+            if !earlier.is_empty() {
+                value.push_str(earlier);
+                value.push_str(", ");
+            }
+        }
+    }
+    let value = if value.is_empty() {
+        client
+    } else {
+        value.push_str(&client);
+        value
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+}
+
+/// Rewrites an upstream's response headers for the client.
+pub fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret, Host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("host", "example.com"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_the_upgrade_handshake() {
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_and_overwritten() {
+        let mut headers = map(&[
+            ("host", "app.example"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("expect", "100-continue"),
+        ]);
+        prepare_request(&mut headers, None, "127.0.0.1".parse().unwrap(), "http", false);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "app.example");
+        assert!(!headers.contains_key("expect"));
+    }
+
+    #[test]
+    fn http2_authority_becomes_host() {
+        let mut headers = HeaderMap::new();
+        let authority: Authority = "app.example:8080".parse().unwrap();
+        prepare_request(
+            &mut headers,
+            Some(&authority),
+            "::ffff:127.0.0.1".parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(headers["host"], "app.example:8080");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    }
+}

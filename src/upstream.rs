@@ -1,0 +1,164 @@
+//! Upstream pools and how a request picks an upstream.
+//!
+//! A [`Pool`] is immutable once built except for its counters, which are
+//! atomics: picking an upstream takes no lock. An [`InFlight`] guard counts
+//! a request against its upstream from the moment it is picked until its
+//! response body is done (or dropped), which is what `least_in_flight`
+//! balances on.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::uri::Authority;
+
+use crate::config::{Balance, PoolConfig};
+
+/// One upstream instance.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `host:port` of the instance.
+    pub authority: Authority,
+    /// Requests picked for this upstream whose response is not finished.
+    in_flight: AtomicUsize,
+}
+
+impl Upstream {
+    /// An upstream with nothing in flight.
+    pub fn new(authority: Authority) -> Upstream {
+        Upstream {
+            authority,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests currently in flight on this upstream.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request against an upstream until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    /// The upstream this request was sent to.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A named set of upstreams, balanced by one policy.
+#[derive(Debug)]
+pub struct Pool {
+    /// The pool's name (`blue`, `green`, ...).
+    pub name: String,
+    /// Its upstreams, in config order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// How requests are spread.
+    pub balance: Balance,
+    /// Round-robin cursor.
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Builds a pool from its config.
+    pub fn new(name: &str, config: &PoolConfig) -> Pool {
+        Pool {
+            name: name.to_owned(),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|a| Arc::new(Upstream::new(a.clone())))
+                .collect(),
+            balance: config.balance,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks an upstream for one request, avoiding `except` (the upstream
+    /// that just failed) when there is another choice. Returns `None` only
+    /// for a pool with no upstream left to try.
+    pub fn pick(&self, except: Option<&Upstream>) -> Option<InFlight> {
+        let candidates = self
+            .upstreams
+            .iter()
+            .filter(|u| except.is_none_or(|e| !std::ptr::eq(Arc::as_ptr(u), e)));
+        let count = self.upstreams.len() - usize::from(except.is_some());
+        if count == 0 {
+            return None;
+        }
+        // The cursor makes ties (and round robin) rotate.
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let chosen = match self.balance {
+            Balance::RoundRobin => candidates.clone().nth(start),
+            Balance::LeastInFlight => candidates
+                .clone()
+                .cycle()
+                .skip(start)
+                .take(count)
+                .min_by_key(|u| u.in_flight()),
+        }?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(chosen.clone()))
+    }
+
+    /// Whether a failed attempt may be retried on another upstream.
+    pub fn has_alternative(&self) -> bool {
+        self.upstreams.len() > 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: Balance, n: usize) -> Pool {
+        let upstreams = (0..n)
+            .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
+            .collect();
+        Pool::new("blue", &PoolConfig { upstreams, balance })
+    }
+
+    fn port(guard: &InFlight) -> u16 {
+        guard.upstream().authority.port_u16().unwrap()
+    }
+
+    #[test]
+    fn round_robin_visits_each_upstream_in_turn() {
+        let pool = pool(Balance::RoundRobin, 3);
+        let ports: Vec<u16> = (0..6).map(|_| port(&pool.pick(None).unwrap())).collect();
+        assert_eq!(ports, [9000, 9001, 9002, 9000, 9001, 9002]);
+    }
+
+    #[test]
+    fn least_in_flight_prefers_the_idle_upstream() {
+        let pool = pool(Balance::LeastInFlight, 2);
+        let busy = pool.pick(None).unwrap();
+        let busy_port = port(&busy);
+        for _ in 0..4 {
+            assert_ne!(port(&pool.pick(None).unwrap()), busy_port);
+        }
+        drop(busy);
+        assert_eq!(pool.upstreams.iter().map(|u| u.in_flight()).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn retry_avoids_the_failed_upstream() {
+        let pool = pool(Balance::RoundRobin, 2);
+        let first = pool.pick(None).unwrap();
+        for _ in 0..4 {
+            let second = pool.pick(Some(first.upstream())).unwrap();
+            assert_ne!(port(&second), port(&first));
+        }
+        let single = self::pool(Balance::RoundRobin, 1);
+        let only = single.pick(None).unwrap();
+        assert!(single.pick(Some(only.upstream())).is_none());
+    }
+}
