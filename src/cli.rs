@@ -63,7 +63,10 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn with_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(work),
         Err(e) => {
             eprintln!("switchyard: cannot start the async runtime: {e}");

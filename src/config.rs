@@ -250,7 +250,13 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message));
+        out.push_str(&format!(
+            "{}:{}:{}: {}",
+            path.display(),
+            p.line,
+            p.column,
+            p.message
+        ));
     }
     out
 }

@@ -34,7 +34,10 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
 }
 
 async fn tour(listen: SocketAddr) -> Result<(), String> {
-    let blue = [start_app("blue", 1, 2).await?, start_app("blue", 2, 2).await?];
+    let blue = [
+        start_app("blue", 1, 2).await?,
+        start_app("blue", 2, 2).await?,
+    ];
     let green = [start_app("green", 1, 1).await?];
     let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

@@ -281,7 +281,12 @@ where
 impl Proxy {
     /// Answers one request: the upstream's response, or the proxy's own
     /// answer to whatever went wrong (logged once, here).
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, route: Route) -> Response<Body> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        route: Route,
+    ) -> Response<Body> {
         let version = request.version();
         match self.forward(request, peer, route).await {
             Ok(response) => response,
@@ -356,7 +361,8 @@ impl Proxy {
             response,
             in_flight,
         } = answer;
-        let (mut parts, body) = forward::vet_response(&in_flight.upstream().authority, response).await?;
+        let (mut parts, body) =
+            forward::vet_response(&in_flight.upstream().authority, response).await?;
         headers::prepare_response(&mut parts.headers, false);
         Ok(Response::from_parts(parts, body.with_in_flight(in_flight)))
     }

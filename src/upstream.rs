@@ -146,7 +146,10 @@ mod tests {
             assert_ne!(port(&pool.pick(None).unwrap()), busy_port);
         }
         drop(busy);
-        assert_eq!(pool.upstreams.iter().map(|u| u.in_flight()).sum::<usize>(), 0);
+        assert_eq!(
+            pool.upstreams.iter().map(|u| u.in_flight()).sum::<usize>(),
+            0
+        );
     }
 
     #[test]

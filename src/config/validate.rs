@@ -68,8 +68,7 @@ struct Validator<'t> {
 
 impl Validator<'_> {
     fn finish(mut self) -> Vec<Problem> {
-        self.problems
-            .sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.problems.sort_by_key(|p| (p.line, p.column));
         self.problems.dedup();
         self.problems
     }
@@ -179,7 +178,9 @@ impl Validator<'_> {
             None => DEFAULT_LISTENER_BIND.parse().expect("default bind parses"),
         };
         let max_header_bytes = match section.and_then(|s| s.max_header_bytes.as_ref()) {
-            Some(n) if (MAX_HEADER_BYTES_FLOOR..=MAX_HEADER_BYTES_CEILING).contains(n.get_ref()) => {
+            Some(n)
+                if (MAX_HEADER_BYTES_FLOOR..=MAX_HEADER_BYTES_CEILING).contains(n.get_ref()) =>
+            {
                 *n.get_ref() as usize
             }
             Some(n) => {
@@ -302,10 +303,7 @@ impl Validator<'_> {
                     }
                 },
             };
-            pools.insert(
-                name.get_ref().clone(),
-                PoolConfig { upstreams, balance },
-            );
+            pools.insert(name.get_ref().clone(), PoolConfig { upstreams, balance });
         }
         pools
     }
@@ -369,7 +367,10 @@ impl Validator<'_> {
                     }
                 })
                 .collect(),
-            None => DEFAULT_ALLOW_PATHS.iter().map(|p| (*p).to_owned()).collect(),
+            None => DEFAULT_ALLOW_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
         };
         let bypass_cidrs = section
             .and_then(|s| s.bypass_cidrs.as_ref())
@@ -522,7 +523,10 @@ impl Validator<'_> {
         if duration < min {
             self.problem(
                 Some(value.span()),
-                format!("{key}: must be at least {}", humantime::format_duration(min)),
+                format!(
+                    "{key}: must be at least {}",
+                    humantime::format_duration(min)
+                ),
             );
         }
         duration
@@ -645,8 +649,14 @@ mod tests {
         let text = format!("{MINIMAL}[listener]\nbnid = \"x\"\n[extra]\n");
         let found = problems(&text);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].starts_with("4:1: [listener]: unknown field `bnid`"), "{found:?}");
-        assert!(found[1].starts_with("5:2: unknown section `extra`"), "{found:?}");
+        assert!(
+            found[0].starts_with("4:1: [listener]: unknown field `bnid`"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("5:2: unknown section `extra`"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -139,8 +139,8 @@ pub async fn send(
 
 /// Sorts a client error into what the client is told.
 fn classify(upstream: &Authority, error: &hyper_util::client::legacy::Error) -> ProxyError {
-    let hyper_error = std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<hyper::Error>());
+    let hyper_error =
+        std::error::Error::source(error).and_then(|source| source.downcast_ref::<hyper::Error>());
     if let Some(e) = hyper_error.filter(|e| e.is_parse() || e.is_parse_status()) {
         return ProxyError::BadUpstreamResponse {
             upstream: upstream.clone(),
@@ -177,8 +177,7 @@ pub async fn vet_response(
         reason,
     };
     let (parts, incoming) = response.into_parts();
-    if parts.headers.contains_key(CONTENT_LENGTH) && parts.headers.contains_key(TRANSFER_ENCODING)
-    {
+    if parts.headers.contains_key(CONTENT_LENGTH) && parts.headers.contains_key(TRANSFER_ENCODING) {
         return Err(bad(
             "both Content-Length and Transfer-Encoding (a smuggling vector)".to_owned(),
         ));

@@ -32,7 +32,7 @@ pub fn check(
     if method == Method::CONNECT {
         return Err(ProxyError::ConnectNotAllowed);
     }
-    check_target(method, uri, version)?;
+    check_target(method, uri)?;
     let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -77,7 +77,7 @@ pub fn check(
 
 /// The request target must be a path (origin form), an absolute `http(s)`
 /// URI (absolute form), or `*` with OPTIONS.
-fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ProxyError> {
+fn check_target(method: &Method, uri: &Uri) -> Result<(), ProxyError> {
     let path = uri.path();
     if path == "*" {
         return if method == Method::OPTIONS {
@@ -91,7 +91,7 @@ fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), Prox
     let absolute = uri.scheme().is_some() && uri.authority().is_some();
     let origin = uri.scheme().is_none() && uri.authority().is_none();
     let path_ok = path.starts_with('/');
-    if !path_ok || !(origin || absolute) || (version == Version::HTTP_2 && !absolute && !origin) {
+    if !path_ok || !(origin || absolute) {
         return Err(ProxyError::BadRequest(
             "invalid request target: expected a path such as /index.html",
         ));
@@ -117,12 +117,7 @@ mod tests {
             headers.append(HOST, HeaderValue::from_str(host).unwrap());
         }
         let uri: Uri = target.parse().unwrap();
-        check(
-            &method.parse().unwrap(),
-            &uri,
-            Version::HTTP_11,
-            &headers,
-        )
+        check(&method.parse().unwrap(), &uri, Version::HTTP_11, &headers)
     }
 
     #[test]

@@ -198,7 +198,13 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("expect", "100-continue"),
         ]);
-        prepare_request(&mut headers, None, "127.0.0.1".parse().unwrap(), "http", false);
+        prepare_request(
+            &mut headers,
+            None,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            false,
+        );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "app.example");

@@ -1,0 +1,190 @@
+//! The `switchyard` binary itself: `check`'s output and exit codes, and
+//! `serve`'s graceful stop on SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+async fn check(path: &std::path::Path) -> (i32, String, String) {
+    let output = within(
+        Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_accepts_a_valid_file_with_a_summary() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "ok.toml",
+        &config_text(
+            &["127.0.0.1:9001".parse().unwrap()],
+            &["127.0.0.1:9101".parse().unwrap()],
+            "",
+        ),
+    );
+    let (code, stdout, stderr) = check(&path).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: ok: listener 127.0.0.1:0, pools blue (1 upstreams), green (1 upstreams), initial pool blue\n",
+            path.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml");
+    let (code, stdout, stderr) = check(&path).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn check_lists_every_error_with_its_position() {
+    let dir = TempDir::new();
+    let text = "\
+[listener]
+bind = \"localhost\"
+
+[pools.blue]
+upstreams = []
+
+[timeouts]
+drain = \"soon\"
+
+[state]
+initial_pool = \"purple\"
+colour = \"red\"
+";
+    let path = dir.write("bad.toml", text);
+    let (code, stdout, stderr) = check(&path).await;
+    assert_eq!(code, 1, "{stdout}");
+    let p = path.display();
+    assert_eq!(
+        stderr,
+        format!(
+            "{p}:2:8: listener.bind: `localhost` is not an address like 127.0.0.1:8080\n\
+             {p}:5:13: pools.blue.upstreams: a pool needs at least one upstream\n\
+             {p}:8:9: [timeouts]: invalid value: string \"soon\", expected a duration\n\
+             {p}:12:1: [state]: unknown field `colour`, expected `file` or `initial_pool`\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn check_reports_syntax_errors_and_missing_files() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "broken.toml",
+        "[pools.blue\nupstreams = [\"127.0.0.1:1\"]\n",
+    );
+    let (code, _, stderr) = check(&path).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!("{}:1:", path.display())),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check(&dir.path().join("missing.toml")).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
+}
+
+/// The real binary serving; killed on drop if still running.
+struct Served {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+async fn serve(config: &str) -> Served {
+    let dir = TempDir::new();
+    let path = dir.write("switchyard.toml", config);
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start switchyard");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = within(async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("switchyard exited before listening");
+            if let Some(rest) = line.split("listening addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Served {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
+    let slow = Upstream::start(|_| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        text("finished")
+    })
+    .await;
+    let mut served = serve(&config_text(&[slow.addr], &[slow.addr], "")).await;
+    let url = format!("http://{}/slow", served.addr);
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    eventually("the slow request reached the upstream", || slow.hits() == 1).await;
+
+    let pid = served.child.id().expect("running").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+
+    // New connections are refused once the listener is closed...
+    let addr = served.addr;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener still accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the request in flight completes normally.
+    let (status, _, body) = within(in_flight).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "finished"));
+    let exit = within(served.child.wait()).await.unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
