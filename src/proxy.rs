@@ -14,6 +14,7 @@
 mod body;
 mod error;
 mod forward;
+mod framing;
 mod frontdoor;
 mod headers;
 mod sniff;
@@ -22,6 +23,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,11 +47,16 @@ use crate::shutdown::{Lifecycle, Phase, Tracked};
 use crate::state::{SharedState, Snapshot};
 use body::ReadAhead;
 use forward::{Answer, Outgoing, UpstreamClient};
+use framing::Scanned;
 use sniff::{Protocol, SniffError};
 
 /// How long to pause accepting when the process is out of file
 /// descriptors (or memory), so that finishing connections can free some.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a request with both `Content-Length` and `Transfer-Encoding` is refused.
+const AMBIGUOUS_LENGTH: &str =
+    "both Content-Length and Transfer-Encoding: the body length is ambiguous";
 
 /// Which pool a listener routes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,16 +228,27 @@ async fn serve_connection(
             return;
         }
     };
-    let io = TokioIo::new(io);
-    let service = {
-        let proxy = proxy.clone();
-        service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer, route).await) }
-        })
-    };
     let result = match protocol {
         Protocol::Http1 => {
+            let io = Scanned::new(io, max_header_bytes);
+            let verdict = io.verdict();
+            // hyper serves HTTP/1 requests in order, so this count matches
+            // the scanner's count of heads.
+            let served = AtomicU64::new(0);
+            let service = service_fn(move |request| {
+                let index = served.fetch_add(1, Ordering::Relaxed);
+                let ambiguous = verdict.is_ambiguous(index);
+                let proxy = proxy.clone();
+                async move {
+                    let response = if ambiguous {
+                        proxy.refuse(ProxyError::BadRequest(AMBIGUOUS_LENGTH), &request)
+                    } else {
+                        proxy.handle(request, peer, route).await
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let io = TokioIo::new(io);
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -240,6 +258,11 @@ async fn serve_connection(
             drive(connection, |c| c.graceful_shutdown(), phase).await
         }
         Protocol::Http2 => {
+            let service = service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(request, peer, route).await) }
+            });
+            let io = TokioIo::new(io);
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
@@ -299,6 +322,12 @@ impl Proxy {
                 error.to_response(version)
             }
         }
+    }
+
+    /// Answers `request` with `error` without looking any further at it.
+    fn refuse(&self, error: ProxyError, request: &Request<Incoming>) -> Response<Body> {
+        debug!(%error, "refused request");
+        error.to_response(request.version())
     }
 
     async fn forward(
