@@ -141,7 +141,8 @@ impl Validator<'_> {
         let listener = self.listener(file.listener.as_ref());
         let preview = file.preview.as_ref().map(|p| {
             let bind = self.socket_addr("preview.bind", &p.get_ref().bind);
-            if bind == listener.bind {
+            // Port 0 asks the system for any free port, so two of them differ.
+            if bind == listener.bind && bind.port() != 0 {
                 self.problem(
                     Some(p.get_ref().bind.span()),
                     "preview.bind: must differ from listener.bind",

@@ -304,3 +304,18 @@ async fn least_in_flight_avoids_the_busy_upstream() {
 async fn get_owned(url: String) -> (u16, http::HeaderMap, String) {
     get(&url).await
 }
+
+#[tokio::test]
+async fn preview_listener_routes_to_the_pool_that_is_not_live() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let config = config_text(
+        &[blue.addr],
+        &[green.addr],
+        "[preview]\nbind = \"127.0.0.1:0\"\n",
+    );
+    let proxy = Proxy::with_config(&config).await;
+    let preview = proxy.preview.expect("preview listener bound");
+    assert_eq!(get(&format!("http://{preview}/")).await.2, "green");
+    assert_eq!(get(&proxy.url("/")).await.2, "blue");
+}

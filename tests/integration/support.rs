@@ -229,6 +229,8 @@ pub fn config_text(blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> St
 /// The real proxy, in this process, on an ephemeral port.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The preview listener, when the config has one.
+    pub preview: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     _dir: TempDir,
 }
@@ -246,12 +248,14 @@ impl Proxy {
         let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.local_addr(Route::Live).unwrap();
+        let preview = server.local_addr(Route::Preview);
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         Proxy {
             addr,
+            preview,
             stop: Some(stop),
             _dir: dir,
         }
