@@ -52,7 +52,10 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
     let proxy = server
         .local_addr(Route::Live)
         .ok_or("the proxy listener has no address")?;
-    print_tour(proxy, &blue, &green, &config_path);
+    let preview = server
+        .local_addr(Route::Preview)
+        .ok_or("the preview listener has no address")?;
+    print_tour(proxy, preview, &blue, &green, &config_path);
     server
         .run(async {
             match crate::shutdown::signal().await {
@@ -66,6 +69,11 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
 }
 
 fn demo_config(listen: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) -> String {
+    // The preview listener sits on the next port (any free one with port 0).
+    let mut preview = listen;
+    if listen.port() != 0 {
+        preview.set_port(listen.port().wrapping_add(1));
+    }
     let list = |addrs: &[SocketAddr]| {
         addrs
             .iter()
@@ -76,6 +84,7 @@ fn demo_config(listen: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) ->
     format!(
         "# Written by `switchyard demo`.\n\
          [listener]\nbind = \"{listen}\"\n\n\
+         [preview]\nbind = \"{preview}\"\n\n\
          [state]\ninitial_pool = \"blue\"\n\n\
          [pools.blue]\nupstreams = [{}]\n\n\
          [pools.green]\nupstreams = [{}]\n\n\
@@ -85,7 +94,13 @@ fn demo_config(listen: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) ->
     )
 }
 
-fn print_tour(proxy: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], config: &Path) {
+fn print_tour(
+    proxy: SocketAddr,
+    preview: SocketAddr,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    config: &Path,
+) {
     let addrs = |a: &[SocketAddr]| {
         a.iter()
             .map(ToString::to_string)
@@ -95,6 +110,7 @@ fn print_tour(proxy: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], conf
     println!(
         "\nswitchyard demo is running.\n\n\
          \x20 proxy       http://{proxy}/      live pool: blue\n\
+         \x20 preview     http://{preview}/      the pool that is not live: green\n\
          \x20 blue pool   {}   (two instances)\n\
          \x20 green pool  {}\n\
          \x20 config      {}\n\n\
@@ -102,6 +118,7 @@ fn print_tour(proxy: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr], conf
          \x20 curl http://{proxy}/                  # blue answers, instances in turn\n\
          \x20 curl -i http://{proxy}/hello          # see the X-Forwarded-For the app got\n\
          \x20 curl --http2-prior-knowledge http://{proxy}/   # HTTP/2 (h2c) works too\n\
+         \x20 curl http://{preview}/                  # green, through the preview route\n\
          \x20 switchyard check --config {}\n\n\
          Press Ctrl-C to stop.\n",
         addrs(blue),

@@ -102,7 +102,9 @@ pub async fn send(
     let mut head = Some(head);
     loop {
         let upstream = in_flight.upstream().authority.clone();
-        let returned = may_retry.then(|| body.returnable());
+        // An empty body needs no way back: a retry sends a new empty one.
+        let empty = http_body::Body::is_end_stream(&body);
+        let returned = (may_retry && !empty).then(|| body.returnable());
         // The head is copied only while a second attempt may need it.
         let attempt = if may_retry { head.clone() } else { head.take() };
         let request = attempt
@@ -122,8 +124,9 @@ pub async fn send(
                 // Only a failed connect guarantees the upstream saw nothing;
                 // the body comes back only if it was never polled.
                 let body_back = match returned {
-                    Some(mut rx) if error.is_connect() => rx.try_recv().ok(),
-                    _ => None,
+                    _ if !may_retry || !error.is_connect() => None,
+                    Some(mut rx) => rx.try_recv().ok(),
+                    None => Some(Body::empty()),
                 };
                 let Some(returned_body) = body_back else {
                     return Err(failure);

@@ -188,3 +188,50 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     let exit = within(served.child.wait()).await.unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn demo_serves_blue_and_stops_cleanly() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let proxy = within(async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("demo exited before printing its URL");
+            if let Some(url) = line.trim_start().strip_prefix("proxy") {
+                break url.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    })
+    .await;
+    let (status, headers, body) = get(&proxy).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-demo-pool"], "blue");
+    assert!(
+        body.starts_with("Hello from blue (instance 1 of 2)"),
+        "{body}"
+    );
+    let (_, _, body) = get(&proxy).await;
+    assert!(
+        body.starts_with("Hello from blue (instance 2 of 2)"),
+        "{body}"
+    );
+
+    let pid = child.id().expect("running").to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    let exit = within(child.wait()).await.unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
