@@ -176,3 +176,31 @@ async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
     let answer = read_to_close(&mut kept).await;
     assert_eq!(status_of(&answer), 200);
 }
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    refused(
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+        405,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn announced_body_that_never_starts_gets_408() {
+    let upstream = Upstream::named("upstream").await;
+    let config = config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nheader = \"300ms\"\n",
+    );
+    let proxy = Proxy::with_config(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert_eq!(upstream.hits(), 0);
+}
