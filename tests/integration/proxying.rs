@@ -319,3 +319,30 @@ async fn preview_listener_routes_to_the_pool_that_is_not_live() {
     assert_eq!(get(&format!("http://{preview}/")).await.2, "green");
     assert_eq!(get(&proxy.url("/")).await.2, "blue");
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let upstream = Upstream::start(|request| async move {
+        let expect = request.headers().contains_key("expect");
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        text(format!(
+            "{} expect-forwarded={expect}",
+            String::from_utf8_lossy(&body)
+        ))
+    })
+    .await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let interim = read_answer(&mut stream, "\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    stream.write_all(b"hello").await.unwrap();
+    let answer = read_answer(&mut stream, "expect-forwarded=false").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello expect-forwarded=false"), "{answer}");
+}
