@@ -102,27 +102,25 @@ impl<S> Scanned<S> {
             data = match self.state {
                 State::Off => return,
                 State::Head => self.scan_head(data),
-                State::Fixed(left) => {
-                    let n = left.min(data.len() as u64);
-                    self.state = if n == left {
-                        State::Head
-                    } else {
-                        State::Fixed(left - n)
-                    };
-                    &data[n as usize..]
-                }
-                State::ChunkData(left) => {
-                    let n = left.min(data.len() as u64);
-                    self.state = if n == left {
-                        State::ChunkSize
-                    } else {
-                        State::ChunkData(left - n)
-                    };
-                    &data[n as usize..]
-                }
+                State::Fixed(left) => self.skip(data, left, State::Fixed, State::Head),
+                State::ChunkData(left) => self.skip(data, left, State::ChunkData, State::ChunkSize),
                 State::ChunkSize | State::Trailers => self.scan_line(data),
             };
         }
+    }
+
+    /// Skips up to `left` body bytes; `more` is the state while some are
+    /// still to come, `done` the state after the last.
+    fn skip<'d>(
+        &mut self,
+        data: &'d [u8],
+        left: u64,
+        more: fn(u64) -> State,
+        done: State,
+    ) -> &'d [u8] {
+        let n = left.min(data.len() as u64);
+        self.state = if n == left { done } else { more(left - n) };
+        &data[n as usize..]
     }
 
     fn scan_head<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
