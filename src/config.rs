@@ -187,7 +187,7 @@ pub struct Health {
 }
 
 /// Time budgets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// Opening a TCP connection to an upstream.
     pub connect: Duration,

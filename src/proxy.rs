@@ -143,8 +143,8 @@ impl Server {
     /// Binds the listeners of `config` and makes `initial_pool` live.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let config = Arc::new(config);
-        let live = config.state.initial_pool.clone();
-        let state = Arc::new(SharedState::new(Snapshot::new(config.clone(), &live)));
+        let snapshot = Snapshot::new(config.clone(), &config.state.initial_pool);
+        let state = Arc::new(SharedState::new(snapshot));
         let mut listeners = vec![(Route::Live, bind("listener", config.listener.bind).await?)];
         if let Some(preview) = &config.preview {
             listeners.push((Route::Preview, bind("preview", preview.bind).await?));
@@ -391,7 +391,7 @@ impl Proxy {
                 Route::Live => snapshot.live.clone(),
                 Route::Preview => snapshot.idle().clone(),
             };
-            (pool, snapshot.config.timeouts.clone())
+            (pool, snapshot.config.timeouts)
         };
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
