@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request work that does not touch a socket:
 //! reading the shared state (one `ArcSwap` load plus taking the live pool
-//! out of it) and picking an upstream under each balancing policy.
+//! out of it), the maintenance gate's decision and answer, and picking an
+//! upstream under each balancing policy.
 //!
 //! These are the steps every request pays for before any I/O, so a
 //! regression here is a regression for every request. Whole-request
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use switchyard::config::{Balance, Config};
-use switchyard::state::{SharedState, Snapshot};
+use switchyard::metrics::{Metrics, RequestCounters};
+use switchyard::state::{Decisions, SharedState, Snapshot};
 use switchyard::upstream::Pool;
 
 const CONFIG: &str = "\
@@ -28,12 +30,44 @@ fn config() -> Arc<Config> {
     Arc::new(Config::parse(Path::new("bench.toml"), CONFIG).expect("bench config is valid"))
 }
 
+fn snapshot(maintenance: bool) -> Snapshot {
+    let config = config();
+    let mut decisions = Decisions::initial(&config);
+    decisions.maintenance.enabled = maintenance;
+    Snapshot::start(config, decisions, Arc::new(Metrics::new())).expect("blue is a pool")
+}
+
 fn state_load(c: &mut Criterion) {
-    let state = SharedState::new(Snapshot::new(config(), "blue"));
-    c.bench_function("state: load snapshot, take live pool and timeouts", |b| {
+    let state = SharedState::new(snapshot(false));
+    c.bench_function(
+        "state: load snapshot, check gate, take live pool and timeouts",
+        |b| {
+            b.iter(|| {
+                let snapshot = state.load();
+                black_box(snapshot.gate.is_some());
+                black_box((snapshot.live.clone(), snapshot.config.timeouts.upstream))
+            })
+        },
+    );
+}
+
+fn gate(c: &mut Criterion) {
+    let state = SharedState::new(snapshot(true));
+    let client = "203.0.113.9".parse().expect("an address");
+    let accept = http::HeaderValue::from_static("*/*");
+    c.bench_function("gate: decide and build the 503", |b| {
         b.iter(|| {
             let snapshot = state.load();
-            black_box((snapshot.live.clone(), snapshot.config.timeouts.upstream))
+            let gate = snapshot.gate.as_ref().expect("maintenance is on");
+            let admitted = gate.admits(black_box("/orders/42"), client);
+            black_box((admitted, gate.response(Some(&accept))))
+        })
+    });
+    c.bench_function("gate: admit an allow_paths request", |b| {
+        b.iter(|| {
+            let snapshot = state.load();
+            let gate = snapshot.gate.as_ref().expect("maintenance is on");
+            black_box(gate.admits(black_box("/health/db"), client))
         })
     });
 }
@@ -43,7 +77,7 @@ fn pick(c: &mut Criterion) {
     for balance in [Balance::RoundRobin, Balance::LeastInFlight] {
         let mut pool_config = config.pools["blue"].clone();
         pool_config.balance = balance;
-        let pool = Pool::new("blue", &pool_config);
+        let pool = Pool::new("blue", &pool_config, RequestCounters::default());
         c.bench_function(
             &format!("pick: {} over 4 upstreams", balance.as_str()),
             |b| b.iter(|| black_box(pool.pick(None))),
@@ -51,5 +85,5 @@ fn pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, state_load, pick);
+criterion_group!(benches, state_load, gate, pick);
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check` and `demo`, and what each exits with.
+//! The command line: `serve`, `check`, `demo` and `ctl`, and what each
+//! exits with.
 //!
 //! Exit codes: 0 done; 1 refused or failed (a one-line reason on stderr);
 //! 2 usage error (from clap, before anything runs).
@@ -6,12 +7,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use tracing::{error, info};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::proxy::Server;
+use crate::control::{Control, Via};
+use crate::server::Server;
 
 /// Where `serve` and `check` look for the config when not told.
 pub const DEFAULT_CONFIG_PATH: &str = "config/switchyard.toml";
@@ -35,6 +39,71 @@ pub enum Command {
     Check(ConfigArgs),
     /// Zero-setup tour: built-in blue and green apps behind the proxy.
     Demo(DemoArgs),
+    /// Drive a running proxy through its admin API.
+    Ctl(CtlArgs),
+}
+
+/// Options of `ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Admin socket path, or `http://HOST:PORT` for the TCP admin listener
+    /// (with `$SWITCHYARD_TOKEN` as bearer token). Default: the
+    /// `admin.socket` of the config.
+    #[arg(long, env = "SWITCHYARD_ADMIN", global = true)]
+    pub admin: Option<String>,
+    /// Config file whose `admin.socket` to use when `--admin` is not given.
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG_PATH, global = true)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// What `ctl` does.
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// Show the live pool, maintenance, upstream health and config state.
+    Status {
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn the maintenance gate on or off.
+    Maintenance {
+        /// `on` or `off`.
+        state: OnOff,
+        /// The 503's message (default: the config's `maintenance.message`).
+        #[arg(long)]
+        message: Option<String>,
+        /// The 503's Retry-After, e.g. `10m` (default: the config's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retry_after: Option<Duration>,
+    },
+    /// Make POOL live (after probing it, unless --force).
+    Switch {
+        /// The pool to make live.
+        pool: String,
+        /// Switch even if no upstream of POOL passes a health probe.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the previous pool live again.
+    Rollback {
+        /// Roll back even if no upstream of the previous pool passes a probe.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-read the config file now.
+    Reload,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Gate on.
+    On,
+    /// Gate off.
+    Off,
 }
 
 /// Where the config file is.
@@ -59,6 +128,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Serve(args) => with_runtime(serve(args.config)),
         Command::Demo(args) => with_runtime(crate::demo::run(args.listen)),
+        Command::Ctl(args) => crate::ctl::run(args),
     }
 }
 
@@ -110,6 +180,7 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tokio::spawn(reload_on_hangup(server.control().clone()));
     server
         .run(async {
             match crate::shutdown::signal().await {
@@ -119,4 +190,22 @@ async fn serve(path: PathBuf) -> ExitCode {
         })
         .await;
     ExitCode::SUCCESS
+}
+
+/// Reloads the config on every SIGHUP, the traditional "re-read your
+/// config" signal of daemons.
+async fn reload_on_hangup(control: Arc<Control>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; reload through the admin API instead");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP: reloading the config");
+        // The outcome is logged and recorded by the reload.
+        let _ = control.reload(Via::Signal).await;
+    }
 }

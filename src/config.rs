@@ -77,6 +77,9 @@ pub struct Config {
     pub health: Health,
     /// Time budgets.
     pub timeouts: Timeouts,
+    /// A digest of the file's text, so a watcher can tell whether the file
+    /// on disk is still the one this config came from.
+    pub digest: u64,
 }
 
 /// The public listener.
@@ -244,6 +247,14 @@ impl ConfigError {
     }
 }
 
+/// A digest of `bytes`, stable within one process.
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     let mut out = String::new();
     for (i, p) in problems.iter().enumerate() {
@@ -274,10 +285,12 @@ impl Config {
     /// Validates `text` as the contents of the config file at `path`
     /// (which only anchors relative paths and error messages).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        validate::parse(path, text).map_err(|problems| ConfigError::Invalid {
+        let mut config = validate::parse(path, text).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
-        })
+        })?;
+        config.digest = digest(text.as_bytes());
+        Ok(config)
     }
 
     /// A one-line summary for `check` and the startup log.

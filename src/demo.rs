@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::proxy::{Body, Route, Server};
+use crate::proxy::{Body, Route};
+use crate::server::Server;
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr) -> ExitCode {
@@ -46,8 +47,11 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
     std::fs::write(&config_path, config_text)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let config = Config::load(&config_path).map_err(|e| e.to_string())?;
-    let server = Server::bind(config).await.map_err(|e| {
-        format!("{e}\n  another program has this port; try: switchyard demo --listen 127.0.0.1:0")
+    let server = Server::bind(config).await.map_err(|e| match e {
+        crate::server::ServeError::Bind { .. } => format!(
+            "{e}\n  another program has this port; try: switchyard demo --listen 127.0.0.1:0"
+        ),
+        other => other.to_string(),
     })?;
     let proxy = server
         .local_addr(Route::Live)
@@ -55,7 +59,8 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
     let preview = server
         .local_addr(Route::Preview)
         .ok_or("the preview listener has no address")?;
-    print_tour(proxy, preview, &blue, &green, &config_path);
+    let admin = server.admin_socket().to_owned();
+    print_tour(proxy, preview, &blue, &green, &config_path, &admin);
     server
         .run(async {
             match crate::shutdown::signal().await {
@@ -100,7 +105,12 @@ fn print_tour(
     blue: &[SocketAddr],
     green: &[SocketAddr],
     config: &Path,
+    admin: &Path,
 ) {
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "switchyard".to_owned());
     let addrs = |a: &[SocketAddr]| {
         a.iter()
             .map(ToString::to_string)
@@ -118,13 +128,22 @@ fn print_tour(
          \x20 curl http://{proxy}/                  # blue answers, instances in turn\n\
          \x20 curl -i http://{proxy}/hello          # see the X-Forwarded-For the app got\n\
          \x20 curl --http2-prior-knowledge http://{proxy}/   # HTTP/2 (h2c) works too\n\
-         \x20 curl http://{preview}/                  # green, through the preview route\n\
-         \x20 switchyard check --config {}\n\n\
+         \x20 curl http://{preview}/                  # green, through the preview route\n\n\
+         Drive it from another terminal:\n\
+         \x20 export SWITCHYARD_ADMIN={admin}\n\
+         \x20 {me} ctl status\n\
+         \x20 {me} ctl switch green          # then curl the proxy again\n\
+         \x20 {me} ctl rollback\n\
+         \x20 {me} ctl maintenance on --message \"Back at 10:00\" --retry-after 10m\n\
+         \x20 curl -i http://{proxy}/          # 503 with Retry-After\n\
+         \x20 {me} ctl maintenance off\n\
+         \x20 {me} check --config {}\n\n\
          Press Ctrl-C to stop.\n",
         addrs(blue),
         addrs(green),
         config.display(),
         config.display(),
+        admin = admin.display(),
     );
 }
 

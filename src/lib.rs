@@ -3,21 +3,36 @@
 //!
 //! The module map, in the order a request meets them:
 //!
-//! - [`cli`]: the command line (`serve`, `check`, `demo`) and exit codes.
+//! - [`cli`]: the command line (`serve`, `check`, `demo`, `ctl`) and exit codes.
 //! - [`config`]: the TOML file, validated into one [`config::Config`] with
 //!   every problem's position.
-//! - [`state`]: the runtime [`state::Snapshot`] (live pool, config) behind one
-//!   `ArcSwap`; the data plane reads it with a single load per request.
-//! - [`proxy`]: the data plane: accept loop, front-door checks, forwarding,
-//!   upgrades, error answers.
+//! - [`server`]: the serving process: restore decisions, bind, run, drain.
+//! - [`state`]: the runtime [`state::Snapshot`] (decisions, pools, gate,
+//!   config) behind one `ArcSwap`, and the state file ([`state::persist`]).
+//! - [`proxy`]: the data plane: accept loop, front-door checks, maintenance
+//!   gate, forwarding, upgrades, error answers.
 //! - [`upstream`]: pools of upstreams and how a request picks one.
+//! - [`control`]: the one writer of the state: maintenance, switch,
+//!   rollback, reload, each persisted and audited.
+//! - [`health`]: health probes of upstreams.
+//! - [`admin`]: the admin API (unix socket, optional TCP with a token).
+//! - [`ctl`]: `switchyard ctl`, the admin API's client.
+//! - [`reload`]: watching the config file.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`shutdown`]: signals and the drain of in-flight work.
 //! - [`demo`]: the zero-setup tour with built-in blue and green apps.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod demo;
+pub mod health;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
+pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod upstream;

@@ -58,6 +58,7 @@ mod error;
 mod forward;
 mod framing;
 mod frontdoor;
+mod gate;
 mod headers;
 mod sniff;
 
@@ -69,6 +70,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::ACCEPT;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -79,16 +81,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 pub use body::Body;
 pub use error::{json_response, ProxyError};
+pub use forward::{client as upstream_client, UpstreamClient};
+pub use gate::Gate;
 
-use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::shutdown::{Lifecycle, Phase, Tracked};
-use crate::state::{SharedState, Snapshot};
+use crate::state::SharedState;
+use crate::upstream::Pool;
 use body::ReadAhead;
-use forward::{Answer, Outgoing, UpstreamClient};
+use forward::{Answer, Outgoing};
 use framing::Scanned;
 use sniff::{Protocol, SniffError};
 
@@ -109,104 +114,38 @@ pub enum Route {
     Preview,
 }
 
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A listener address could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// Its address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<SharedState>,
-    client: UpstreamClient,
+    metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
 }
 
-/// A bound proxy, ready to run.
-#[derive(Debug)]
-pub struct Server {
-    proxy: Arc<Proxy>,
-    listeners: Vec<(Route, TcpListener)>,
-}
-
-impl Server {
-    /// Binds the listeners of `config` and makes `initial_pool` live.
-    pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let config = Arc::new(config);
-        let snapshot = Snapshot::new(config.clone(), &config.state.initial_pool);
-        let state = Arc::new(SharedState::new(snapshot));
-        let mut listeners = vec![(Route::Live, bind("listener", config.listener.bind).await?)];
-        if let Some(preview) = &config.preview {
-            listeners.push((Route::Preview, bind("preview", preview.bind).await?));
+impl Proxy {
+    /// The data plane over `state`, tracking its work in `lifecycle`.
+    pub fn new(state: Arc<SharedState>, metrics: Arc<Metrics>, lifecycle: Lifecycle) -> Proxy {
+        Proxy {
+            state,
+            metrics,
+            lifecycle,
         }
-        Ok(Server {
-            proxy: Arc::new(Proxy {
-                client: forward::client(config.timeouts.connect),
-                state,
-                lifecycle: Lifecycle::default(),
-            }),
-            listeners,
-        })
     }
 
-    /// The address a route's listener is bound to.
-    pub fn local_addr(&self, route: Route) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(r, _)| *r == route)
-            .and_then(|(_, l)| l.local_addr().ok())
+    /// The connections and tunnels this proxy tracks.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
-    /// The shared runtime state.
+    /// The shared state it reads.
     pub fn state(&self) -> &Arc<SharedState> {
-        &self.proxy.state
+        &self.state
     }
-
-    /// Serves until `shutdown` resolves, then drains: listeners close at
-    /// once, in-flight requests get `timeouts.drain` to finish, and what is
-    /// left after that is closed.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        for (route, listener) in self.listeners {
-            if let Ok(addr) = listener.local_addr() {
-                info!(%addr, ?route, "listening");
-            }
-            tokio::spawn(accept_loop(self.proxy.clone(), listener, route));
-        }
-        shutdown.await;
-        let budget = self.proxy.state.load().config.timeouts.drain;
-        let active = self.proxy.lifecycle.active();
-        info!(connections = active, budget = ?budget, "stopping: listeners closed, draining");
-        let cut = self.proxy.lifecycle.drain(budget).await;
-        if cut > 0 {
-            warn!(
-                cut,
-                "drain budget spent; closed connections and tunnels still open"
-            );
-        } else {
-            info!("drained");
-        }
-    }
-}
-
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { what, addr, source })
 }
 
 /// Accepts until the server starts draining; dropping the listener then
 /// makes new connections fail.
-async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, route: Route) {
+pub async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, route: Route) {
     let mut phase = proxy.lifecycle.watch();
     loop {
         // When draining wins, the pending `accept` is dropped: a connection
@@ -352,8 +291,10 @@ impl Proxy {
         peer: SocketAddr,
         route: Route,
     ) -> Response<Body> {
+        let started = Instant::now();
         let version = request.version();
-        match self.forward(request, peer, route).await {
+        let mut routed = None;
+        let response = match self.forward(request, peer, route, &mut routed).await {
             Ok(response) => response,
             Err(error) => {
                 if error.is_client_error() {
@@ -363,7 +304,12 @@ impl Proxy {
                 }
                 error.to_response(version)
             }
+        };
+        if let Some(pool) = routed {
+            pool.requests.count(response.status());
         }
+        self.metrics.observe_duration(started.elapsed());
+        response
     }
 
     /// Answers `request` with `error` without looking any further at it.
@@ -372,11 +318,14 @@ impl Proxy {
         error.to_response(request.version())
     }
 
+    /// Gates, routes and forwards one request. `routed` is set to the pool
+    /// the request was sent to, once there is one.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         route: Route,
+        routed: &mut Option<Arc<Pool>>,
     ) -> Result<Response<Body>, ProxyError> {
         let target = frontdoor::check(
             request.method(),
@@ -384,15 +333,29 @@ impl Proxy {
             request.version(),
             request.headers(),
         )?;
-        // The one state load of this request.
-        let (pool, timeouts) = {
+        // The one state load of this request: the gate, the pool, the
+        // client and the timeouts all come from this snapshot.
+        let (pool, client, timeouts) = {
             let snapshot = self.state.load();
+            if let Some(gate) = &snapshot.gate {
+                let bypass = route == Route::Preview
+                    && snapshot
+                        .config
+                        .preview
+                        .as_ref()
+                        .is_some_and(|p| p.bypass_maintenance);
+                if !bypass && !gate.admits(request.uri().path(), peer.ip()) {
+                    self.metrics.count_gated();
+                    return Ok(gate.response(request.headers().get(ACCEPT)));
+                }
+            }
             let pool = match route {
                 Route::Live => snapshot.live.clone(),
-                Route::Preview => snapshot.idle().clone(),
+                Route::Preview => snapshot.idle.clone(),
             };
-            (pool, snapshot.config.timeouts)
+            (pool, snapshot.client.clone(), snapshot.config.timeouts)
         };
+        *routed = Some(pool.clone());
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
         let mut headers = parts.headers;
@@ -417,7 +380,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
         };
-        let answer = forward::send(&self.client, &pool, head, body, timeouts.upstream).await?;
+        let answer = forward::send(&client, &pool, head, body, timeouts.upstream).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
                 Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade)),

@@ -2,59 +2,227 @@
 //! one `ArcSwap`.
 //!
 //! A request calls [`SharedState::load`] once and takes what it needs (an
-//! `Arc<Pool>`, a few durations) from that one snapshot, so it never sees
-//! half of a change. Changes build a whole new snapshot and store it; the
-//! control plane that makes them serializes its writers.
+//! `Arc<Pool>`, the gate, a few durations) from that one snapshot, so it
+//! never sees half of a change. Changes build a whole new snapshot and store
+//! it; [`crate::control`] is the one writer that makes them.
+
+pub mod persist;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{Gate, UpstreamClient};
 use crate::upstream::Pool;
+
+/// The decisions operators make and switchyard persists: which pool is
+/// live and whether the service is in maintenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decisions {
+    /// The pool the public listener routes to.
+    pub live_pool: String,
+    /// The pool that was live before the last switch; rollback returns to it.
+    pub previous_pool: Option<String>,
+    /// The maintenance gate.
+    pub maintenance: MaintenanceState,
+    /// Increases by one with every change of the fields above.
+    pub generation: u64,
+}
+
+/// The maintenance gate as decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceState {
+    /// Whether users get the 503.
+    pub enabled: bool,
+    /// The message of the 503.
+    pub message: String,
+    /// The `Retry-After` of the 503 (whole seconds are sent).
+    pub retry_after: Duration,
+    /// When the gate was turned on; `None` while off.
+    pub since: Option<SystemTime>,
+}
+
+impl Decisions {
+    /// The decisions of a first start: `initial_pool` live, gate off, with
+    /// the config's maintenance texts.
+    pub fn initial(config: &Config) -> Decisions {
+        Decisions {
+            live_pool: config.state.initial_pool.clone(),
+            previous_pool: None,
+            maintenance: MaintenanceState {
+                enabled: false,
+                message: config.maintenance.message.clone(),
+                retry_after: config.maintenance.retry_after,
+                since: None,
+            },
+            generation: 0,
+        }
+    }
+}
+
+/// How the current config came to be loaded, for the status document.
+#[derive(Debug, Clone)]
+pub struct ConfigInfo {
+    /// When the serving config was loaded.
+    pub loaded_at: SystemTime,
+    /// Every problem of the last reload, if it failed; cleared by a valid one.
+    pub last_reload_error: Option<Arc<[String]>>,
+}
 
 /// Everything a request needs to be routed, as of one moment.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The persisted decisions this snapshot applies.
+    pub decisions: Decisions,
     /// The pool that serves the public listener.
     pub live: Arc<Pool>,
+    /// The pool the preview listener serves: the previous pool when there is
+    /// one, else the first other pool by name (the live pool if it is alone).
+    pub idle: Arc<Pool>,
     /// Every pool by name.
     pub pools: BTreeMap<String, Arc<Pool>>,
+    /// The maintenance answer, ready to send; `None` while the gate is off.
+    pub gate: Option<Arc<Gate>>,
+    /// The client that talks to upstreams (kept across snapshots so idle
+    /// connections are reused; rebuilt when `timeouts.connect` changes).
+    pub client: Arc<UpstreamClient>,
     /// The config this snapshot was built from.
     pub config: Arc<Config>,
+    /// When the config was loaded and how the last reload went.
+    pub config_info: ConfigInfo,
+    /// The process's metrics (the same for every snapshot).
+    pub metrics: Arc<Metrics>,
 }
 
+/// A pool the decisions name that the config does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the live pool `{0}` is not in the config")]
+pub struct MissingLivePool(pub String);
+
 impl Snapshot {
-    /// The snapshot of a freshly loaded config: `live_pool` is live.
-    ///
-    /// # Panics
-    /// If `live_pool` is not a pool of `config` (validation guarantees
-    /// `initial_pool` is).
-    pub fn new(config: Arc<Config>, live_pool: &str) -> Snapshot {
-        let pools: BTreeMap<String, Arc<Pool>> = config
+    /// The first snapshot of a process: fresh pools and client.
+    pub fn start(
+        config: Arc<Config>,
+        decisions: Decisions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Snapshot, MissingLivePool> {
+        let client = Arc::new(crate::proxy::upstream_client(config.timeouts.connect));
+        let info = ConfigInfo {
+            loaded_at: SystemTime::now(),
+            last_reload_error: None,
+        };
+        let pools = config
             .pools
             .iter()
-            .map(|(name, pool)| (name.clone(), Arc::new(Pool::new(name, pool))))
+            .map(|(name, pool)| {
+                let pool = Pool::new(name, pool, metrics.requests(name));
+                (name.clone(), Arc::new(pool))
+            })
             .collect();
-        let live = pools
-            .get(live_pool)
-            .expect("validated config names the live pool")
-            .clone();
-        Snapshot {
-            live,
-            pools,
+        Snapshot::assemble(config, decisions, pools, client, info, metrics)
+    }
+
+    /// This snapshot with other decisions: same pools, client and config.
+    pub fn with_decisions(&self, decisions: Decisions) -> Result<Snapshot, MissingLivePool> {
+        Snapshot::assemble(
+            self.config.clone(),
+            decisions,
+            self.pools.clone(),
+            self.client.clone(),
+            self.config_info.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// This snapshot under a newly loaded config: pools are rebuilt, but an
+    /// upstream that stays keeps its counters, and the client stays unless
+    /// its connect timeout changed.
+    pub fn with_config(&self, config: Arc<Config>) -> Result<Snapshot, MissingLivePool> {
+        let client = if config.timeouts.connect == self.config.timeouts.connect {
+            self.client.clone()
+        } else {
+            Arc::new(crate::proxy::upstream_client(config.timeouts.connect))
+        };
+        let info = ConfigInfo {
+            loaded_at: SystemTime::now(),
+            last_reload_error: None,
+        };
+        let pools = config
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let old = self.pools.get(name).map(|p| p.as_ref());
+                let pool = Pool::rebuild(name, pool, old, self.metrics.requests(name));
+                (name.clone(), Arc::new(pool))
+            })
+            .collect();
+        Snapshot::assemble(
             config,
+            self.decisions.clone(),
+            pools,
+            client,
+            info,
+            self.metrics.clone(),
+        )
+    }
+
+    /// This snapshot with a failed reload recorded.
+    pub fn with_reload_error(&self, lines: Vec<String>) -> Snapshot {
+        Snapshot {
+            decisions: self.decisions.clone(),
+            live: self.live.clone(),
+            idle: self.idle.clone(),
+            pools: self.pools.clone(),
+            gate: self.gate.clone(),
+            client: self.client.clone(),
+            config: self.config.clone(),
+            config_info: ConfigInfo {
+                loaded_at: self.config_info.loaded_at,
+                last_reload_error: Some(lines.into()),
+            },
+            metrics: self.metrics.clone(),
         }
     }
 
-    /// The pool a preview listener routes to: the first pool by name that
-    /// is not live, or the live pool when it is the only one.
-    pub fn idle(&self) -> &Arc<Pool> {
-        self.pools
-            .values()
-            .find(|p| !Arc::ptr_eq(p, &self.live))
-            .unwrap_or(&self.live)
+    fn assemble(
+        config: Arc<Config>,
+        decisions: Decisions,
+        pools: BTreeMap<String, Arc<Pool>>,
+        client: Arc<UpstreamClient>,
+        config_info: ConfigInfo,
+        metrics: Arc<Metrics>,
+    ) -> Result<Snapshot, MissingLivePool> {
+        let live = pools
+            .get(&decisions.live_pool)
+            .ok_or_else(|| MissingLivePool(decisions.live_pool.clone()))?
+            .clone();
+        let idle = decisions
+            .previous_pool
+            .as_ref()
+            .and_then(|name| pools.get(name))
+            .filter(|p| !Arc::ptr_eq(p, &live))
+            .or_else(|| pools.values().find(|p| !Arc::ptr_eq(p, &live)))
+            .unwrap_or(&live)
+            .clone();
+        let gate = decisions
+            .maintenance
+            .enabled
+            .then(|| Arc::new(Gate::new(&config.maintenance, &decisions.maintenance)));
+        Ok(Snapshot {
+            decisions,
+            live,
+            idle,
+            pools,
+            gate,
+            client,
+            config,
+            config_info,
+            metrics,
+        })
     }
 }
 
@@ -78,7 +246,13 @@ impl SharedState {
         self.current.load()
     }
 
-    /// Replaces the snapshot whole.
+    /// The current snapshot as an owned `Arc`, for work that awaits.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot whole. Only [`crate::control::Control`] (the
+    /// one writer) and startup call this.
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
     }

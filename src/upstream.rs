@@ -6,12 +6,14 @@
 //! response body is done (or dropped), which is what `least_in_flight`
 //! balances on.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use http::uri::Authority;
 
-use crate::config::{Balance, PoolConfig};
+use crate::config::{Balance, Health, PoolConfig};
+use crate::metrics::RequestCounters;
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -20,6 +22,11 @@ pub struct Upstream {
     pub authority: Authority,
     /// Requests picked for this upstream whose response is not finished.
     in_flight: AtomicUsize,
+    /// The health verdict, read without a lock.
+    healthy: AtomicBool,
+    /// The probes' details. A std mutex: held only to copy or update the
+    /// record, never across an await, and never on the request path.
+    probes: Mutex<ProbeRecord>,
 }
 
 impl Upstream {
@@ -28,6 +35,8 @@ impl Upstream {
         Upstream {
             authority,
             in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            probes: Mutex::new(ProbeRecord::default()),
         }
     }
 
@@ -35,6 +44,59 @@ impl Upstream {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Whether the upstream counts as healthy: until its probes say
+    /// otherwise, it does.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// What the probes found so far.
+    pub fn probes(&self) -> ProbeRecord {
+        self.probes
+            .lock()
+            .expect("probe record lock poisoned")
+            .clone()
+    }
+
+    /// Records one probe's result: `unhealthy_threshold` failures in a row
+    /// make the upstream unhealthy, `healthy_threshold` successes in a row
+    /// make it healthy again.
+    pub fn record_probe(&self, result: Result<(), String>, thresholds: &Health) {
+        let mut probes = self.probes.lock().expect("probe record lock poisoned");
+        probes.last_check = Some(SystemTime::now());
+        match result {
+            Ok(()) => {
+                probes.consecutive_failures = 0;
+                probes.consecutive_successes += 1;
+                probes.last_error = None;
+                if probes.consecutive_successes >= thresholds.healthy_threshold {
+                    self.healthy.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                probes.consecutive_successes = 0;
+                probes.consecutive_failures += 1;
+                probes.last_error = Some(error);
+                if probes.consecutive_failures >= thresholds.unhealthy_threshold {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// The health probes' findings about one upstream.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeRecord {
+    /// When it was last probed.
+    pub last_check: Option<SystemTime>,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
+    /// Failed probes in a row.
+    pub consecutive_failures: u32,
+    /// Passed probes in a row.
+    pub consecutive_successes: u32,
 }
 
 /// Counts one request against an upstream until dropped.
@@ -65,11 +127,13 @@ pub struct Pool {
     pub balance: Balance,
     /// Round-robin cursor.
     next: AtomicUsize,
+    /// Answers counted by status class.
+    pub requests: RequestCounters,
 }
 
 impl Pool {
-    /// Builds a pool from its config.
-    pub fn new(name: &str, config: &PoolConfig) -> Pool {
+    /// Builds a pool from its config, counting its answers in `requests`.
+    pub fn new(name: &str, config: &PoolConfig, requests: RequestCounters) -> Pool {
         Pool {
             name: name.to_owned(),
             upstreams: config
@@ -79,7 +143,31 @@ impl Pool {
                 .collect(),
             balance: config.balance,
             next: AtomicUsize::new(0),
+            requests,
         }
+    }
+
+    /// Rebuilds a pool from a reloaded config: an upstream that `old` also
+    /// has is kept as it is (its in-flight count and health go on).
+    pub fn rebuild(
+        name: &str,
+        config: &PoolConfig,
+        old: Option<&Pool>,
+        requests: RequestCounters,
+    ) -> Pool {
+        let mut pool = Pool::new(name, config, requests);
+        if let Some(old) = old {
+            for upstream in &mut pool.upstreams {
+                if let Some(kept) = old
+                    .upstreams
+                    .iter()
+                    .find(|u| u.authority == upstream.authority)
+                {
+                    *upstream = kept.clone();
+                }
+            }
+        }
+        pool
     }
 
     /// Picks an upstream for one request, avoiding `except` (the upstream
@@ -123,7 +211,11 @@ mod tests {
         let upstreams = (0..n)
             .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
             .collect();
-        Pool::new("blue", &PoolConfig { upstreams, balance })
+        Pool::new(
+            "blue",
+            &PoolConfig { upstreams, balance },
+            RequestCounters::default(),
+        )
     }
 
     fn port(guard: &InFlight) -> u16 {

@@ -169,6 +169,7 @@ impl Validator<'_> {
             pools,
             health,
             timeouts,
+            digest: 0,
         }
     }
 

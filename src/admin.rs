@@ -1,0 +1,272 @@
+//! The admin API: HTTP/1.1 + JSON on a unix socket, and optionally on TCP
+//! with a bearer token.
+//!
+//! | method, path | does |
+//! |---|---|
+//! | `GET /v1/status` | the status document |
+//! | `PUT /v1/maintenance` | gate on or off (`enabled`, `message`, `retry_after`) |
+//! | `POST /v1/switch` | make a pool live (`to`, `force`) |
+//! | `POST /v1/rollback` | make the previous pool live (`force`) |
+//! | `POST /v1/reload` | re-read the config file |
+//! | `GET /metrics` | Prometheus metrics |
+//! | `PATCH /service-context` | the maintenance flag, for existing pipelines |
+//!
+//! The unix socket is created with mode 0600: it is bound under a temporary
+//! name, restricted, then renamed into place, so there is no moment when
+//! another user could connect. A socket file left by a crashed run is
+//! replaced; one that a running process still answers on is not. The file
+//! is removed on a clean exit.
+
+pub mod api;
+pub mod auth;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::Admin as AdminConfig;
+use crate::control::Via;
+use api::AdminError;
+use auth::{Token, TokenError};
+pub use routes::Router;
+
+/// How long an admin client has to send a request head.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminStartError {
+    /// Another process answers on the socket.
+    #[error("admin socket {} is in use by a running process; stop it or choose another admin.socket", path.display())]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("admin socket path {} exists and is not a socket; remove it or choose another admin.socket", path.display())]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Binding or preparing the socket failed.
+    #[error("cannot create admin socket {}: {source}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TCP listener could not be bound.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Bind {
+        /// Its address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The token could not be read.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// The admin API's bound listeners.
+#[derive(Debug)]
+pub struct AdminListeners {
+    socket_path: PathBuf,
+    socket: UnixListener,
+    tcp: Option<(TcpListener, Token)>,
+}
+
+impl AdminListeners {
+    /// Binds the unix socket and, if configured, the TCP listener.
+    pub async fn bind(config: &AdminConfig) -> Result<AdminListeners, AdminStartError> {
+        let socket = bind_socket(&config.socket)?;
+        let tcp = match (config.bind, &config.token_file) {
+            (Some(addr), Some(token_file)) => {
+                let token = Token::load(token_file)?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AdminStartError::Bind { addr, source })?;
+                Some((listener, token))
+            }
+            // Validation requires token_file with bind.
+            _ => None,
+        };
+        Ok(AdminListeners {
+            socket_path: config.socket.clone(),
+            socket,
+            tcp,
+        })
+    }
+
+    /// The unix socket's path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The TCP listener's address, if there is one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Serves admin calls until dropped (the accept loops end when the
+    /// returned guard is dropped, and the socket file is removed then).
+    pub fn serve(self, router: Router) -> AdminServing {
+        info!(socket = %self.socket_path.display(), "admin API listening");
+        let mut tasks = vec![tokio::spawn(accept_socket(self.socket, router.clone()))];
+        if let Some((listener, token)) = self.tcp {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "admin API listening on TCP (bearer token required)");
+            }
+            tasks.push(tokio::spawn(accept_tcp(listener, token, router)));
+        }
+        AdminServing {
+            tasks,
+            socket_path: self.socket_path,
+        }
+    }
+}
+
+/// The running admin API; dropping it stops accepting and removes the
+/// socket file.
+#[derive(Debug)]
+pub struct AdminServing {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    socket_path: PathBuf,
+}
+
+impl Drop for AdminServing {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(error) = std::fs::remove_file(&self.socket_path) {
+            debug!(%error, socket = %self.socket_path.display(), "cannot remove admin socket");
+        }
+    }
+}
+
+/// Binds `path` with mode 0600, replacing a stale socket file.
+fn bind_socket(path: &Path) -> Result<UnixListener, AdminStartError> {
+    let fail = |source| AdminStartError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(AdminStartError::SocketInUse {
+                    path: path.to_owned(),
+                });
+            }
+            info!(socket = %path.display(), "replacing a stale admin socket");
+        }
+        Ok(_) => {
+            return Err(AdminStartError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    let temp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).map_err(fail)?;
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(fail(e));
+    }
+    Ok(listener)
+}
+
+async fn accept_socket(listener: UnixListener, router: Router) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let router = router.clone();
+                tokio::spawn(serve(stream, router, Via::Socket, None));
+            }
+            Err(error) => {
+                warn!(%error, "admin socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, token: Token, router: Router) {
+    let token = Arc::new(token);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let span = tracing::debug_span!("admin", client.addr = %peer);
+                tokio::spawn(
+                    serve(stream, router.clone(), Via::Tcp(peer), Some(token.clone()))
+                        .instrument(span),
+                );
+            }
+            Err(error) => {
+                warn!(%error, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one admin connection; with a `token`, every request must carry it.
+async fn serve<S>(stream: S, router: Router, via: Via, token: Option<Arc<Token>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let router = router.clone();
+        let token = token.clone();
+        async move {
+            if let Some(token) = token {
+                if !token.admits(request.headers()) {
+                    debug!(%via, "admin call without a valid token");
+                    let error = AdminError::Unauthorized;
+                    let mut response = routes::error_response(&error);
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                    return Ok::<_, Infallible>(response);
+                }
+            }
+            Ok(router.handle(request, via).await)
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = connection.await {
+        debug!(%error, "admin connection ended with an error");
+    }
+}

@@ -1,0 +1,314 @@
+//! The admin API's JSON: request bodies, the status document, errors.
+//!
+//! These types are shared by the server and by `switchyard ctl`, so the two
+//! can't drift apart. Field names are fixed by the interface contract;
+//! fields may be added, never renamed or removed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::control::ControlError;
+use crate::state::persist::rfc3339;
+use crate::state::Snapshot;
+
+/// `PUT /v1/maintenance`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// On or off.
+    pub enabled: bool,
+    /// The 503's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The 503's `Retry-After`, as a humantime string (`"10m"`); parsed by
+    /// [`MaintenanceRequest::retry_after`] so a bad one is named in the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+}
+
+impl MaintenanceRequest {
+    /// The requested `Retry-After`, if any.
+    pub fn retry_after(&self) -> Result<Option<Duration>, AdminError> {
+        let Some(text) = &self.retry_after else {
+            return Ok(None);
+        };
+        humantime::parse_duration(text).map(Some).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "retry_after: `{text}` is not a duration ({e}); write it like \"30s\" or \"10m\""
+            ))
+        })
+    }
+}
+
+/// `POST /v1/switch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    /// The pool to make live.
+    pub to: String,
+    /// Skip the health probe.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/rollback` (the body is optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Skip the health probe.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PATCH /service-context`: the compatibility route. Other fields of an
+/// application's service context are ignored, as that route always did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceContext {
+    /// The maintenance flag.
+    pub maintenance: bool,
+}
+
+/// `GET /v1/status` and the answer of every successful change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusDocument {
+    /// The pool the public listener routes to.
+    pub live_pool: String,
+    /// The pool a rollback returns to.
+    pub previous_pool: Option<String>,
+    /// The maintenance gate.
+    pub maintenance: MaintenanceStatus,
+    /// Every pool by name.
+    pub pools: BTreeMap<String, PoolStatus>,
+    /// The serving config.
+    pub config: ConfigStatus,
+    /// Increases by one with every change of the persisted decisions.
+    pub generation: u64,
+}
+
+/// The maintenance part of the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceStatus {
+    /// Whether the gate is on.
+    pub enabled: bool,
+    /// The 503's message.
+    pub message: String,
+    /// The 503's `Retry-After`, in seconds.
+    pub retry_after_s: u64,
+    /// When the gate was turned on (RFC 3339), or null while off.
+    pub since: Option<String>,
+}
+
+/// One pool in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Its upstreams, in config order.
+    pub upstreams: Vec<UpstreamStatus>,
+    /// Requests in flight on the pool's upstreams.
+    pub in_flight: usize,
+}
+
+/// One upstream in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    /// `host:port`.
+    pub addr: String,
+    /// Whether it counts as healthy.
+    pub healthy: bool,
+    /// When it was last probed (RFC 3339), or null.
+    pub last_check: Option<String>,
+    /// Why the last probe failed, or null.
+    pub last_error: Option<String>,
+    /// Failed probes in a row.
+    pub consecutive_failures: u32,
+}
+
+/// The config part of the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The config file as named at startup.
+    pub path: String,
+    /// When the serving config was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// Why the last reload failed (one problem per line), or null.
+    pub last_reload_error: Option<String>,
+}
+
+impl StatusDocument {
+    /// The status as of `snapshot`.
+    pub fn of(snapshot: &Snapshot) -> StatusDocument {
+        let decisions = &snapshot.decisions;
+        let m = &decisions.maintenance;
+        let pools = snapshot
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let upstreams = pool
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        let probes = u.probes();
+                        UpstreamStatus {
+                            addr: u.authority.to_string(),
+                            healthy: u.is_healthy(),
+                            last_check: probes.last_check.map(rfc3339),
+                            last_error: probes.last_error,
+                            consecutive_failures: probes.consecutive_failures,
+                        }
+                    })
+                    .collect();
+                let in_flight = pool.upstreams.iter().map(|u| u.in_flight()).sum();
+                (
+                    name.clone(),
+                    PoolStatus {
+                        upstreams,
+                        in_flight,
+                    },
+                )
+            })
+            .collect();
+        StatusDocument {
+            live_pool: decisions.live_pool.clone(),
+            previous_pool: decisions.previous_pool.clone(),
+            maintenance: MaintenanceStatus {
+                enabled: m.enabled,
+                message: m.message.clone(),
+                retry_after_s: m.retry_after.as_secs(),
+                since: m.since.map(rfc3339),
+            },
+            pools,
+            config: ConfigStatus {
+                path: snapshot.config.path.display().to_string(),
+                loaded_at: rfc3339(snapshot.config_info.loaded_at),
+                last_reload_error: snapshot
+                    .config_info
+                    .last_reload_error
+                    .as_ref()
+                    .map(|lines| lines.join("\n")),
+            },
+            generation: decisions.generation,
+        }
+    }
+}
+
+/// `{"error": {...}}`, the shape of every refusal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDocument {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// The inside of an error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code (`unknown_pool`, `pool_unhealthy`, ...).
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// Every item, where there are several (config problems, failing
+    /// upstreams).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// Why the admin API refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Malformed JSON, a wrong type, a missing field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No valid bearer token on the TCP listener.
+    #[error("a valid `Authorization: Bearer <token>` header is required")]
+    Unauthorized,
+    /// No such endpoint.
+    #[error("no endpoint {0}")]
+    NotFound(String),
+    /// The endpoint exists but not with this method.
+    #[error("{path} does not accept {method}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: http::Method,
+        /// The path asked for.
+        path: String,
+    },
+    /// The body is larger than any admin call needs.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// The control plane refused the change.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+impl AdminError {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Control(e) => match e {
+                ControlError::UnknownPool(_) => StatusCode::NOT_FOUND,
+                ControlError::PoolUnhealthy { .. } | ControlError::NoPreviousPool(_) => {
+                    StatusCode::CONFLICT
+                }
+                ControlError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+        }
+    }
+
+    /// The machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::Unauthorized => "unauthorized",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::MethodNotAllowed { .. } => "method_not_allowed",
+            AdminError::TooLarge(_) => "payload_too_large",
+            AdminError::Control(e) => match e {
+                ControlError::UnknownPool(_) => "unknown_pool",
+                ControlError::PoolUnhealthy { .. } => "pool_unhealthy",
+                ControlError::NoPreviousPool(_) => "no_previous_pool",
+                ControlError::Persist(_) => "state_not_saved",
+                ControlError::InvalidConfig(_) => "invalid_config",
+            },
+        }
+    }
+
+    /// The answer's body.
+    pub fn document(&self) -> ErrorDocument {
+        let (message, details) = match self {
+            AdminError::Control(ControlError::InvalidConfig(lines)) => (
+                "the config file is invalid; the old config keeps serving".to_owned(),
+                lines.clone(),
+            ),
+            AdminError::Control(ControlError::PoolUnhealthy { pool, failures }) => (
+                format!(
+                    "no upstream of pool `{pool}` passed its health probe; fix it or use force"
+                ),
+                failures
+                    .iter()
+                    .map(|p| match &p.outcome {
+                        Ok(()) => format!("{}: passed", p.upstream),
+                        Err(e) => format!("{}: {e}", p.upstream),
+                    })
+                    .collect(),
+            ),
+            AdminError::Control(ControlError::Persist(e)) => {
+                (format!("{e}; nothing changed"), Vec::new())
+            }
+            other => (other.to_string(), Vec::new()),
+        };
+        ErrorDocument {
+            error: ErrorBody {
+                code: self.code().to_owned(),
+                message,
+                details,
+            },
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The admin router: one function per endpoint, callable without a socket.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use super::api::{
+    AdminError, MaintenanceRequest, RollbackRequest, ServiceContext, StatusDocument, SwitchRequest,
+};
+use crate::control::{Control, MaintenanceChange, Via};
+use crate::metrics::Metrics;
+
+/// The largest request body an admin call accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The content type of `GET /metrics` (prometheus-client writes OpenMetrics text).
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin endpoints act on.
+#[derive(Debug, Clone)]
+pub struct Router {
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+}
+
+/// An admin answer.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+impl Router {
+    /// A router over the control plane and the metrics.
+    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>) -> Router {
+        Router { control, metrics }
+    }
+
+    /// Answers one admin request that arrived `via` a listener.
+    pub async fn handle<B>(&self, request: Request<B>, via: Via) -> AdminResponse
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        match self.route(request, via).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.status().is_server_error() {
+                    warn!(%error, %method, %path, %via, "admin call failed");
+                } else {
+                    debug!(%error, %method, %path, %via, "admin call refused");
+                }
+                let mut response = error_response(&error);
+                if let AdminError::MethodNotAllowed { .. } = error {
+                    if let Some(allow) = allowed_methods(&path) {
+                        response
+                            .headers_mut()
+                            .insert(ALLOW, HeaderValue::from_static(allow));
+                    }
+                }
+                response
+            }
+        }
+    }
+
+    async fn route<B>(&self, request: Request<B>, via: Via) -> Result<AdminResponse, AdminError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        match (&parts.method, parts.uri.path()) {
+            (&Method::GET, "/v1/status") => Ok(self.status()),
+            (&Method::PUT, "/v1/maintenance") => {
+                self.maintenance(required(read_body(body).await?)?, via)
+                    .await
+            }
+            (&Method::POST, "/v1/switch") => {
+                self.switch(required(read_body(body).await?)?, via).await
+            }
+            (&Method::POST, "/v1/rollback") => {
+                let request = optional(read_body(body).await?)?.unwrap_or_default();
+                self.rollback(request, via).await
+            }
+            (&Method::POST, "/v1/reload") => self.reload(via).await,
+            (&Method::GET, "/metrics") => Ok(self.metrics()),
+            (&Method::PATCH, "/service-context") => {
+                self.service_context(required(read_body(body).await?)?, via)
+                    .await
+            }
+            (method, path) => Err(match allowed_methods(path) {
+                Some(_) => AdminError::MethodNotAllowed {
+                    method: method.clone(),
+                    path: path.to_owned(),
+                },
+                None => AdminError::NotFound(path.to_owned()),
+            }),
+        }
+    }
+
+    /// `GET /v1/status`.
+    fn status(&self) -> AdminResponse {
+        let snapshot = self.control.state().load_full();
+        json(StatusCode::OK, &StatusDocument::of(&snapshot))
+    }
+
+    /// `PUT /v1/maintenance`.
+    async fn maintenance(
+        &self,
+        request: MaintenanceRequest,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        let change = MaintenanceChange {
+            enabled: request.enabled,
+            retry_after: request.retry_after()?,
+            message: request.message,
+        };
+        let snapshot = self.control.set_maintenance(change, via).await?;
+        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+    }
+
+    /// `POST /v1/switch`.
+    async fn switch(&self, request: SwitchRequest, via: Via) -> Result<AdminResponse, AdminError> {
+        let snapshot = self.control.switch(&request.to, request.force, via).await?;
+        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+    }
+
+    /// `POST /v1/rollback`.
+    async fn rollback(
+        &self,
+        request: RollbackRequest,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        let snapshot = self.control.rollback(request.force, via).await?;
+        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+    }
+
+    /// `POST /v1/reload`.
+    async fn reload(&self, via: Via) -> Result<AdminResponse, AdminError> {
+        let snapshot = self.control.reload(via).await?;
+        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+    }
+
+    /// `GET /metrics`.
+    fn metrics(&self) -> AdminResponse {
+        let snapshot = self.control.state().load_full();
+        let text = self.metrics.render(&snapshot);
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+        response
+    }
+
+    /// `PATCH /service-context`: the maintenance flag, as existing
+    /// pipelines set it; the config's message and retry-after apply.
+    async fn service_context(
+        &self,
+        request: ServiceContext,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        let change = MaintenanceChange {
+            enabled: request.maintenance,
+            ..MaintenanceChange::default()
+        };
+        let snapshot = self.control.set_maintenance(change, via).await?;
+        let answer = ServiceContext {
+            maintenance: snapshot.decisions.maintenance.enabled,
+        };
+        Ok(json(StatusCode::OK, &answer))
+    }
+}
+
+/// The methods a known path accepts, for 405's `Allow`.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/status" | "/metrics" => Some("GET"),
+        "/v1/maintenance" => Some("PUT"),
+        "/v1/switch" | "/v1/rollback" | "/v1/reload" => Some("POST"),
+        "/service-context" => Some("PATCH"),
+        _ => None,
+    }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`].
+async fn read_body<B>(body: B) -> Result<Bytes, AdminError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(AdminError::TooLarge(MAX_BODY_BYTES))
+        }
+        Err(error) => Err(AdminError::BadRequest(format!(
+            "cannot read the request body: {error}"
+        ))),
+    }
+}
+
+/// Parses a JSON body that must be there.
+fn required<T: DeserializeOwned>(body: Bytes) -> Result<T, AdminError> {
+    optional(body)?
+        .ok_or_else(|| AdminError::BadRequest("a JSON request body is required".to_owned()))
+}
+
+/// Parses a JSON body that may be empty.
+fn optional<T: DeserializeOwned>(body: Bytes) -> Result<Option<T>, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The answer to a refused admin call.
+pub fn error_response(error: &AdminError) -> AdminResponse {
+    json(error.status(), &error.document())
+}
+
+/// A JSON answer.
+fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
+    let mut body = serde_json::to_vec_pretty(value).expect("admin documents serialize");
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,399 @@
+//! The control plane's one writer: every change of the decisions, and every
+//! reload, goes through [`Control`].
+//!
+//! Each change runs under one async mutex: load the current snapshot, work
+//! out the new decisions, probe if it is a switch, write the state file,
+//! store the new snapshot, log it to the `audit` target. Two admin calls can
+//! therefore never interleave or lose an update, and the state file always
+//! holds what the data plane applies. A call that changes nothing answers
+//! without a new generation and without touching the file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::health::{self, ProbeResult};
+use crate::metrics::SwitchKind;
+use crate::state::persist::{self, PersistError};
+use crate::state::{Decisions, MaintenanceState, SharedState, Snapshot};
+
+/// Where a change came from, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// The admin unix socket.
+    Socket,
+    /// The TCP admin listener, from this client.
+    Tcp(SocketAddr),
+    /// `SIGHUP`.
+    Signal,
+    /// The config file watcher.
+    Watcher,
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Socket => f.write_str("admin socket"),
+            Via::Tcp(peer) => write!(f, "admin tcp {peer}"),
+            Via::Signal => f.write_str("SIGHUP"),
+            Via::Watcher => f.write_str("config watcher"),
+        }
+    }
+}
+
+/// Why a change was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The named pool is not in the config.
+    #[error("pool `{0}` is not in the config")]
+    UnknownPool(String),
+    /// No upstream of the target passed its probe.
+    #[error(
+        "pool `{pool}` has no healthy upstream: {}",
+        describe_failures(failures)
+    )]
+    PoolUnhealthy {
+        /// The target pool.
+        pool: String,
+        /// Every upstream's probe result.
+        failures: Vec<ProbeResult>,
+    },
+    /// There is nothing to roll back to.
+    #[error("{0}")]
+    NoPreviousPool(String),
+    /// The state file could not be written.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The config file is invalid; every problem as `PATH:LINE:COL: message`.
+    #[error("invalid config: {}", .0.join("; "))]
+    InvalidConfig(Vec<String>),
+}
+
+fn describe_failures(failures: &[ProbeResult]) -> String {
+    failures
+        .iter()
+        .map(|p| match &p.outcome {
+            Ok(()) => format!("{} passed", p.upstream),
+            Err(e) => format!("{}: {e}", p.upstream),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A requested change of the maintenance gate.
+#[derive(Debug, Clone, Default)]
+pub struct MaintenanceChange {
+    /// On or off.
+    pub enabled: bool,
+    /// The 503's message; when turning on without one, the config's.
+    pub message: Option<String>,
+    /// The 503's `Retry-After`; when turning on without one, the config's.
+    pub retry_after: Option<Duration>,
+}
+
+/// The one writer of the shared state.
+#[derive(Debug)]
+pub struct Control {
+    state: Arc<SharedState>,
+    /// The state file, fixed at startup (a reload that moves it takes
+    /// effect at the next restart, so decisions never split across files).
+    state_file: PathBuf,
+    /// Held for the whole of each change, probes and fsync included.
+    writer: Mutex<()>,
+}
+
+impl Control {
+    /// The writer of `state`, persisting to the state file of its config.
+    pub fn new(state: Arc<SharedState>) -> Control {
+        let state_file = state.load().config.state.file.clone();
+        Control {
+            state,
+            state_file,
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The shared state this writes.
+    pub fn state(&self) -> &Arc<SharedState> {
+        &self.state
+    }
+
+    /// Turns the gate on or off.
+    pub async fn set_maintenance(
+        &self,
+        change: MaintenanceChange,
+        via: Via,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        let _writer = self.writer.lock().await;
+        let current = self.state.load_full();
+        let old = &current.decisions.maintenance;
+        let defaults = &current.config.maintenance;
+        let (message, retry_after) = if change.enabled {
+            (
+                change.message.unwrap_or_else(|| defaults.message.clone()),
+                change.retry_after.unwrap_or(defaults.retry_after),
+            )
+        } else {
+            (
+                change.message.unwrap_or_else(|| old.message.clone()),
+                change.retry_after.unwrap_or(old.retry_after),
+            )
+        };
+        let since = match (change.enabled, old.since) {
+            (false, _) => None,
+            (true, Some(since)) if old.enabled => Some(since),
+            (true, _) => Some(now_seconds()),
+        };
+        let maintenance = MaintenanceState {
+            enabled: change.enabled,
+            message,
+            retry_after,
+            since,
+        };
+        let decisions = Decisions {
+            maintenance,
+            ..current.decisions.clone()
+        };
+        let Some(committed) = self.commit(&current, decisions).await? else {
+            return Ok(current);
+        };
+        let m = &committed.decisions.maintenance;
+        info!(
+            target: "audit",
+            via = %via,
+            change = "maintenance",
+            from = on_off(old.enabled),
+            to = on_off(m.enabled),
+            message = %m.message,
+            retry_after_s = m.retry_after.as_secs(),
+            generation = committed.decisions.generation,
+            "maintenance {}", on_off(m.enabled)
+        );
+        Ok(committed)
+    }
+
+    /// Makes `to` live, probing it first unless `force`.
+    pub async fn switch(
+        &self,
+        to: &str,
+        force: bool,
+        via: Via,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        let _writer = self.writer.lock().await;
+        let current = self.state.load_full();
+        if !current.pools.contains_key(to) {
+            return Err(ControlError::UnknownPool(to.to_owned()));
+        }
+        let from = current.decisions.live_pool.clone();
+        if from == to {
+            return Ok(current);
+        }
+        if !force {
+            self.require_healthy(&current, to).await?;
+        }
+        let decisions = Decisions {
+            live_pool: to.to_owned(),
+            previous_pool: Some(from.clone()),
+            ..current.decisions.clone()
+        };
+        let committed = self
+            .commit(&current, decisions)
+            .await?
+            .expect("a new live pool is a change");
+        current.metrics.count_switch(SwitchKind::Switch);
+        info!(
+            target: "audit",
+            via = %via,
+            change = "switch",
+            from = %from,
+            to = %to,
+            forced = force,
+            generation = committed.decisions.generation,
+            "live pool switched"
+        );
+        Ok(committed)
+    }
+
+    /// Makes the previous pool live again (and the live one previous),
+    /// probing it first unless `force`.
+    pub async fn rollback(&self, force: bool, via: Via) -> Result<Arc<Snapshot>, ControlError> {
+        let _writer = self.writer.lock().await;
+        let current = self.state.load_full();
+        let from = current.decisions.live_pool.clone();
+        let Some(to) = current.decisions.previous_pool.clone() else {
+            return Err(ControlError::NoPreviousPool(
+                "there is no previous pool: nothing has been switched yet".to_owned(),
+            ));
+        };
+        if !current.pools.contains_key(&to) {
+            return Err(ControlError::NoPreviousPool(format!(
+                "the previous pool `{to}` is no longer in the config"
+            )));
+        }
+        if !force {
+            self.require_healthy(&current, &to).await?;
+        }
+        let decisions = Decisions {
+            live_pool: to.clone(),
+            previous_pool: Some(from.clone()),
+            ..current.decisions.clone()
+        };
+        let committed = self
+            .commit(&current, decisions)
+            .await?
+            .expect("a new live pool is a change");
+        current.metrics.count_switch(SwitchKind::Rollback);
+        info!(
+            target: "audit",
+            via = %via,
+            change = "rollback",
+            from = %from,
+            to = %to,
+            forced = force,
+            generation = committed.decisions.generation,
+            "rolled back"
+        );
+        Ok(committed)
+    }
+
+    /// Re-reads the config file and applies it if it is valid; otherwise
+    /// keeps the old one and records the error for the status document.
+    pub async fn reload(&self, via: Via) -> Result<Arc<Snapshot>, ControlError> {
+        let _writer = self.writer.lock().await;
+        let current = self.state.load_full();
+        let path = current.config.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .expect("config loading does not panic");
+        let candidate = loaded.map_err(|e| e.lines()).and_then(|config| {
+            let config = Arc::new(config);
+            current
+                .with_config(config.clone())
+                .map(|snapshot| (config, snapshot))
+                .map_err(|missing| {
+                    vec![format!(
+                        "{}: {missing}; switch to another pool before removing it",
+                        current.config.path.display()
+                    )]
+                })
+        });
+        match candidate {
+            Ok((config, snapshot)) => {
+                let restart = restart_only_changes(&current.config, &config);
+                if !restart.is_empty() {
+                    warn!(
+                        keys = %restart.join(", "),
+                        "config changes that take effect only after a restart"
+                    );
+                }
+                self.state.store(snapshot);
+                current.metrics.count_reload(true);
+                info!(
+                    target: "audit",
+                    via = %via,
+                    change = "reload",
+                    config = %config.path.display(),
+                    summary = %config.summary(),
+                    generation = current.decisions.generation,
+                    "config reloaded"
+                );
+                Ok(self.state.load_full())
+            }
+            Err(lines) => {
+                warn!(
+                    via = %via,
+                    config = %current.config.path.display(),
+                    errors = %lines.join("; "),
+                    "config reload refused; the old config keeps serving"
+                );
+                self.state.store(current.with_reload_error(lines.clone()));
+                current.metrics.count_reload(false);
+                Err(ControlError::InvalidConfig(lines))
+            }
+        }
+    }
+
+    /// Probes `pool`; fails unless at least one upstream passes.
+    async fn require_healthy(&self, current: &Snapshot, pool: &str) -> Result<(), ControlError> {
+        let target = &current.pools[pool];
+        let results = health::probe_pool(&current.client, target, &current.config.health).await;
+        if results.iter().any(|r| r.outcome.is_ok()) {
+            Ok(())
+        } else {
+            Err(ControlError::PoolUnhealthy {
+                pool: pool.to_owned(),
+                failures: results,
+            })
+        }
+    }
+
+    /// Persists and applies `decisions` if they differ from the current
+    /// ones, with the next generation. `None` when nothing changed.
+    async fn commit(
+        &self,
+        current: &Snapshot,
+        mut decisions: Decisions,
+    ) -> Result<Option<Arc<Snapshot>>, ControlError> {
+        decisions.generation = current.decisions.generation;
+        if decisions == current.decisions {
+            return Ok(None);
+        }
+        decisions.generation += 1;
+        let snapshot = current
+            .with_decisions(decisions.clone())
+            .expect("changes only name pools of the config");
+        let path = self.state_file.clone();
+        tokio::task::spawn_blocking(move || persist::save(&path, &decisions))
+            .await
+            .expect("saving the state file does not panic")?;
+        self.state.store(snapshot);
+        Ok(Some(self.state.load_full()))
+    }
+}
+
+/// Keys whose new value needs a restart: the bound sockets and the state
+/// file's location.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listener.bind != new.listener.bind {
+        keys.push("listener.bind");
+    }
+    if old.preview.as_ref().map(|p| p.bind) != new.preview.as_ref().map(|p| p.bind) {
+        keys.push("preview.bind");
+    }
+    if old.admin.socket != new.admin.socket {
+        keys.push("admin.socket");
+    }
+    if old.admin.bind != new.admin.bind {
+        keys.push("admin.bind");
+    }
+    if old.admin.token_file != new.admin.token_file {
+        keys.push("admin.token_file");
+    }
+    if old.state.file != new.state.file {
+        keys.push("state.file");
+    }
+    keys
+}
+
+fn on_off(enabled: bool) -> &'static str {
+    if enabled {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// Now, to the whole second: what the state file can hold exactly.
+fn now_seconds() -> SystemTime {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs(seconds)
+}

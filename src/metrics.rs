@@ -1,0 +1,323 @@
+//! Prometheus metrics, served by the admin API at `GET /metrics`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `switchyard_requests_total` | counter | `pool`, `class` (`1xx` .. `5xx`) |
+//! | `switchyard_gated_requests_total` | counter | |
+//! | `switchyard_request_duration_seconds` | histogram (to the response head) | |
+//! | `switchyard_maintenance` | gauge, 1 while the gate is on | |
+//! | `switchyard_live_pool` | gauge, 1 for the live pool, 0 for the others | `pool` |
+//! | `switchyard_generation` | gauge | |
+//! | `switchyard_upstream_healthy` | gauge | `pool`, `upstream` |
+//! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`) |
+//! | `switchyard_reloads_total` | counter | `result` (`ok`, `error`) |
+//!
+//! The request path touches only atomics: each pool holds its own
+//! [`RequestCounters`] (handles taken from the registry when the pool is
+//! built), and the duration histogram is a fixed array of atomic buckets
+//! rather than prometheus-client's, whose `observe` takes a lock. The
+//! gauges that mirror the snapshot are set when the metrics are scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::state::Snapshot;
+
+/// Upper bounds of the duration buckets, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    pool: String,
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    pool: String,
+    upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Every metric, and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    gated: Counter,
+    duration: DurationHistogram,
+    maintenance: Gauge,
+    live_pool: Family<PoolLabel, Gauge>,
+    generation: Gauge,
+    upstream_healthy: Family<UpstreamLabels, Gauge>,
+    switches: Family<KindLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+/// One pool's request counters by status class, ready to increment
+/// without a lookup.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounters {
+    by_class: [Counter; 5],
+}
+
+impl RequestCounters {
+    /// Counts one answer with `status`.
+    pub fn count(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+    }
+}
+
+/// What kind of pool change a switch counter counts.
+#[derive(Debug, Clone, Copy)]
+pub enum SwitchKind {
+    /// `POST /v1/switch`.
+    Switch,
+    /// `POST /v1/rollback`.
+    Rollback,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let gated = Counter::default();
+        let duration = DurationHistogram::default();
+        let maintenance = Gauge::default();
+        let live_pool = Family::<PoolLabel, Gauge>::default();
+        let generation = Gauge::default();
+        let upstream_healthy = Family::<UpstreamLabels, Gauge>::default();
+        let switches = Family::<KindLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "switchyard_requests",
+            "Requests answered, by pool and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "switchyard_gated_requests",
+            "Requests answered 503 by the maintenance gate",
+            gated.clone(),
+        );
+        registry.register(
+            "switchyard_request_duration_seconds",
+            "Time from a request's arrival to its response head",
+            duration.clone(),
+        );
+        registry.register(
+            "switchyard_maintenance",
+            "1 while the maintenance gate is on",
+            maintenance.clone(),
+        );
+        registry.register(
+            "switchyard_live_pool",
+            "1 for the live pool, 0 for the others",
+            live_pool.clone(),
+        );
+        registry.register(
+            "switchyard_generation",
+            "Generation of the persisted decisions",
+            generation.clone(),
+        );
+        registry.register(
+            "switchyard_upstream_healthy",
+            "1 while an upstream counts as healthy",
+            upstream_healthy.clone(),
+        );
+        registry.register(
+            "switchyard_switches",
+            "Changes of the live pool, by kind",
+            switches.clone(),
+        );
+        registry.register(
+            "switchyard_reloads",
+            "Config reloads, by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            gated,
+            duration,
+            maintenance,
+            live_pool,
+            generation,
+            upstream_healthy,
+            switches,
+            reloads,
+        }
+    }
+
+    /// The counters a pool named `pool` increments.
+    pub fn requests(&self, pool: &str) -> RequestCounters {
+        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        RequestCounters {
+            by_class: class.map(|class| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        pool: pool.to_owned(),
+                        class,
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// Counts a request the gate answered.
+    pub fn count_gated(&self) {
+        self.gated.inc();
+    }
+
+    /// Records how long a request took to its response head.
+    pub fn observe_duration(&self, elapsed: Duration) {
+        self.duration.observe(elapsed);
+    }
+
+    /// Counts a change of the live pool.
+    pub fn count_switch(&self, kind: SwitchKind) {
+        let kind = match kind {
+            SwitchKind::Switch => "switch",
+            SwitchKind::Rollback => "rollback",
+        };
+        self.switches.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts a reload by its result.
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text exposition, with the snapshot's gauges brought
+    /// up to date first.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.maintenance
+            .set(i64::from(snapshot.decisions.maintenance.enabled));
+        self.generation
+            .set(i64::try_from(snapshot.decisions.generation).unwrap_or(i64::MAX));
+        // Pools and upstreams removed by a reload should not linger.
+        self.live_pool.clear();
+        self.upstream_healthy.clear();
+        for (name, pool) in &snapshot.pools {
+            let live = i64::from(name == &snapshot.decisions.live_pool);
+            self.live_pool
+                .get_or_create(&PoolLabel { pool: name.clone() })
+                .set(live);
+            for upstream in &pool.upstreams {
+                self.upstream_healthy
+                    .get_or_create(&UpstreamLabels {
+                        pool: name.clone(),
+                        upstream: upstream.authority.to_string(),
+                    })
+                    .set(i64::from(upstream.is_healthy()));
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// A latency histogram of atomics: `observe` never locks. Clones share
+/// the cells (one is registered, one records).
+#[derive(Debug, Default, Clone)]
+struct DurationHistogram {
+    cells: Arc<HistogramCells>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per-bucket counts (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    fn observe(&self, elapsed: Duration) {
+        let cells = &*self.cells;
+        let seconds = elapsed.as_secs_f64();
+        let index = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        cells.buckets[index].fetch_add(1, Ordering::Relaxed);
+        cells.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let cells = &*self.cells;
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(&cells.buckets)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let sum = Duration::from_nanos(cells.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        let count = cells.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_renders_cumulative_buckets() {
+        let histogram = DurationHistogram::default();
+        histogram.observe(Duration::from_micros(300));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(60));
+        let mut registry = Registry::default();
+        registry.register("d", "test", histogram);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(out.contains("d_bucket{le=\"0.0005\"} 1"), "{out}");
+        assert!(out.contains("d_bucket{le=\"0.005\"} 2"), "{out}");
+        assert!(out.contains("d_count 3"), "{out}");
+    }
+}

@@ -1,0 +1,195 @@
+//! The maintenance gate: who still gets through, and the 503 everyone else
+//! gets.
+//!
+//! A [`Gate`] exists only while maintenance is on, and is built once per
+//! change (not per request): the answer's bodies and headers are ready to
+//! send, so a gated request costs a path check, an address check and a
+//! clone of two `Bytes`.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use ipnet::IpNet;
+
+use super::body::Body;
+use crate::config::Maintenance;
+use crate::state::MaintenanceState;
+
+/// The gate while maintenance is on.
+#[derive(Debug)]
+pub struct Gate {
+    allow_paths: Vec<String>,
+    bypass_cidrs: Vec<IpNet>,
+    retry_after: HeaderValue,
+    json: Bytes,
+    html: Option<Bytes>,
+}
+
+impl Gate {
+    /// The gate for the decided `state`, with the exceptions and page of
+    /// the config's `[maintenance]`.
+    pub fn new(config: &Maintenance, state: &MaintenanceState) -> Gate {
+        let json = serde_json::json!({ "message": state.message }).to_string();
+        Gate {
+            allow_paths: config.allow_paths.clone(),
+            bypass_cidrs: config.bypass_cidrs.clone(),
+            retry_after: HeaderValue::from(state.retry_after.as_secs()),
+            json: Bytes::from(json),
+            html: config.html_page.as_ref().map(|page| page.body.clone()),
+        }
+    }
+
+    /// Whether a request for `path` from `client` still reaches the live pool.
+    pub fn admits(&self, path: &str, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.bypass_cidrs.iter().any(|net| net.contains(&client))
+            || self
+                .allow_paths
+                .iter()
+                .any(|prefix| path_is_under(path, prefix))
+    }
+
+    /// The 503 for a client that sent `accept`.
+    pub fn response(&self, accept: Option<&HeaderValue>) -> Response<Body> {
+        let (body, content_type) = match &self.html {
+            Some(html) if accept.is_some_and(prefers_html) => {
+                (html.clone(), "text/html; charset=utf-8")
+            }
+            _ => (self.json.clone(), "application/json"),
+        };
+        let mut response = Response::new(Body::full(body));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let headers = response.headers_mut();
+        headers.insert(RETRY_AFTER, self.retry_after.clone());
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+}
+
+/// Whether `path` is `prefix` or below it, by whole segments: `/health`
+/// covers `/health`, `/health/` and `/health/db`, not `/healthz`.
+///
+/// A path with dot segments or encoded dots and slashes never matches:
+/// `/health/../admin` must not pass as a health check.
+fn path_is_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return false;
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return false;
+    }
+    !path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+        && !contains_ignore_case(path, "%2e")
+        && !contains_ignore_case(path, "%2f")
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Whether `accept` ranks `text/html` above `application/json`. A media
+/// range (`text/*`, `*/*`) counts for what it covers, the most specific
+/// match decides each q-value, and a tie means JSON.
+fn prefers_html(accept: &HeaderValue) -> bool {
+    let Ok(accept) = accept.to_str() else {
+        return false;
+    };
+    quality(accept, "text", "html") > quality(accept, "application", "json")
+}
+
+/// The q-value (in thousandths) `accept` gives `kind/sub`: that of the most
+/// specific range that matches it, 0 if none does.
+fn quality(accept: &str, kind: &str, sub: &str) -> u16 {
+    let mut best: Option<(u8, u16)> = None;
+    for range in accept.split(',') {
+        let mut params = range.split(';');
+        let media = params.next().unwrap_or("").trim();
+        let Some((r_kind, r_sub)) = media.split_once('/') else {
+            continue;
+        };
+        let specificity = match (r_kind.trim(), r_sub.trim()) {
+            (k, s) if k.eq_ignore_ascii_case(kind) && s.eq_ignore_ascii_case(sub) => 2,
+            (k, "*") if k.eq_ignore_ascii_case(kind) => 1,
+            ("*", "*") => 0,
+            _ => continue,
+        };
+        let q = params
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1000, |(_, value)| parse_q(value.trim()));
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or(0, |(_, q)| q)
+}
+
+/// A q-value (`0`, `0.5`, `1.000`) in thousandths; malformed counts as 0.
+fn parse_q(value: &str) -> u16 {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let whole = match whole {
+        "0" => 0,
+        "1" => 1000,
+        _ => return 0,
+    };
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    let digits: String = format!("{fraction:0<3}");
+    (whole + digits.parse::<u16>().unwrap_or(0)).min(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn html(accept: &str) -> bool {
+        prefers_html(&HeaderValue::from_str(accept).unwrap())
+    }
+
+    #[test]
+    fn browsers_get_html_and_curl_gets_json() {
+        assert!(html(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ));
+        assert!(!html("*/*"));
+        assert!(!html("application/json"));
+        assert!(!html("text/html;q=0.5, application/json"));
+        assert!(html("text/*, application/json;q=0.9"));
+        assert!(!html("text/html, application/json"), "a tie means JSON");
+        assert!(html("text/html"));
+        assert!(!html("text/html;q=0"));
+        assert!(!html("text/html;q=0.5, */*;q=0.5"));
+    }
+
+    #[test]
+    fn q_values_parse_in_thousandths() {
+        assert_eq!(parse_q("1"), 1000);
+        assert_eq!(parse_q("0.8"), 800);
+        assert_eq!(parse_q("0.125"), 125);
+        assert_eq!(parse_q("1.000"), 1000);
+        assert_eq!(parse_q("0.1234"), 0);
+        assert_eq!(parse_q("abc"), 0);
+    }
+
+    #[test]
+    fn allow_paths_match_whole_segments() {
+        assert!(path_is_under("/health", "/health"));
+        assert!(path_is_under("/health/", "/health"));
+        assert!(path_is_under("/health/db", "/health"));
+        assert!(path_is_under("/health/db", "/health/"));
+        assert!(!path_is_under("/healthz", "/health"));
+        assert!(!path_is_under("/", "/health"));
+        assert!(!path_is_under("/health/../admin", "/health"));
+        assert!(!path_is_under("/health/%2e%2e/admin", "/health"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Watching the config file, so that an edit is applied without a call.
+//!
+//! The watch is on the config file's *directory*, not the file: an editor
+//! or a deploy tool that replaces the file by rename, and a Kubernetes
+//! ConfigMap update (which re-points the `..data` symlink beside the file),
+//! both leave a watch on the old file looking at nothing. When the config
+//! path is a symlink into another directory, that directory is watched too.
+//!
+//! Events come in bursts (write, chmod, rename), so they are debounced;
+//! then digests of the file (and of the maintenance page) are compared with
+//! those of the config that is serving, so that
+//! events for other files in the directory (the state file, the admin
+//! socket) don't cause reloads. The reload itself, its validation and its
+//! error reporting are [`Control::reload`]'s.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::config::digest;
+use crate::control::{Control, Via};
+
+/// How long the directory must be quiet before the file is looked at.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// The running watch; dropping it stops it.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching the config file of `control`'s state.
+pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
+    let path = control.state().load().config.path.clone();
+    let (events, mut rx) = mpsc::channel::<()>(1);
+    // One look right away: the file may have changed between loading it
+    // and setting up the watch.
+    events.try_send(()).expect("a new channel has room");
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        match event {
+            // A full channel already holds a wake-up: nothing is lost.
+            Ok(_) => {
+                let _ = events.try_send(());
+            }
+            Err(error) => warn!(%error, "config watch error"),
+        }
+    })?;
+    let mut watched = Vec::new();
+    for dir in dirs_of(&path) {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        watched.push(dir);
+    }
+    let task = tokio::spawn(async move {
+        // What the last failed reload read: not retried until it changes.
+        let mut refused = None;
+        while rx.recv().await.is_some() {
+            // Wait for the burst to end; the channel holds at most one
+            // wake-up, so this loop ends once the directory is quiet.
+            while tokio::time::timeout(DEBOUNCE, rx.recv())
+                .await
+                .is_ok_and(|e| e.is_some())
+            {}
+            let on_disk = on_disk(&control).await;
+            if on_disk.is_none() || on_disk == refused {
+                continue;
+            }
+            // The serving config's own file needs no reload, unless a
+            // failed reload is still reported: back to a good file clears it.
+            let (serving, failed) = applied(&control);
+            if on_disk == serving && !failed {
+                continue;
+            }
+            debug!(config = %path.display(), "config file changed");
+            // Errors are logged and recorded by the reload itself.
+            refused = match control.reload(Via::Watcher).await {
+                Ok(_) => None,
+                Err(_) => on_disk,
+            };
+            // A symlink may now point into a directory not yet watched.
+            for dir in dirs_of(&path) {
+                if !watched.contains(&dir) {
+                    match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                        Ok(()) => watched.push(dir),
+                        Err(error) => debug!(%error, dir = %dir.display(), "cannot watch"),
+                    }
+                }
+            }
+        }
+    });
+    Ok(ConfigWatcher { task })
+}
+
+/// The directories whose changes can change what `path` reads as: its
+/// own, and that of the file it resolves to.
+fn dirs_of(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let real_dir = parent(&real);
+        let same = std::fs::canonicalize(&dirs[0]).is_ok_and(|d| d == real_dir);
+        if !same {
+            dirs.push(real_dir);
+        }
+    }
+    dirs
+}
+
+/// The digests of the config file and the maintenance page on disk, or
+/// `None` while the config file can't be read (a rename in progress, a
+/// broken link: the next event looks again).
+async fn on_disk(control: &Control) -> Option<(u64, Option<u64>)> {
+    let (config, page) = {
+        let snapshot = control.state().load();
+        let config = &snapshot.config;
+        let page = config
+            .maintenance
+            .html_page
+            .as_ref()
+            .map(|p| p.path.clone());
+        (config.path.clone(), page)
+    };
+    let text = tokio::fs::read(config).await.ok()?;
+    let page = match page {
+        Some(page) => tokio::fs::read(page).await.ok().map(|b| digest(&b)),
+        None => None,
+    };
+    Some((digest(&text), page))
+}
+
+/// The same digests for the config that is serving, and whether the last
+/// reload failed.
+fn applied(control: &Control) -> (Option<(u64, Option<u64>)>, bool) {
+    let snapshot = control.state().load();
+    let config = &snapshot.config;
+    let page = config
+        .maintenance
+        .html_page
+        .as_ref()
+        .map(|p| digest(&p.body));
+    let failed = snapshot.config_info.last_reload_error.is_some();
+    (Some((config.digest, page)), failed)
+}

@@ -1,0 +1,189 @@
+//! The whole serving process: restore the decisions, bind every listener,
+//! run the data plane, the admin API and the config watcher, then drain.
+//!
+//! Binding is separate from running so that callers (tests, `demo`) can
+//! bind port 0 and read the real addresses before anything is served.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::admin::{AdminListeners, AdminStartError, Router};
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::proxy::{accept_loop, Proxy, Route};
+use crate::shutdown::Lifecycle;
+use crate::state::persist::{self, PersistError};
+use crate::state::{Decisions, SharedState, Snapshot};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file exists but cannot be used.
+    #[error("{0}; fix or restore it (switchyard will not guess which pool should be live)")]
+    State(#[from] PersistError),
+    /// The state file names a live pool the config does not have.
+    #[error("state file {} makes pool `{pool}` live, but the config has no such pool; add it back to the config or fix the state file", file.display())]
+    LivePoolMissing {
+        /// The state file.
+        file: PathBuf,
+        /// The pool it names.
+        pool: String,
+    },
+    /// The admin API could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminStartError),
+}
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    proxy: Arc<Proxy>,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    listeners: Vec<(Route, TcpListener)>,
+    admin: AdminListeners,
+}
+
+impl Server {
+    /// Restores the decisions from the state file (or starts from
+    /// `initial_pool` when there is none) and binds every listener.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let state_file = config.state.file.clone();
+        let decisions = match persist::load(&state_file)? {
+            Some(decisions) => {
+                info!(
+                    file = %state_file.display(),
+                    live_pool = %decisions.live_pool,
+                    maintenance = decisions.maintenance.enabled,
+                    generation = decisions.generation,
+                    "decisions restored"
+                );
+                decisions
+            }
+            None => {
+                persist::prepare_dir(&state_file)?;
+                info!(
+                    file = %state_file.display(),
+                    live_pool = %config.state.initial_pool,
+                    "no state file yet; starting from initial_pool"
+                );
+                Decisions::initial(&config)
+            }
+        };
+        let metrics = Arc::new(Metrics::new());
+        let config = Arc::new(config);
+        let snapshot =
+            Snapshot::start(config.clone(), decisions, metrics.clone()).map_err(|missing| {
+                ServeError::LivePoolMissing {
+                    file: state_file.clone(),
+                    pool: missing.0,
+                }
+            })?;
+        let state = Arc::new(SharedState::new(snapshot));
+        let mut listeners = vec![(Route::Live, bind("listener", config.listener.bind).await?)];
+        if let Some(preview) = &config.preview {
+            listeners.push((Route::Preview, bind("preview", preview.bind).await?));
+        }
+        let admin = AdminListeners::bind(&config.admin).await?;
+        Ok(Server {
+            proxy: Arc::new(Proxy::new(
+                state.clone(),
+                metrics.clone(),
+                Lifecycle::default(),
+            )),
+            control: Arc::new(Control::new(state)),
+            metrics,
+            listeners,
+            admin,
+        })
+    }
+
+    /// The address a route's listener is bound to.
+    pub fn local_addr(&self, route: Route) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(r, _)| *r == route)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    /// The admin unix socket.
+    pub fn admin_socket(&self) -> &Path {
+        self.admin.socket_path()
+    }
+
+    /// The TCP admin listener's address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.tcp_addr()
+    }
+
+    /// The shared runtime state.
+    pub fn state(&self) -> &Arc<SharedState> {
+        self.proxy.state()
+    }
+
+    /// The control plane (for SIGHUP handling).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Serves until `shutdown` resolves, then drains: listeners close at
+    /// once, in-flight requests get `timeouts.drain` to finish, and what is
+    /// left after that is closed. The admin socket is removed on the way out.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        for (route, listener) in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, ?route, "listening");
+            }
+            tokio::spawn(accept_loop(self.proxy.clone(), listener, route));
+        }
+        let admin = self
+            .admin
+            .serve(Router::new(self.control.clone(), self.metrics.clone()));
+        let watcher = match crate::reload::watch(self.control.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                warn!(%error, "cannot watch the config file; reload with SIGHUP or POST /v1/reload");
+                None
+            }
+        };
+        shutdown.await;
+        drop(watcher);
+        // The admin API closes with the public listeners: the process is on
+        // its way out, and the socket file goes with it.
+        drop(admin);
+        let lifecycle = self.proxy.lifecycle();
+        let budget = self.proxy.state().load().config.timeouts.drain;
+        info!(connections = lifecycle.active(), budget = ?budget, "stopping: listeners closed, draining");
+        let cut = lifecycle.drain(budget).await;
+        if cut > 0 {
+            warn!(
+                cut,
+                "drain budget spent; closed connections and tunnels still open"
+            );
+        } else {
+            info!("drained");
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
