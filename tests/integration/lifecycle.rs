@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 async fn check(path: &std::path::Path) -> (i32, String, String) {
     let output = within(
@@ -109,49 +107,6 @@ async fn check_reports_syntax_errors_and_missing_files() {
     assert!(stderr.contains("cannot read config file"), "{stderr}");
 }
 
-/// The real binary serving; killed on drop if still running.
-struct Served {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _dir: TempDir,
-}
-
-async fn serve(config: &str) -> Served {
-    let dir = TempDir::new();
-    let path = dir.write("switchyard.toml", config);
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start switchyard");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = within(async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("switchyard exited before listening");
-            if let Some(rest) = line.split("listening addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await;
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Served {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     let slow = Upstream::start(|_| async move {
@@ -159,18 +114,12 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
         text("finished")
     })
     .await;
-    let mut served = serve(&config_text(&[slow.addr], &[slow.addr], "")).await;
+    let mut served = Served::start(&config_text(&[slow.addr], &[slow.addr], "")).await;
     let url = format!("http://{}/slow", served.addr);
     let in_flight = tokio::spawn(async move { get(&url).await });
     eventually("the slow request reached the upstream", || slow.hits() == 1).await;
 
-    let pid = served.child.id().expect("running").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    served.signal("-TERM").await;
 
     // New connections are refused once the listener is closed...
     let addr = served.addr;

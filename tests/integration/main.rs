@@ -6,9 +6,21 @@
 //! - `failures`: upstreams that are down, slow or malformed.
 //! - `front_door`: malformed and hostile requests, sent as raw bytes.
 //! - `lifecycle`: the binary itself: `check`, and SIGTERM's drain.
+//! - `maintenance`: the gate, through the admin socket.
+//! - `switching`: switch and rollback, including under load.
+//! - `durability`: the state file across restarts and failures.
+//! - `admin`: the admin API's socket, token, malformed calls, metrics.
+//! - `reloading`: config reload on edit, rename, symlink swap and API.
+//! - `ctl`: the `switchyard ctl` binary against a served proxy, and SIGHUP.
 
+mod admin;
+mod ctl;
+mod durability;
 mod failures;
 mod front_door;
 mod lifecycle;
+mod maintenance;
 mod proxying;
+mod reloading;
 mod support;
+mod switching;

@@ -24,8 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use serde_json::Value;
 use switchyard::config::Config;
-use switchyard::proxy::{Route, Server};
+use switchyard::proxy::Route;
+use switchyard::server::Server;
 
 /// The longest any single wait in a test may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -226,13 +228,21 @@ pub fn config_text(blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> St
     )
 }
 
-/// The real proxy, in this process, on an ephemeral port.
+/// The real proxy, in this process, on an ephemeral port, with its config,
+/// admin socket and state file in its own temporary directory.
 pub struct Proxy {
     pub addr: SocketAddr,
     /// The preview listener, when the config has one.
     pub preview: Option<SocketAddr>,
+    /// The admin unix socket.
+    pub admin: PathBuf,
+    /// The TCP admin listener, when the config has one.
+    pub admin_tcp: Option<SocketAddr>,
+    /// The config file.
+    pub config: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    _dir: TempDir,
+    running: Option<JoinHandle<()>>,
+    dir: Option<TempDir>,
 }
 
 impl Proxy {
@@ -244,26 +254,79 @@ impl Proxy {
     /// Starts the proxy with a whole config text.
     pub async fn with_config(text: &str) -> Proxy {
         let dir = TempDir::new();
-        let path = dir.write("switchyard.toml", text);
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let server = Server::bind(config).await.expect("bind proxy");
+        dir.write("switchyard.toml", text);
+        Proxy::in_dir(dir).await
+    }
+
+    /// Starts the proxy on the `switchyard.toml` already in `dir`, panicking
+    /// with the reason if it does not start.
+    pub async fn in_dir(dir: TempDir) -> Proxy {
+        match Proxy::try_in_dir(dir).await {
+            Ok(proxy) => proxy,
+            Err((error, _)) => panic!("proxy did not start: {error}"),
+        }
+    }
+
+    /// Starts the proxy on the `switchyard.toml` in `dir`; on failure, the
+    /// reason and the directory back.
+    pub async fn try_in_dir(dir: TempDir) -> Result<Proxy, (String, TempDir)> {
+        let path = dir.path().join("switchyard.toml");
+        let config = match Config::load(&path) {
+            Ok(config) => config,
+            Err(e) => return Err((e.to_string(), dir)),
+        };
+        let server = match Server::bind(config).await {
+            Ok(server) => server,
+            Err(e) => return Err((e.to_string(), dir)),
+        };
         let addr = server.local_addr(Route::Live).unwrap();
         let preview = server.local_addr(Route::Preview);
+        let admin = server.admin_socket().to_owned();
+        let admin_tcp = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server.run(async {
+        let running = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Proxy {
+        Ok(Proxy {
             addr,
             preview,
+            admin,
+            admin_tcp,
+            config: path,
             stop: Some(stop),
-            _dir: dir,
+            running: Some(running),
+            dir: Some(dir),
+        })
+    }
+
+    /// The proxy's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the directory lives as long as the proxy")
+            .path()
+    }
+
+    /// Stops the proxy gracefully, waits until it has, and hands back its
+    /// directory (config, state file) for a restart.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
+        if let Some(running) = self.running.take() {
+            within(running).await.expect("server task");
+        }
+        self.dir.take().expect("the directory is still here")
     }
 
     /// `http://ADDR` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// One admin call over the unix socket: status and JSON body.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        admin_call(&self.admin, method, path, body).await
     }
 }
 
@@ -273,6 +336,47 @@ impl Drop for Proxy {
             let _ = stop.send(());
         }
     }
+}
+
+/// One admin call over the unix socket at `socket`: status and JSON body
+/// (or the text as a JSON string when the body is not JSON).
+pub async fn admin_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let stream = within(tokio::net::UnixStream::connect(socket))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", socket.display()));
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "switchyard")
+        .body(full(body.unwrap_or("").to_owned()))
+        .unwrap();
+    let (status, text) = exchange(stream, request).await;
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Sends one request on a fresh HTTP/1 connection over `stream`.
+pub async fn exchange<S>(stream: S, request: Request<TestBody>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        within(hyper::client::conn::http1::handshake(TokioIo::new(stream)))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = within(sender.send_request(request)).await.unwrap();
+    let status = response.status().as_u16();
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// An HTTP/1.1 client that reuses connections.
@@ -349,4 +453,119 @@ pub fn status_of(answer: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+/// Polls the async `check` until it is true, failing the test after
+/// [`DEADLINE`].
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `switchyard` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// The real binary serving; killed on drop if still running.
+pub struct Served {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    /// The config file.
+    pub config: PathBuf,
+    /// Every line it has logged so far.
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Served {
+    /// Runs `switchyard serve` on `config` in a fresh directory and waits
+    /// until it listens.
+    pub async fn start(config: &str) -> Served {
+        use tokio::io::AsyncBufReadExt;
+        let dir = TempDir::new();
+        let path = dir.write("switchyard.toml", config);
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("SWITCHYARD_ADMIN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start switchyard");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let addr = within(async {
+            loop {
+                let line = lines.next_line().await.unwrap().unwrap_or_else(|| {
+                    panic!(
+                        "switchyard exited before listening: {:?}",
+                        log.lock().unwrap()
+                    )
+                });
+                log.lock().unwrap().push(line.clone());
+                if let Some(rest) = line.split("listening addr=").nth(1) {
+                    break rest.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+        })
+        .await;
+        // Keep reading stderr so the child never blocks on a full pipe.
+        let keep = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        Served {
+            child,
+            addr,
+            config: path,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Whether any logged line contains every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
+    }
+
+    /// The value after `key` on the first logged line containing `marker`.
+    pub fn logged_value(&self, marker: &str, key: &str) -> Option<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(marker))
+            .find_map(|line| line.split(key).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    }
+
+    /// Sends `signal` (`-TERM`, `-HUP`) to the process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+    }
 }

@@ -1,0 +1,222 @@
+//! The admin API's edges: the socket's mode and lifetime, the TCP
+//! listener's token, malformed calls, and the metrics.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use http::Request;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn the_socket_is_private_and_removed_on_a_clean_stop() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let meta = std::fs::metadata(&proxy.admin).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let socket = proxy.admin.clone();
+    let _dir = proxy.stop().await;
+    assert!(!socket.exists(), "the socket outlived the server");
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write(
+        "switchyard.toml",
+        &config_text(&[blue.addr], &[blue.addr], ""),
+    );
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    // What a crashed run leaves behind: a socket file nobody listens on.
+    let stale = std::os::unix::net::UnixListener::bind(dir.path().join("run/admin.sock")).unwrap();
+    drop(stale);
+    let proxy = Proxy::in_dir(dir).await;
+    let (status, _) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(status, 200);
+
+    // A second server on the same config must not steal the socket.
+    let second = TempDir::new();
+    let text = std::fs::read_to_string(&proxy.config).unwrap().replace(
+        "[pools.blue]",
+        &format!(
+            "[admin]\nsocket = \"{}\"\n\n[pools.blue]",
+            proxy.admin.display()
+        ),
+    );
+    second.write("switchyard.toml", &text);
+    let Err((error, _second)) = Proxy::try_in_dir(second).await else {
+        panic!("a second server took over a live admin socket");
+    };
+    assert!(error.contains("in use by a running process"), "{error}");
+    let (status, _) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn malformed_calls_get_400_with_the_reason_and_change_nothing() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let cases = [
+        (
+            "PUT",
+            "/v1/maintenance",
+            "{\"enabled\": tru",
+            "invalid JSON",
+        ),
+        (
+            "PUT",
+            "/v1/maintenance",
+            "{\"enabled\": \"yes\"}",
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/v1/maintenance",
+            "{\"message\": \"x\"}",
+            "missing field `enabled`",
+        ),
+        (
+            "PUT",
+            "/v1/maintenance",
+            "{\"enabled\": true, \"retry_after\": \"soon\"}",
+            "retry_after",
+        ),
+        (
+            "PUT",
+            "/v1/maintenance",
+            "",
+            "JSON request body is required",
+        ),
+        (
+            "POST",
+            "/v1/switch",
+            "{\"too\": \"green\"}",
+            "unknown field `too`",
+        ),
+        ("POST", "/v1/switch", "{\"to\": 5}", "invalid type"),
+        ("POST", "/v1/rollback", "{\"force\": 1}", "invalid type"),
+        (
+            "PATCH",
+            "/service-context",
+            "{\"maintenance\": \"on\"}",
+            "invalid type",
+        ),
+    ];
+    for (method, path, body, reason) in cases {
+        let (status, doc) = proxy.admin(method, path, Some(body)).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {doc}");
+        assert_eq!(doc["error"]["code"], "bad_request");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(reason),
+            "{method} {path} {body}: {message}"
+        );
+    }
+    let (status, doc) = proxy.admin("GET", "/v1/nothing", None).await;
+    assert_eq!(
+        (status, doc["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, doc) = proxy.admin("DELETE", "/v1/switch", None).await;
+    assert_eq!(
+        (status, doc["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let big = format!(
+        "{{\"enabled\": true, \"message\": \"{}\"}}",
+        "x".repeat(100_000)
+    );
+    let (status, _) = proxy.admin("PUT", "/v1/maintenance", Some(&big)).await;
+    assert_eq!(status, 413);
+
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["generation"], 0);
+    assert_eq!(doc["maintenance"]["enabled"], false);
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_tcp_listener_demands_the_bearer_token() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let dir = TempDir::new();
+    dir.write("admin.token", "correct-horse-battery\n");
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[green.addr],
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let addr = proxy.admin_tcp.expect("the TCP admin listener is bound");
+    let call = |auth: Option<&'static str>| async move {
+        let mut request = Request::post("/v1/switch").header("host", addr.to_string());
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let request = request.body(full(r#"{"to": "green"}"#)).unwrap();
+        exchange(TcpStream::connect(addr).await.unwrap(), request).await
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic Y29ycmVjdA=="),
+        Some("Bearer correct-horse-batter"),
+    ] {
+        let (status, body) = call(auth).await;
+        assert_eq!(status, 401, "{auth:?}");
+        assert!(body.contains("\"unauthorized\""), "{body}");
+    }
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(
+        doc["live_pool"], "blue",
+        "an unauthorized call changed state"
+    );
+    assert_eq!(doc["generation"], 0);
+
+    let (status, body) = call(Some("Bearer correct-horse-battery")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["live_pool"], "green");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_decisions() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr]).await;
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/")).await.0, 200);
+    }
+    proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(get(&proxy.url("/")).await.0, 503);
+    std::fs::write(&proxy.config, "not toml [").unwrap();
+    proxy.admin("POST", "/v1/reload", None).await;
+
+    let (status, metrics) = proxy.admin("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("metrics are text").to_owned();
+    for line in [
+        "switchyard_requests_total{pool=\"blue\",class=\"2xx\"} 3",
+        "switchyard_gated_requests_total 1",
+        "switchyard_request_duration_seconds_count 4",
+        "switchyard_maintenance 1",
+        "switchyard_live_pool{pool=\"green\"} 1",
+        "switchyard_live_pool{pool=\"blue\"} 0",
+        "switchyard_generation 2",
+        "switchyard_switches_total{kind=\"switch\"} 1",
+        "switchyard_reloads_total{result=\"error\"} ",
+        "switchyard_upstream_healthy{pool=\"green\",upstream=",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+}

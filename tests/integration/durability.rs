@@ -1,0 +1,128 @@
+//! The decisions survive a restart, a state file that can't be trusted
+//! stops startup, and a state file that can't be written refuses the
+//! change rather than applying it unsaved.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_restart_restores_the_live_pool_and_the_gate() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr]).await;
+    let (status, _) = proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 200);
+    let on = r#"{"enabled": true, "message": "Migrating", "retry_after": "2m"}"#;
+    let (status, before) = proxy.admin("PUT", "/v1/maintenance", Some(on)).await;
+    assert_eq!(status, 200);
+
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(proxy.dir().join("run/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["version"], 1);
+    assert_eq!(state["live_pool"], "green");
+    assert_eq!(state["previous_pool"], "blue");
+    assert_eq!(state["maintenance"]["enabled"], true);
+    assert_eq!(state["maintenance"]["message"], "Migrating");
+    assert_eq!(state["maintenance"]["retry_after_s"], 120);
+    assert_eq!(state["generation"], 2);
+
+    let dir = proxy.stop().await;
+    let proxy = Proxy::in_dir(dir).await;
+    let (_, after) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(after["live_pool"], "green");
+    assert_eq!(after["previous_pool"], "blue");
+    assert_eq!(after["maintenance"], before["maintenance"]);
+    assert_eq!(after["generation"], 2);
+    let (status, headers, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "120");
+    assert_eq!(body, r#"{"message":"Migrating"}"#);
+
+    let (_, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": false}"#))
+        .await;
+    assert_eq!(doc["generation"], 3);
+    let (status, _, body) = get(&proxy.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "green"));
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_stops_startup_naming_the_file() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write(
+        "switchyard.toml",
+        &config_text(&[blue.addr], &[blue.addr], ""),
+    );
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    dir.write("run/state.json", "{\"version\": 1, \"live_pool\": \"gre");
+    let Err((error, dir)) = Proxy::try_in_dir(dir).await else {
+        panic!("started on a corrupt state file");
+    };
+    let file = dir.path().join("run/state.json");
+    assert!(
+        error.contains(&format!("state file {} is corrupt", file.display())),
+        "{error}"
+    );
+
+    // A pool the config no longer has is refused the same way.
+    dir.write(
+        "run/state.json",
+        r#"{"version": 1, "live_pool": "purple", "previous_pool": null,
+            "maintenance": {"enabled": false, "message": "m", "retry_after_s": 1, "since": null},
+            "generation": 4}"#,
+    );
+    let Err((error, _dir)) = Proxy::try_in_dir(dir).await else {
+        panic!("started with a live pool the config lacks");
+    };
+    assert!(error.contains("state.json"), "{error}");
+    assert!(error.contains("`purple`"), "{error}");
+}
+
+#[tokio::test]
+async fn a_state_file_that_cannot_be_written_fails_the_call_and_changes_nothing() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr]).await;
+    let run = proxy.dir().join("run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Permissions don't bind root; then a directory where the temporary
+    // file must go makes the write fail just the same.
+    let blocker = run.join(".state.json.tmp");
+    if std::fs::write(run.join("probe"), "").is_ok() {
+        std::fs::remove_file(run.join("probe")).unwrap();
+        std::fs::create_dir(&blocker).unwrap();
+    }
+
+    let (status, doc) = proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 500, "{doc}");
+    assert_eq!(doc["error"]["code"], "state_not_saved");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("state.json"), "{message}");
+    let (status, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(status, 500, "{doc}");
+
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["live_pool"], "blue");
+    assert_eq!(doc["maintenance"]["enabled"], false);
+    assert_eq!(doc["generation"], 0);
+    let (status, _, body) = get(&proxy.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+
+    // Once the directory is writable again, the same call goes through.
+    let _ = std::fs::remove_dir(&blocker);
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (status, doc) = proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["generation"], 1);
+}

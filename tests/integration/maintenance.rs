@@ -1,0 +1,242 @@
+//! The maintenance gate, driven through the real admin socket: what gated
+//! clients get, who still gets through, and that the upstream never sees a
+//! gated request.
+
+use http::Request;
+
+use crate::support::*;
+
+fn gate_on(message: &str, retry_after: &str) -> String {
+    format!(r#"{{"enabled": true, "message": "{message}", "retry_after": "{retry_after}"}}"#)
+}
+
+#[tokio::test]
+async fn gated_requests_get_503_with_retry_after_and_never_reach_the_upstream() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let proxy = Proxy::start(&[blue.addr], &[green.addr]).await;
+
+    let (status, doc) = proxy
+        .admin(
+            "PUT",
+            "/v1/maintenance",
+            Some(&gate_on("Back at 10:00", "10m")),
+        )
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["maintenance"]["enabled"], true);
+    assert_eq!(doc["maintenance"]["message"], "Back at 10:00");
+    assert_eq!(doc["maintenance"]["retry_after_s"], 600);
+    assert!(doc["maintenance"]["since"].is_string(), "{doc}");
+    assert_eq!(doc["generation"], 1);
+
+    // The call has returned: the very next request is gated.
+    let (status, headers, body) = get(&proxy.url("/orders/42")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "600");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body, serde_json::json!({"message": "Back at 10:00"}));
+    assert_eq!(blue.hits(), 0, "a gated request reached the upstream");
+
+    let (status, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": false}"#))
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["maintenance"]["enabled"], false);
+    assert_eq!(doc["maintenance"]["since"], serde_json::Value::Null);
+    assert_eq!(doc["generation"], 2);
+    let (status, _, body) = get(&proxy.url("/orders/42")).await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+}
+
+#[tokio::test]
+async fn gate_on_without_text_uses_the_config_defaults() {
+    let blue = Upstream::named("blue").await;
+    let text = config_text(
+        &[blue.addr],
+        &[blue.addr],
+        "[maintenance]\nmessage = \"Migrating, hang on\"\nretry_after = \"90s\"\n",
+    );
+    let proxy = Proxy::with_config(&text).await;
+    let (status, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    let (status, headers, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "90");
+    assert_eq!(body, r#"{"message":"Migrating, hang on"}"#);
+}
+
+#[tokio::test]
+async fn browsers_get_the_html_page_and_curl_gets_json() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write(
+        "down.html",
+        "<!doctype html><title>Down</title><p>Back soon</p>",
+    );
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[maintenance]\nhtml_page = \"down.html\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let request = Request::get(proxy.url("/"))
+        .header("accept", browser)
+        .body(full(""))
+        .unwrap();
+    let (status, headers, body) = send(request).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("Back soon"), "{body}");
+
+    for accept in ["*/*", "application/json", "text/html, application/json"] {
+        let request = Request::get(proxy.url("/"))
+            .header("accept", accept)
+            .body(full(""))
+            .unwrap();
+        let (status, headers, _) = send(request).await;
+        assert_eq!(status, 503);
+        assert_eq!(headers["content-type"], "application/json", "{accept}");
+    }
+    assert_eq!(blue.hits(), 0);
+}
+
+#[tokio::test]
+async fn allow_paths_reach_the_live_pool_by_whole_segments() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    // The default allow_paths are /health and /status.
+    for path in ["/health", "/health/", "/health/db", "/status?verbose=1"] {
+        let (status, _, body) = get(&proxy.url(path)).await;
+        assert_eq!((status, body.as_str()), (200, "blue"), "{path}");
+    }
+    for path in ["/healthz", "/", "/statusboard", "/health/../admin"] {
+        let (status, _, _) = get(&proxy.url(path)).await;
+        assert_eq!(status, 503, "{path}");
+    }
+    assert_eq!(blue.hits(), 4);
+}
+
+#[tokio::test]
+async fn bypass_cidrs_reach_the_live_pool() {
+    let blue = Upstream::named("blue").await;
+    let text = config_text(
+        &[blue.addr],
+        &[blue.addr],
+        "[maintenance]\nbypass_cidrs = [\"127.0.0.0/8\"]\n",
+    );
+    let proxy = Proxy::with_config(&text).await;
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    let (status, _, body) = get(&proxy.url("/anything")).await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+
+    // An address outside the range is gated (the test can only connect
+    // from loopback, so the range is swapped by a reload).
+    let text = config_text(
+        &[blue.addr],
+        &[blue.addr],
+        "[maintenance]\nbypass_cidrs = [\"10.0.0.0/8\"]\n",
+    );
+    std::fs::write(&proxy.config, text).unwrap();
+    let (status, doc) = proxy.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{doc}");
+    let (status, _, _) = get(&proxy.url("/anything")).await;
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn the_compat_route_flips_the_gate() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let (status, body) = proxy
+        .admin(
+            "PATCH",
+            "/service-context",
+            Some(r#"{"maintenance": true}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"maintenance": true}));
+    assert_eq!(get(&proxy.url("/")).await.0, 503);
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], true);
+    assert_eq!(
+        doc["maintenance"]["message"],
+        "Service is undergoing maintenance"
+    );
+
+    let (status, body) = proxy
+        .admin(
+            "PATCH",
+            "/service-context",
+            Some(r#"{"maintenance": false}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"maintenance": false}));
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_call_that_changes_nothing_keeps_the_generation() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let on = gate_on("Back soon", "5m");
+    let (_, doc) = proxy.admin("PUT", "/v1/maintenance", Some(&on)).await;
+    assert_eq!(doc["generation"], 1);
+    let since = doc["maintenance"]["since"].clone();
+    let (status, doc) = proxy.admin("PUT", "/v1/maintenance", Some(&on)).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["generation"], 1);
+    assert_eq!(doc["maintenance"]["since"], since);
+    // A new message while on is a change; `since` stays.
+    let (_, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(&gate_on("Later", "5m")))
+        .await;
+    assert_eq!(doc["generation"], 2);
+    assert_eq!(doc["maintenance"]["since"], since);
+    let off = r#"{"enabled": false}"#;
+    let (_, doc) = proxy.admin("PUT", "/v1/maintenance", Some(off)).await;
+    assert_eq!(doc["generation"], 3);
+    let (_, doc) = proxy.admin("PUT", "/v1/maintenance", Some(off)).await;
+    assert_eq!(doc["generation"], 3);
+}
+
+#[tokio::test]
+async fn preview_passes_the_gate_unless_configured_not_to() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    for (bypass, expected) in [(true, 200), (false, 503)] {
+        let text = config_text(
+            &[blue.addr],
+            &[green.addr],
+            &format!("[preview]\nbind = \"127.0.0.1:0\"\nbypass_maintenance = {bypass}\n"),
+        );
+        let proxy = Proxy::with_config(&text).await;
+        proxy
+            .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+            .await;
+        let preview = format!("http://{}/", proxy.preview.unwrap());
+        let (status, _, _) = get(&preview).await;
+        assert_eq!(status, expected, "bypass_maintenance = {bypass}");
+        assert_eq!(get(&proxy.url("/")).await.0, 503);
+    }
+}
