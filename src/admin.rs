@@ -207,8 +207,8 @@ async fn accept_socket(listener: UnixListener, router: Router) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let router = router.clone();
-                tokio::spawn(serve(stream, router, Via::Socket, None));
+                let uid = stream.peer_cred().ok().map(|cred| cred.uid());
+                tokio::spawn(serve(stream, router.clone(), Via::Socket(uid), None));
             }
             Err(error) => {
                 warn!(%error, "admin socket accept failed");

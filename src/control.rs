@@ -26,8 +26,9 @@ use crate::state::{Decisions, MaintenanceState, SharedState, Snapshot};
 /// Where a change came from, for the audit log.
 #[derive(Debug, Clone, Copy)]
 pub enum Via {
-    /// The admin unix socket.
-    Socket,
+    /// The admin unix socket, from a process of this user id (when the
+    /// kernel says).
+    Socket(Option<u32>),
     /// The TCP admin listener, from this client.
     Tcp(SocketAddr),
     /// `SIGHUP`.
@@ -39,7 +40,8 @@ pub enum Via {
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Via::Socket => f.write_str("admin socket"),
+            Via::Socket(Some(uid)) => write!(f, "admin socket uid {uid}"),
+            Via::Socket(None) => f.write_str("admin socket"),
             Via::Tcp(peer) => write!(f, "admin tcp {peer}"),
             Via::Signal => f.write_str("SIGHUP"),
             Via::Watcher => f.write_str("config watcher"),
