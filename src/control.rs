@@ -192,34 +192,11 @@ impl Control {
         if !current.pools.contains_key(to) {
             return Err(ControlError::UnknownPool(to.to_owned()));
         }
-        let from = current.decisions.live_pool.clone();
-        if from == to {
+        if current.decisions.live_pool == to {
             return Ok(current);
         }
-        if !force {
-            self.require_healthy(&current, to).await?;
-        }
-        let decisions = Decisions {
-            live_pool: to.to_owned(),
-            previous_pool: Some(from.clone()),
-            ..current.decisions.clone()
-        };
-        let committed = self
-            .commit(&current, decisions)
-            .await?
-            .expect("a new live pool is a change");
-        current.metrics.count_switch(SwitchKind::Switch);
-        info!(
-            target: "audit",
-            via = %via,
-            change = "switch",
-            from = %from,
-            to = %to,
-            forced = force,
-            generation = committed.decisions.generation,
-            "live pool switched"
-        );
-        Ok(committed)
+        self.make_live(&current, to, force, SwitchKind::Switch, via)
+            .await
     }
 
     /// Makes the previous pool live again (and the live one previous),
@@ -227,7 +204,6 @@ impl Control {
     pub async fn rollback(&self, force: bool, via: Via) -> Result<Arc<Snapshot>, ControlError> {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
-        let from = current.decisions.live_pool.clone();
         let Some(to) = current.decisions.previous_pool.clone() else {
             return Err(ControlError::NoPreviousPool(
                 "there is no previous pool: nothing has been switched yet".to_owned(),
@@ -238,28 +214,44 @@ impl Control {
                 "the previous pool `{to}` is no longer in the config"
             )));
         }
+        self.make_live(&current, &to, force, SwitchKind::Rollback, via)
+            .await
+    }
+
+    /// Makes `to` live and the live pool previous, probing `to` first
+    /// unless `force`. The caller holds the writer and has checked that `to`
+    /// is a pool other than the live one.
+    async fn make_live(
+        &self,
+        current: &Snapshot,
+        to: &str,
+        force: bool,
+        kind: SwitchKind,
+        via: Via,
+    ) -> Result<Arc<Snapshot>, ControlError> {
         if !force {
-            self.require_healthy(&current, &to).await?;
+            self.require_healthy(current, to).await?;
         }
+        let from = current.decisions.live_pool.clone();
         let decisions = Decisions {
-            live_pool: to.clone(),
+            live_pool: to.to_owned(),
             previous_pool: Some(from.clone()),
             ..current.decisions.clone()
         };
         let committed = self
-            .commit(&current, decisions)
+            .commit(current, decisions)
             .await?
             .expect("a new live pool is a change");
-        current.metrics.count_switch(SwitchKind::Rollback);
+        current.metrics.count_switch(kind);
         info!(
             target: "audit",
             via = %via,
-            change = "rollback",
+            change = kind.as_str(),
             from = %from,
             to = %to,
             forced = force,
             generation = committed.decisions.generation,
-            "rolled back"
+            "live pool is now {to}"
         );
         Ok(committed)
     }

@@ -311,14 +311,22 @@ fn expect_ok<T: serde::de::DeserializeOwned>(
             "{what} failed: the admin API answered {status}"
         )));
     };
-    let mut lines = vec![format!(
-        "{what} refused ({}): {}",
-        error.code, error.message
-    )];
+    let mut first = format!("{what} refused ({}): {}", error.code, error.message);
     if error.code == "unauthorized" {
-        lines[0].push_str("; set SWITCHYARD_TOKEN to the admin token");
+        first.push_str("; set SWITCHYARD_TOKEN to the admin token");
     }
-    lines.extend(error.details.iter().map(|d| format!("  {d}")));
+    // Config problems get a line each, as `check` prints them; other
+    // details (each upstream's probe error) fit on the one line.
+    let mut lines = Vec::new();
+    if error.code == "invalid_config" {
+        lines.push(first);
+        lines.extend(error.details.iter().map(|d| format!("  {d}")));
+    } else {
+        if !error.details.is_empty() {
+            first.push_str(&format!(" ({})", error.details.join("; ")));
+        }
+        lines.push(first);
+    }
     Err(Failure {
         lines,
         usage: false,

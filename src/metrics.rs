@@ -103,6 +103,16 @@ pub enum SwitchKind {
     Rollback,
 }
 
+impl SwitchKind {
+    /// The label value, and the audit log's `change`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchKind::Switch => "switch",
+            SwitchKind::Rollback => "rollback",
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -208,10 +218,7 @@ impl Metrics {
 
     /// Counts a change of the live pool.
     pub fn count_switch(&self, kind: SwitchKind) {
-        let kind = match kind {
-            SwitchKind::Switch => "switch",
-            SwitchKind::Rollback => "rollback",
-        };
+        let kind = kind.as_str();
         self.switches.get_or_create(&KindLabel { kind }).inc();
     }
 

@@ -115,14 +115,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             last_reload_error: None,
         };
-        let pools = config
-            .pools
-            .iter()
-            .map(|(name, pool)| {
-                let pool = Pool::new(name, pool, metrics.requests(name));
-                (name.clone(), Arc::new(pool))
-            })
-            .collect();
+        let pools = build_pools(&config, None, &metrics);
         Snapshot::assemble(config, decisions, pools, client, info, metrics)
     }
 
@@ -151,15 +144,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             last_reload_error: None,
         };
-        let pools = config
-            .pools
-            .iter()
-            .map(|(name, pool)| {
-                let old = self.pools.get(name).map(|p| p.as_ref());
-                let pool = Pool::rebuild(name, pool, old, self.metrics.requests(name));
-                (name.clone(), Arc::new(pool))
-            })
-            .collect();
+        let pools = build_pools(&config, Some(&self.pools), &self.metrics);
         Snapshot::assemble(
             config,
             self.decisions.clone(),
@@ -224,6 +209,23 @@ impl Snapshot {
             metrics,
         })
     }
+}
+
+/// The pools of `config`, keeping the upstreams that `old` pools already have.
+fn build_pools(
+    config: &Config,
+    old: Option<&BTreeMap<String, Arc<Pool>>>,
+    metrics: &Metrics,
+) -> BTreeMap<String, Arc<Pool>> {
+    config
+        .pools
+        .iter()
+        .map(|(name, pool)| {
+            let old = old.and_then(|pools| pools.get(name)).map(|p| p.as_ref());
+            let pool = Pool::rebuild(name, pool, old, metrics.requests(name));
+            (name.clone(), Arc::new(pool))
+        })
+        .collect()
 }
 
 /// The one place the current [`Snapshot`] lives.

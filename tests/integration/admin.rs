@@ -23,12 +23,7 @@ async fn the_socket_is_private_and_removed_on_a_clean_stop() {
 #[tokio::test]
 async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    dir.write(
-        "switchyard.toml",
-        &config_text(&[blue.addr], &[blue.addr], ""),
-    );
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let dir = TempDir::with_config(&config_text(&[blue.addr], &[blue.addr], ""));
     // What a crashed run leaves behind: a socket file nobody listens on.
     let stale = std::os::unix::net::UnixListener::bind(dir.path().join("run/admin.sock")).unwrap();
     drop(stale);

@@ -117,6 +117,7 @@ async fn ctl_refusals_exit_1_with_one_actionable_line() {
 
     let (code, _, err) = ctl(&["switch", "green"], &[("SWITCHYARD_ADMIN", &admin)]).await;
     assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("pool_unhealthy"), "{err}");
     assert!(err.contains(&dead.to_string()), "{err}");
 

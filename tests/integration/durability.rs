@@ -53,12 +53,7 @@ async fn a_restart_restores_the_live_pool_and_the_gate() {
 #[tokio::test]
 async fn a_corrupt_state_file_stops_startup_naming_the_file() {
     let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    dir.write(
-        "switchyard.toml",
-        &config_text(&[blue.addr], &[blue.addr], ""),
-    );
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let dir = TempDir::with_config(&config_text(&[blue.addr], &[blue.addr], ""));
     dir.write("run/state.json", "{\"version\": 1, \"live_pool\": \"gre");
     let Err((error, dir)) = Proxy::try_in_dir(dir).await else {
         panic!("started on a corrupt state file");

@@ -193,6 +193,15 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// A directory holding `switchyard.toml` with `text`, and an empty
+    /// `run/` for the admin socket and state file.
+    pub fn with_config(text: &str) -> TempDir {
+        let dir = TempDir::new();
+        dir.write("switchyard.toml", text);
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        dir
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
