@@ -93,9 +93,9 @@ fn describe_failures(failures: &[ProbeResult]) -> String {
 pub struct MaintenanceChange {
     /// On or off.
     pub enabled: bool,
-    /// The 503's message; when turning on without one, the config's.
+    /// The 503's message; without one, the config's `maintenance.message`.
     pub message: Option<String>,
-    /// The 503's `Retry-After`; when turning on without one, the config's.
+    /// The 503's `Retry-After`; without one, the config's.
     pub retry_after: Option<Duration>,
 }
 
@@ -135,27 +135,16 @@ impl Control {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         let old = &current.decisions.maintenance;
-        let defaults = &current.config.maintenance;
-        let (message, retry_after) = if change.enabled {
-            (
-                change.message.unwrap_or_else(|| defaults.message.clone()),
-                change.retry_after.unwrap_or(defaults.retry_after),
-            )
-        } else {
-            (
-                change.message.unwrap_or_else(|| old.message.clone()),
-                change.retry_after.unwrap_or(old.retry_after),
-            )
-        };
         let since = match (change.enabled, old.since) {
             (false, _) => None,
             (true, Some(since)) if old.enabled => Some(since),
             (true, _) => Some(now_seconds()),
         };
+        // Texts not given follow the config, on or off.
         let maintenance = MaintenanceState {
             enabled: change.enabled,
-            message,
-            retry_after,
+            message: change.message,
+            retry_after: change.retry_after,
             since,
         };
         let decisions = Decisions {
@@ -166,14 +155,15 @@ impl Control {
             return Ok(current);
         };
         let m = &committed.decisions.maintenance;
+        let config = &committed.config.maintenance;
         info!(
             target: "audit",
             via = %via,
             change = "maintenance",
             from = on_off(old.enabled),
             to = on_off(m.enabled),
-            message = %m.message,
-            retry_after_s = m.retry_after.as_secs(),
+            message = %m.message(config),
+            retry_after_s = m.retry_after(config).as_secs(),
             generation = committed.decisions.generation,
             "maintenance {}", on_off(m.enabled)
         );

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::config::Config;
+use crate::config::{Config, Maintenance};
 use crate::metrics::Metrics;
 use crate::proxy::{Gate, UpstreamClient};
 use crate::upstream::Pool;
@@ -38,12 +38,26 @@ pub struct Decisions {
 pub struct MaintenanceState {
     /// Whether users get the 503.
     pub enabled: bool,
-    /// The message of the 503.
-    pub message: String,
-    /// The `Retry-After` of the 503 (whole seconds are sent).
-    pub retry_after: Duration,
+    /// The message of the 503, when the operator gave one; `None` follows
+    /// the config's `maintenance.message` (through reloads, too).
+    pub message: Option<String>,
+    /// The `Retry-After` of the 503 (whole seconds are sent), when the
+    /// operator gave one; `None` follows `maintenance.retry_after`.
+    pub retry_after: Option<Duration>,
     /// When the gate was turned on; `None` while off.
     pub since: Option<SystemTime>,
+}
+
+impl MaintenanceState {
+    /// The message users get, under `config`.
+    pub fn message<'a>(&'a self, config: &'a Maintenance) -> &'a str {
+        self.message.as_deref().unwrap_or(&config.message)
+    }
+
+    /// The `Retry-After` users get, under `config`.
+    pub fn retry_after(&self, config: &Maintenance) -> Duration {
+        self.retry_after.unwrap_or(config.retry_after)
+    }
 }
 
 impl Decisions {
@@ -55,8 +69,8 @@ impl Decisions {
             previous_pool: None,
             maintenance: MaintenanceState {
                 enabled: false,
-                message: config.maintenance.message.clone(),
-                retry_after: config.maintenance.retry_after,
+                message: None,
+                retry_after: None,
                 since: None,
             },
             generation: 0,

@@ -174,8 +174,8 @@ impl StatusDocument {
             previous_pool: decisions.previous_pool.clone(),
             maintenance: MaintenanceStatus {
                 enabled: m.enabled,
-                message: m.message.clone(),
-                retry_after_s: m.retry_after.as_secs(),
+                message: m.message(&snapshot.config.maintenance).to_owned(),
+                retry_after_s: m.retry_after(&snapshot.config.maintenance).as_secs(),
                 since: m.since.map(rfc3339),
             },
             pools,

@@ -31,11 +31,11 @@ impl Gate {
     /// The gate for the decided `state`, with the exceptions and page of
     /// the config's `[maintenance]`.
     pub fn new(config: &Maintenance, state: &MaintenanceState) -> Gate {
-        let json = serde_json::json!({ "message": state.message }).to_string();
+        let json = serde_json::json!({ "message": state.message(config) }).to_string();
         Gate {
             allow_paths: config.allow_paths.clone(),
             bypass_cidrs: config.bypass_cidrs.clone(),
-            retry_after: HeaderValue::from(state.retry_after.as_secs()),
+            retry_after: HeaderValue::from(state.retry_after(config).as_secs()),
             json: Bytes::from(json),
             html: config.html_page.as_ref().map(|page| page.body.clone()),
         }

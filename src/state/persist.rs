@@ -3,9 +3,13 @@
 //!
 //! ```json
 //! {"version": 1, "live_pool": "green", "previous_pool": "blue",
-//!  "maintenance": {"enabled": false, "message": "...", "retry_after_s": 300, "since": null},
+//!  "maintenance": {"enabled": true, "message": "Back at 10:00", "retry_after_s": null,
+//!                  "since": "2026-11-22T10:00:00Z"},
 //!  "generation": 4}
 //! ```
+//!
+//! A `null` message or `retry_after_s` means "the config's", so an edit of
+//! `maintenance.message` reaches a gate that was turned on without one.
 //!
 //! A missing file means "first start". A file that exists but cannot be read
 //! or understood is an error the caller must stop on: falling back to
@@ -77,8 +81,8 @@ struct StateFile {
 #[serde(deny_unknown_fields)]
 struct MaintenanceFile {
     enabled: bool,
-    message: String,
-    retry_after_s: u64,
+    message: Option<String>,
+    retry_after_s: Option<u64>,
     since: Option<String>,
 }
 
@@ -129,7 +133,7 @@ pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
         maintenance: MaintenanceState {
             enabled: file.maintenance.enabled,
             message: file.maintenance.message,
-            retry_after: Duration::from_secs(file.maintenance.retry_after_s),
+            retry_after: file.maintenance.retry_after_s.map(Duration::from_secs),
             since,
         },
         generation: file.generation,
@@ -149,7 +153,7 @@ pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
         maintenance: MaintenanceFile {
             enabled: decisions.maintenance.enabled,
             message: decisions.maintenance.message.clone(),
-            retry_after_s: decisions.maintenance.retry_after.as_secs(),
+            retry_after_s: decisions.maintenance.retry_after.map(|d| d.as_secs()),
             since: decisions.maintenance.since.map(rfc3339),
         },
         generation: decisions.generation,
@@ -231,8 +235,8 @@ mod tests {
             previous_pool: Some("blue".to_owned()),
             maintenance: MaintenanceState {
                 enabled: true,
-                message: "back soon".to_owned(),
-                retry_after: Duration::from_secs(600),
+                message: Some("back soon".to_owned()),
+                retry_after: Some(Duration::from_secs(600)),
                 since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
             },
             generation: 7,

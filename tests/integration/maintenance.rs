@@ -240,3 +240,42 @@ async fn preview_passes_the_gate_unless_configured_not_to() {
         assert_eq!(get(&proxy.url("/")).await.0, 503);
     }
 }
+
+#[tokio::test]
+async fn a_gate_without_its_own_text_follows_the_config_through_reloads() {
+    let blue = Upstream::named("blue").await;
+    let with_message = |message: &str| {
+        config_text(
+            &[blue.addr],
+            &[blue.addr],
+            &format!("[maintenance]\nmessage = \"{message}\"\nretry_after = \"1m\"\n"),
+        )
+    };
+    let proxy = Proxy::with_config(&with_message("Down for a bit")).await;
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(
+        get(&proxy.url("/")).await.2,
+        r#"{"message":"Down for a bit"}"#
+    );
+
+    std::fs::write(&proxy.config, with_message("Back at noon")).unwrap();
+    let (status, doc) = proxy.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["maintenance"]["message"], "Back at noon");
+    assert_eq!(doc["generation"], 1, "a reload is not a decision");
+    assert_eq!(
+        get(&proxy.url("/")).await.2,
+        r#"{"message":"Back at noon"}"#
+    );
+
+    // A message the operator gave stays through reloads.
+    let on = r#"{"enabled": true, "message": "Operator says hi"}"#;
+    proxy.admin("PUT", "/v1/maintenance", Some(on)).await;
+    std::fs::write(&proxy.config, with_message("Third text")).unwrap();
+    proxy.admin("POST", "/v1/reload", None).await;
+    let (_, headers, body) = get(&proxy.url("/")).await;
+    assert_eq!(body, r#"{"message":"Operator says hi"}"#);
+    assert_eq!(headers["retry-after"], "60");
+}
