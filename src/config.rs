@@ -45,6 +45,12 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 /// Default consecutive failures that make an upstream unhealthy.
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+/// Default time a switch is watched for (with a `[switch]` section).
+pub const DEFAULT_SWITCH_WATCH: Duration = Duration::from_secs(120);
+/// Default error share that rolls a switch back.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.05;
+/// Default number of requests below which a watch gives no verdict.
+pub const DEFAULT_MIN_REQUESTS: u32 = 20;
 /// Default budget to open a TCP connection to an upstream.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default budget from sending a request until the upstream's response head arrives.
@@ -75,6 +81,9 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// How upstreams are probed.
     pub health: Health,
+    /// The watch after a switch that rolls back by itself; `None` without
+    /// a `[switch]` section.
+    pub switch: Option<SwitchWatch>,
     /// Time budgets.
     pub timeouts: Timeouts,
     /// A digest of the file's text, so a watcher can tell whether the file
@@ -187,6 +196,19 @@ pub struct Health {
     pub healthy_threshold: u32,
     /// Consecutive failures that make an upstream unhealthy.
     pub unhealthy_threshold: u32,
+}
+
+/// `[switch]`: after a switch, watch the new live pool and roll back if
+/// it answers too many errors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwitchWatch {
+    /// How long after a switch the new pool is watched.
+    pub watch: Duration,
+    /// Share (0 to 1) of 5xx answers and upstream failures that triggers
+    /// the rollback.
+    pub max_error_rate: f64,
+    /// No verdict on fewer requests than this.
+    pub min_requests: u64,
 }
 
 /// Time budgets.

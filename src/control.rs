@@ -7,11 +7,17 @@
 //! therefore never interleave or lose an update, and the state file always
 //! holds what the data plane applies. A call that changes nothing answers
 //! without a new generation and without touching the file.
+//!
+//! Besides the decisions, `Control` keeps what the status document reports
+//! of its own activity: the last event, and the watch that follows a switch
+//! when `[switch]` is configured (see [`watch`]).
+
+pub mod watch;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
@@ -35,6 +41,8 @@ pub enum Via {
     Signal,
     /// The config file watcher.
     Watcher,
+    /// The watch after a switch (an automatic rollback).
+    SwitchWatch,
 }
 
 impl fmt::Display for Via {
@@ -45,6 +53,7 @@ impl fmt::Display for Via {
             Via::Tcp(peer) => write!(f, "admin tcp {peer}"),
             Via::Signal => f.write_str("SIGHUP"),
             Via::Watcher => f.write_str("config watcher"),
+            Via::SwitchWatch => f.write_str("switch watch"),
         }
     }
 }
@@ -99,6 +108,55 @@ pub struct MaintenanceChange {
     pub retry_after: Option<Duration>,
 }
 
+/// What happened last, for the status document.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// What kind of change.
+    pub kind: EventKind,
+    /// When.
+    pub at: SystemTime,
+    /// What, in words (with figures for an automatic rollback).
+    pub reason: String,
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A switch.
+    Switch,
+    /// A manual rollback.
+    Rollback,
+    /// The watch rolled a switch back.
+    AutoRollback,
+    /// The watch wanted to roll back, but the previous pool failed its probe.
+    AutoRollbackRefused,
+    /// The gate turned on or off.
+    Maintenance,
+    /// A reload, applied or refused.
+    Reload,
+}
+
+impl EventKind {
+    /// The status document's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Switch => "switch",
+            EventKind::Rollback => "rollback",
+            EventKind::AutoRollback => "auto_rollback",
+            EventKind::AutoRollbackRefused => "auto_rollback_refused",
+            EventKind::Maintenance => "maintenance",
+            EventKind::Reload => "reload",
+        }
+    }
+}
+
+/// What `Control` did last and is doing now, besides the decisions.
+#[derive(Debug, Default)]
+struct Activity {
+    last_event: Option<Event>,
+    watch: Option<watch::ActiveWatch>,
+}
+
 /// The one writer of the shared state.
 #[derive(Debug)]
 pub struct Control {
@@ -108,17 +166,49 @@ pub struct Control {
     state_file: PathBuf,
     /// Held for the whole of each change, probes and fsync included.
     writer: Mutex<()>,
+    /// Last event and running watch. A std mutex: held only to read or
+    /// replace a field, never across an await.
+    activity: std::sync::Mutex<Activity>,
+    /// Itself, for the watch task to call back.
+    me: Weak<Control>,
 }
 
 impl Control {
     /// The writer of `state`, persisting to the state file of its config.
-    pub fn new(state: Arc<SharedState>) -> Control {
+    pub fn new(state: Arc<SharedState>) -> Arc<Control> {
         let state_file = state.load().config.state.file.clone();
-        Control {
+        Arc::new_cyclic(|me| Control {
             state,
             state_file,
             writer: Mutex::new(()),
-        }
+            activity: std::sync::Mutex::new(Activity::default()),
+            me: me.clone(),
+        })
+    }
+
+    /// The last event, if any.
+    pub fn last_event(&self) -> Option<Event> {
+        self.activity().last_event.clone()
+    }
+
+    /// The watch in progress, if any, with its figures so far.
+    pub fn watch_status(&self) -> Option<watch::WatchStatus> {
+        self.activity()
+            .watch
+            .as_ref()
+            .map(watch::ActiveWatch::status)
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity.lock().expect("activity lock poisoned")
+    }
+
+    fn record(&self, kind: EventKind, reason: String) {
+        self.activity().last_event = Some(Event {
+            kind,
+            at: SystemTime::now(),
+            reason,
+        });
     }
 
     /// The shared state this writes.
@@ -156,6 +246,14 @@ impl Control {
         };
         let m = &committed.decisions.maintenance;
         let config = &committed.config.maintenance;
+        self.record(
+            EventKind::Maintenance,
+            if m.enabled {
+                format!("maintenance on: \"{}\"", m.message(config))
+            } else {
+                "maintenance off".to_owned()
+            },
+        );
         info!(
             target: "audit",
             via = %via,
@@ -239,10 +337,35 @@ impl Control {
             change = kind.as_str(),
             from = %from,
             to = %to,
-            forced = force,
+            // An automatic rollback probes before it gets here.
+            forced = force && !matches!(kind, SwitchKind::AutoRollback),
             generation = committed.decisions.generation,
             "live pool is now {to}"
         );
+        let forced = if force { " (forced)" } else { "" };
+        match kind {
+            SwitchKind::Switch => {
+                self.record(
+                    EventKind::Switch,
+                    format!("switched from {from} to {to}{forced}"),
+                );
+                self.cancel_watch();
+                if let Some(rules) = committed.config.switch {
+                    let watch = watch::ActiveWatch::start(self.me.clone(), &committed, rules);
+                    self.activity().watch = Some(watch);
+                }
+            }
+            SwitchKind::Rollback => {
+                self.record(
+                    EventKind::Rollback,
+                    format!("rolled back from {from} to {to}{forced}"),
+                );
+                self.cancel_watch();
+            }
+            // The watch that called for it has already left its slot, and
+            // recorded the event with its figures.
+            SwitchKind::AutoRollback => {}
+        }
         Ok(committed)
     }
 
@@ -278,6 +401,10 @@ impl Control {
                 }
                 self.state.store(snapshot);
                 current.metrics.count_reload(true);
+                self.record(
+                    EventKind::Reload,
+                    format!("config {} reloaded", config.path.display()),
+                );
                 info!(
                     target: "audit",
                     via = %via,
@@ -298,15 +425,94 @@ impl Control {
                 );
                 self.state.store(current.with_reload_error(lines.clone()));
                 current.metrics.count_reload(false);
+                self.record(
+                    EventKind::Reload,
+                    format!("config reload refused: {}", lines.join("; ")),
+                );
                 Err(ControlError::InvalidConfig(lines))
             }
+        }
+    }
+
+    /// Stops the watch in progress, if any.
+    fn cancel_watch(&self) {
+        if let Some(watch) = self.activity().watch.take() {
+            watch.cancel();
+        }
+    }
+
+    /// Rolls back the switch that watch `id` followed: the previous pool is
+    /// probed first, and if none of its upstreams passes, nothing changes
+    /// and `auto_rollback_refused` is recorded. `reason` says why.
+    pub(crate) async fn auto_rollback(&self, id: u64, reason: String) {
+        let _writer = self.writer.lock().await;
+        // A manual switch may have cancelled this watch while it waited.
+        let Some(watch) = self.activity().watch.take_if(|w| w.id() == id) else {
+            return;
+        };
+        let current = self.state.load_full();
+        let from = watch.pool().to_owned();
+        let target = current
+            .decisions
+            .previous_pool
+            .clone()
+            .filter(|p| current.pools.contains_key(p) && current.decisions.live_pool == from);
+        let Some(to) = target else {
+            warn!(target: "audit", pool = %from, %reason, "automatic rollback impossible: no previous pool to return to");
+            self.record(
+                EventKind::AutoRollbackRefused,
+                format!("{reason}; no previous pool to return to"),
+            );
+            return;
+        };
+        if let Err(error) = self.require_healthy(&current, &to).await {
+            warn!(target: "audit", pool = %from, previous = %to, %reason, %error, "automatic rollback refused: the previous pool failed its probe");
+            self.record(
+                EventKind::AutoRollbackRefused,
+                format!("{reason}; stayed on {from}: {error}"),
+            );
+            return;
+        }
+        // Probed just now; make_live need not probe again.
+        match self
+            .make_live(
+                &current,
+                &to,
+                true,
+                SwitchKind::AutoRollback,
+                Via::SwitchWatch,
+            )
+            .await
+        {
+            Ok(_) => {
+                warn!(target: "audit", from = %from, to = %to, %reason, "automatic rollback");
+                self.record(
+                    EventKind::AutoRollback,
+                    format!("{reason}; rolled back from {from} to {to}"),
+                );
+            }
+            Err(error) => {
+                warn!(target: "audit", from = %from, to = %to, %reason, %error, "automatic rollback failed");
+                self.record(
+                    EventKind::AutoRollbackRefused,
+                    format!("{reason}; rollback to {to} failed: {error}"),
+                );
+            }
+        }
+    }
+
+    /// Ends watch `id` without a verdict against its pool.
+    pub(crate) fn end_watch(&self, id: u64) {
+        let mut activity = self.activity();
+        if let Some(watch) = activity.watch.take_if(|w| w.id() == id) {
+            info!(pool = %watch.pool(), "switch watch ended: the new pool held up");
         }
     }
 
     /// Probes `pool`; fails unless at least one upstream passes.
     async fn require_healthy(&self, current: &Snapshot, pool: &str) -> Result<(), ControlError> {
         let target = &current.pools[pool];
-        let results = health::probe_pool(&current.client, target, &current.config.health).await;
+        let results = health::probe_pool(target, &current.config.health).await;
         if results.iter().any(|r| r.outcome.is_ok()) {
             Ok(())
         } else {

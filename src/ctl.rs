@@ -365,7 +365,11 @@ fn render_status(document: &StatusDocument) -> String {
         } else {
             ""
         };
-        let _ = writeln!(out, "pool {name}{role}: {} in flight", pool.in_flight);
+        let _ = writeln!(
+            out,
+            "pool {name}{role}: {} in flight, {} tunnels",
+            pool.in_flight, pool.tunnels
+        );
         for upstream in &pool.upstreams {
             let health = if upstream.healthy {
                 "healthy"
@@ -373,11 +377,32 @@ fn render_status(document: &StatusDocument) -> String {
                 "UNHEALTHY"
             };
             let _ = write!(out, "  {:<22} {health}", upstream.addr);
+            if let Some(checked) = &upstream.last_check {
+                let _ = write!(out, ", checked {checked}");
+            }
             if let Some(error) = &upstream.last_error {
-                let _ = write!(out, " (last error: {error})");
+                let _ = write!(
+                    out,
+                    ", {} failures in a row, last: {error}",
+                    upstream.consecutive_failures
+                );
             }
             out.push('\n');
         }
+    }
+    if let Some(watch) = &document.watch {
+        let _ = writeln!(
+            out,
+            "watch         {} until {}: {} errors in {} requests",
+            watch.pool, watch.until, watch.errors, watch.requests
+        );
+    }
+    if let Some(event) = &document.last_event {
+        let _ = writeln!(
+            out,
+            "last event    {} at {}: {}",
+            event.kind, event.at, event.reason
+        );
     }
     let _ = writeln!(
         out,

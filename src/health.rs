@@ -1,18 +1,34 @@
 //! Health probes: `GET health.path` on an upstream within `health.timeout`.
 //!
-//! A switch or rollback probes every upstream of its target right then
-//! ([`probe_pool`]), so stale health never lets a switch through; the
-//! results count as health checks and update each upstream's record.
+//! [`spawn_checks`] probes every upstream of every pool, live or not, each
+//! `health.interval`, off the request path: the data plane only reads the
+//! verdict (an atomic flag). It takes the pools from the current snapshot
+//! at each round, so a reload that adds upstreams gets them probed from the
+//! next round on, and one that keeps an upstream keeps its record (the
+//! snapshot carries the same `Upstream` over).
+//!
+//! A switch or rollback also probes every upstream of its target right then
+//! ([`probe_pool`]), so stale health never lets a switch through; those
+//! results count as health checks too.
 
 use std::sync::Arc;
 
-use http::header::{HeaderValue, HOST, USER_AGENT};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, HOST, USER_AGENT};
 use http::uri::Authority;
 use http::{Request, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use crate::config::Health;
-use crate::proxy::{Body, UpstreamClient};
+/// The `User-Agent` of health probes, so upstream logs can tell them apart.
+pub const PROBE_USER_AGENT: &str = "switchyard-health";
+use crate::state::SharedState;
 use crate::upstream::{Pool, Upstream};
 
 /// One upstream's probe result.
@@ -26,21 +42,14 @@ pub struct ProbeResult {
 
 /// Probes every upstream of `pool` at once and records each result, in
 /// the pool's order.
-pub async fn probe_pool(
-    client: &Arc<UpstreamClient>,
-    pool: &Pool,
-    health: &Health,
-) -> Vec<ProbeResult> {
+pub async fn probe_pool(pool: &Pool, health: &Health) -> Vec<ProbeResult> {
     let probes: Vec<_> = pool
         .upstreams
         .iter()
         .map(|upstream| {
-            let (client, upstream, health) = (client.clone(), upstream.clone(), health.clone());
-            tokio::spawn(async move {
-                let outcome = probe(&client, &upstream, &health).await;
-                upstream.record_probe(outcome.clone(), &health);
-                outcome
-            })
+            let (upstream, health) = (upstream.clone(), health.clone());
+            let pool = pool.name.clone();
+            tokio::spawn(async move { probe_and_record(&pool, &upstream, &health).await })
         })
         .collect();
     let mut results = Vec::with_capacity(probes.len());
@@ -56,40 +65,93 @@ pub async fn probe_pool(
     results
 }
 
+/// The running health checks; dropping this stops them.
+#[derive(Debug)]
+pub struct HealthChecks(tokio::task::JoinHandle<()>);
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts probing every upstream of every pool of `state`, each
+/// `health.interval` (as of each round's snapshot).
+pub fn spawn_checks(state: Arc<SharedState>) -> HealthChecks {
+    HealthChecks(tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            let snapshot = state.load_full();
+            let health = snapshot.config.health.clone();
+            let mut round = JoinSet::new();
+            for pool in snapshot.pools.values() {
+                for upstream in &pool.upstreams {
+                    let (upstream, health) = (upstream.clone(), health.clone());
+                    let pool = pool.name.clone();
+                    round.spawn(async move {
+                        let _ = probe_and_record(&pool, &upstream, &health).await;
+                    });
+                }
+            }
+            // The round does not hold on to the snapshot while it waits.
+            drop(snapshot);
+            while round.join_next().await.is_some() {}
+            tokio::time::sleep_until(started + health.interval).await;
+        }
+    }))
+}
+
+/// Probes `upstream` of `pool`, records the result and logs a change of
+/// verdict.
+async fn probe_and_record(pool: &str, upstream: &Upstream, health: &Health) -> Result<(), String> {
+    let outcome = probe(upstream, health).await;
+    match upstream.record_probe(outcome.clone(), health) {
+        Some(true) => info!(pool, upstream = %upstream.authority, "upstream is healthy again"),
+        Some(false) => warn!(
+            pool,
+            upstream = %upstream.authority,
+            error = outcome.as_ref().err().map_or("", String::as_str),
+            "upstream is unhealthy"
+        ),
+        None => {}
+    }
+    outcome
+}
+
 /// One probe: passes on a 2xx or 3xx answer within the timeout.
-pub async fn probe(
-    client: &UpstreamClient,
-    upstream: &Arc<Upstream>,
-    health: &Health,
-) -> Result<(), String> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority.clone())
-        .path_and_query(health.path.as_str())
-        .build()
-        .map_err(|e| format!("bad probe target: {e}"))?;
-    let mut request = Request::new(Body::empty());
-    *request.uri_mut() = uri;
+///
+/// Each probe opens its own connection (and closes it): it checks that the
+/// upstream accepts connections and answers, and it never takes or spoils
+/// an idle connection of the request path's pool.
+pub async fn probe(upstream: &Upstream, health: &Health) -> Result<(), String> {
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.uri_mut() = health
+        .path
+        .parse::<Uri>()
+        .map_err(|e| format!("bad probe path: {e}"))?;
+    let headers = request.headers_mut();
     let host = HeaderValue::from_str(upstream.authority.as_str())
         .expect("an authority is a valid header value");
-    request.headers_mut().insert(HOST, host);
-    request
-        .headers_mut()
-        .insert(USER_AGENT, HeaderValue::from_static("switchyard-health"));
+    headers.insert(HOST, host);
+    headers.insert(USER_AGENT, HeaderValue::from_static(PROBE_USER_AGENT));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        })?;
+        let stream = TcpStream::connect(upstream.authority.as_str())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        // The connection task ends with the exchange (Connection: close),
+        // or when this probe is dropped at its timeout.
+        let connection = tokio::spawn(connection);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET {}: {e}", health.path))?;
         let status = response.status();
-        // Read the (small) body so the connection can be reused.
         let _ = response.into_body().collect().await;
+        connection.abort();
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {

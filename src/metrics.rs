@@ -9,7 +9,7 @@
 //! | `switchyard_live_pool` | gauge, 1 for the live pool, 0 for the others | `pool` |
 //! | `switchyard_generation` | gauge | |
 //! | `switchyard_upstream_healthy` | gauge | `pool`, `upstream` |
-//! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`) |
+//! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`, `auto_rollback`) |
 //! | `switchyard_reloads_total` | counter | `result` (`ok`, `error`) |
 //!
 //! The request path touches only atomics: each pool holds its own
@@ -87,6 +87,12 @@ pub struct RequestCounters {
 }
 
 impl RequestCounters {
+    /// Answers so far, and how many of them were 5xx.
+    pub fn totals(&self) -> (u64, u64) {
+        let all = self.by_class.iter().map(Counter::get).sum();
+        (all, self.by_class[4].get())
+    }
+
     /// Counts one answer with `status`.
     pub fn count(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
@@ -101,6 +107,8 @@ pub enum SwitchKind {
     Switch,
     /// `POST /v1/rollback`.
     Rollback,
+    /// The watch after a switch rolled it back.
+    AutoRollback,
 }
 
 impl SwitchKind {
@@ -109,6 +117,7 @@ impl SwitchKind {
         match self {
             SwitchKind::Switch => "switch",
             SwitchKind::Rollback => "rollback",
+            SwitchKind::AutoRollback => "auto_rollback",
         }
     }
 }

@@ -81,7 +81,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 pub use body::Body;
 pub use error::{json_response, ProxyError};
@@ -383,7 +383,7 @@ impl Proxy {
         let answer = forward::send(&client, &pool, head, body, timeouts.upstream).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
-                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade)),
+                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, &pool, route)),
                 None => Err(ProxyError::BadUpstreamResponse {
                     upstream: answer.in_flight.upstream().authority.clone(),
                     reason: "101 Switching Protocols to a request that asked for no upgrade"
@@ -402,8 +402,16 @@ impl Proxy {
     }
 
     /// Passes the upstream's `101` to the client and, once both sides have
-    /// switched, copies bytes both ways until either closes.
-    fn tunnel(&self, answer: Answer, client_upgrade: OnUpgrade) -> Response<Body> {
+    /// switched, copies bytes both ways until either closes, the server
+    /// stops, or (for the public listener) `timeouts.drain` has passed since
+    /// the tunnel's pool stopped being live.
+    fn tunnel(
+        &self,
+        answer: Answer,
+        client_upgrade: OnUpgrade,
+        pool: &Pool,
+        route: Route,
+    ) -> Response<Body> {
         let Answer {
             mut response,
             in_flight,
@@ -411,11 +419,12 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let tracked = self.lifecycle.track();
         let mut phase = self.lifecycle.watch();
+        let retired = retired(self.state.clone(), pool.name.clone(), route);
         tokio::spawn(
             async move {
                 // Both guards live as long as the tunnel.
                 let _tracked = tracked;
-                let _in_flight = in_flight;
+                let _tunnel = in_flight.into_tunnel();
                 let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok(pair) => pair,
                     Err(error) => {
@@ -432,6 +441,7 @@ impl Proxy {
                     },
                     // Dropping both ends closes them.
                     _ = phase.wait_for(|p| *p == Phase::Closing) => debug!("tunnel closed at shutdown"),
+                    () = retired => info!("tunnel closed: its pool is no longer live and the drain budget is spent"),
                 }
             }
             .in_current_span(),
@@ -439,5 +449,38 @@ impl Proxy {
         let (mut parts, _) = response.into_parts();
         headers::prepare_response(&mut parts.headers, true);
         Response::from_parts(parts, Body::empty())
+    }
+}
+
+/// Resolves once `pool` has not been live for `timeouts.drain` in a row:
+/// the end of a tunnel to a pool that was switched away from. A switch back
+/// within the budget lets the tunnel live on. Tunnels of the preview
+/// listener are to the pool that is not live by design, and never retire.
+async fn retired(state: Arc<SharedState>, pool: String, route: Route) {
+    if route == Route::Preview {
+        return std::future::pending().await;
+    }
+    let mut changes = state.subscribe();
+    let is_live = |state: &SharedState| state.load().decisions.live_pool == pool;
+    loop {
+        while is_live(&state) {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+        let deadline = Instant::now() + state.load().config.timeouts.drain;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                    if is_live(&state) {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

@@ -107,7 +107,7 @@ impl Server {
                 metrics.clone(),
                 Lifecycle::default(),
             )),
-            control: Arc::new(Control::new(state)),
+            control: Control::new(state),
             metrics,
             listeners,
             admin,
@@ -155,6 +155,7 @@ impl Server {
         let admin = self
             .admin
             .serve(Router::new(self.control.clone(), self.metrics.clone()));
+        let checks = crate::health::spawn_checks(self.proxy.state().clone());
         let watcher = match crate::reload::watch(self.control.clone()) {
             Ok(watcher) => Some(watcher),
             Err(error) => {
@@ -164,6 +165,7 @@ impl Server {
         };
         shutdown.await;
         drop(watcher);
+        drop(checks);
         // The admin API closes with the public listeners: the process is on
         // its way out, and the socket file goes with it.
         drop(admin);

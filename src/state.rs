@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
+use tokio::sync::watch;
 
 use crate::config::{Config, Maintenance};
 use crate::metrics::Metrics;
@@ -246,6 +247,9 @@ fn build_pools(
 #[derive(Debug)]
 pub struct SharedState {
     current: ArcSwap<Snapshot>,
+    /// Wakes background tasks (tunnels waiting to drain) after each store;
+    /// requests never look at it.
+    changes: watch::Sender<()>,
 }
 
 impl SharedState {
@@ -253,7 +257,13 @@ impl SharedState {
     pub fn new(snapshot: Snapshot) -> SharedState {
         SharedState {
             current: ArcSwap::from_pointee(snapshot),
+            changes: watch::Sender::new(()),
         }
+    }
+
+    /// A receiver that is marked changed after every store.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     /// The current snapshot: one atomic load, no lock. Don't hold the guard
@@ -271,5 +281,6 @@ impl SharedState {
     /// one writer) and startup call this.
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+        self.changes.send_replace(());
     }
 }

@@ -22,6 +22,8 @@ pub struct Upstream {
     pub authority: Authority,
     /// Requests picked for this upstream whose response is not finished.
     in_flight: AtomicUsize,
+    /// Upgraded connections (WebSocket) open to this upstream.
+    tunnels: AtomicUsize,
     /// The health verdict, read without a lock.
     healthy: AtomicBool,
     /// The probes' details. A std mutex: held only to copy or update the
@@ -35,6 +37,7 @@ impl Upstream {
         Upstream {
             authority,
             in_flight: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             probes: Mutex::new(ProbeRecord::default()),
         }
@@ -43,6 +46,11 @@ impl Upstream {
     /// Requests currently in flight on this upstream.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Upgraded connections currently open to this upstream.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
     }
 
     /// Whether the upstream counts as healthy: until its probes say
@@ -61,28 +69,45 @@ impl Upstream {
 
     /// Records one probe's result: `unhealthy_threshold` failures in a row
     /// make the upstream unhealthy, `healthy_threshold` successes in a row
-    /// make it healthy again.
-    pub fn record_probe(&self, result: Result<(), String>, thresholds: &Health) {
+    /// make it healthy again. Returns the new verdict if it changed.
+    pub fn record_probe(&self, result: Result<(), String>, thresholds: &Health) -> Option<bool> {
         let mut probes = self.probes.lock().expect("probe record lock poisoned");
         probes.last_check = Some(SystemTime::now());
         match result {
             Ok(()) => {
                 probes.consecutive_failures = 0;
-                probes.consecutive_successes += 1;
+                probes.consecutive_successes = probes.consecutive_successes.saturating_add(1);
                 probes.last_error = None;
-                if probes.consecutive_successes >= thresholds.healthy_threshold {
-                    self.healthy.store(true, Ordering::Relaxed);
-                }
+                (probes.consecutive_successes >= thresholds.healthy_threshold)
+                    .then(|| self.set_healthy(true))
+                    .flatten()
             }
             Err(error) => {
                 probes.consecutive_successes = 0;
-                probes.consecutive_failures += 1;
+                probes.consecutive_failures = probes.consecutive_failures.saturating_add(1);
                 probes.last_error = Some(error);
-                if probes.consecutive_failures >= thresholds.unhealthy_threshold {
-                    self.healthy.store(false, Ordering::Relaxed);
-                }
+                (probes.consecutive_failures >= thresholds.unhealthy_threshold)
+                    .then(|| self.set_healthy(false))
+                    .flatten()
             }
         }
+    }
+
+    /// Records a failure of real traffic (a refused or reset connection):
+    /// the upstream is unhealthy at once, so no further request waits on
+    /// it before the next probe; probes bring it back. Returns `true` if
+    /// this made it unhealthy.
+    pub fn record_traffic_failure(&self, error: String) -> bool {
+        let mut probes = self.probes.lock().expect("probe record lock poisoned");
+        probes.consecutive_successes = 0;
+        probes.consecutive_failures = probes.consecutive_failures.saturating_add(1);
+        probes.last_error = Some(error);
+        self.set_healthy(false).is_some()
+    }
+
+    /// Sets the verdict; `Some(new)` if it changed.
+    fn set_healthy(&self, healthy: bool) -> Option<bool> {
+        (self.healthy.swap(healthy, Ordering::Relaxed) != healthy).then_some(healthy)
     }
 }
 
@@ -107,6 +132,25 @@ impl InFlight {
     /// The upstream this request was sent to.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.0
+    }
+
+    /// The request became an upgraded connection: it counts as a tunnel
+    /// from now on, not as a request in flight.
+    pub fn into_tunnel(self) -> TunnelGuard {
+        let upstream = self.0.clone();
+        upstream.tunnels.fetch_add(1, Ordering::Relaxed);
+        drop(self);
+        TunnelGuard(upstream)
+    }
+}
+
+/// Counts one tunnel against an upstream until dropped.
+#[derive(Debug)]
+pub struct TunnelGuard(Arc<Upstream>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -170,15 +214,15 @@ impl Pool {
         pool
     }
 
-    /// Picks an upstream for one request, avoiding `except` (the upstream
-    /// that just failed) when there is another choice. Returns `None` only
-    /// for a pool with no upstream left to try.
+    /// Picks a healthy upstream for one request, never `except` (the
+    /// upstream that just failed). Returns `None` when no healthy upstream
+    /// is left to try.
     pub fn pick(&self, except: Option<&Upstream>) -> Option<InFlight> {
         let candidates = self
             .upstreams
             .iter()
-            .filter(|u| except.is_none_or(|e| !std::ptr::eq(Arc::as_ptr(u), e)));
-        let count = self.upstreams.len() - usize::from(except.is_some());
+            .filter(|u| u.is_healthy() && except.is_none_or(|e| !std::ptr::eq(Arc::as_ptr(u), e)));
+        let count = candidates.clone().count();
         if count == 0 {
             return None;
         }
@@ -200,6 +244,16 @@ impl Pool {
     /// Whether a failed attempt may be retried on another upstream.
     pub fn has_alternative(&self) -> bool {
         self.upstreams.len() > 1
+    }
+
+    /// Requests in flight on the pool's upstreams.
+    pub fn in_flight(&self) -> usize {
+        self.upstreams.iter().map(|u| u.in_flight()).sum()
+    }
+
+    /// Tunnels open to the pool's upstreams.
+    pub fn tunnels(&self) -> usize {
+        self.upstreams.iter().map(|u| u.tunnels()).sum()
     }
 }
 

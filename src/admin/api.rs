@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::control::ControlError;
+use crate::control::{Control, ControlError};
 use crate::state::persist::rfc3339;
 use crate::state::Snapshot;
 
@@ -86,6 +86,35 @@ pub struct StatusDocument {
     pub config: ConfigStatus,
     /// Increases by one with every change of the persisted decisions.
     pub generation: u64,
+    /// The watch after the last switch, while it runs.
+    pub watch: Option<WatchDocument>,
+    /// The last change, of any kind.
+    pub last_event: Option<EventDocument>,
+}
+
+/// The watch part of the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchDocument {
+    /// The pool watched (the new live pool).
+    pub pool: String,
+    /// When the watch ends (RFC 3339).
+    pub until: String,
+    /// Requests the pool answered since the switch.
+    pub requests: u64,
+    /// How many of them were 5xx or upstream failures.
+    pub errors: u64,
+}
+
+/// The last-event part of the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventDocument {
+    /// `switch`, `rollback`, `auto_rollback`, `auto_rollback_refused`,
+    /// `maintenance` or `reload`.
+    pub kind: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// What happened, in words.
+    pub reason: String,
 }
 
 /// The maintenance part of the status document.
@@ -108,6 +137,8 @@ pub struct PoolStatus {
     pub upstreams: Vec<UpstreamStatus>,
     /// Requests in flight on the pool's upstreams.
     pub in_flight: usize,
+    /// Upgraded connections (WebSocket) open to the pool's upstreams.
+    pub tunnels: usize,
 }
 
 /// One upstream in the status document.
@@ -137,8 +168,8 @@ pub struct ConfigStatus {
 }
 
 impl StatusDocument {
-    /// The status as of `snapshot`.
-    pub fn of(snapshot: &Snapshot) -> StatusDocument {
+    /// The status as of `snapshot`, with `control`'s watch and last event.
+    pub fn of(snapshot: &Snapshot, control: &Control) -> StatusDocument {
         let decisions = &snapshot.decisions;
         let m = &decisions.maintenance;
         let pools = snapshot
@@ -159,12 +190,12 @@ impl StatusDocument {
                         }
                     })
                     .collect();
-                let in_flight = pool.upstreams.iter().map(|u| u.in_flight()).sum();
                 (
                     name.clone(),
                     PoolStatus {
                         upstreams,
-                        in_flight,
+                        in_flight: pool.in_flight(),
+                        tunnels: pool.tunnels(),
                     },
                 )
             })
@@ -189,6 +220,17 @@ impl StatusDocument {
                     .map(|lines| lines.join("\n")),
             },
             generation: decisions.generation,
+            watch: control.watch_status().map(|w| WatchDocument {
+                pool: w.pool,
+                until: rfc3339(w.until),
+                requests: w.requests,
+                errors: w.errors,
+            }),
+            last_event: control.last_event().map(|e| EventDocument {
+                kind: e.kind.as_str().to_owned(),
+                at: rfc3339(e.at),
+                reason: e.reason,
+            }),
         }
     }
 }

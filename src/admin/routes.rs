@@ -105,7 +105,10 @@ impl Router {
     /// `GET /v1/status`.
     fn status(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
-        json(StatusCode::OK, &StatusDocument::of(&snapshot))
+        json(
+            StatusCode::OK,
+            &StatusDocument::of(&snapshot, &self.control),
+        )
     }
 
     /// `PUT /v1/maintenance`.
@@ -120,13 +123,19 @@ impl Router {
             message: request.message,
         };
         let snapshot = self.control.set_maintenance(change, via).await?;
-        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+        Ok(json(
+            StatusCode::OK,
+            &StatusDocument::of(&snapshot, &self.control),
+        ))
     }
 
     /// `POST /v1/switch`.
     async fn switch(&self, request: SwitchRequest, via: Via) -> Result<AdminResponse, AdminError> {
         let snapshot = self.control.switch(&request.to, request.force, via).await?;
-        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+        Ok(json(
+            StatusCode::OK,
+            &StatusDocument::of(&snapshot, &self.control),
+        ))
     }
 
     /// `POST /v1/rollback`.
@@ -136,13 +145,19 @@ impl Router {
         via: Via,
     ) -> Result<AdminResponse, AdminError> {
         let snapshot = self.control.rollback(request.force, via).await?;
-        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+        Ok(json(
+            StatusCode::OK,
+            &StatusDocument::of(&snapshot, &self.control),
+        ))
     }
 
     /// `POST /v1/reload`.
     async fn reload(&self, via: Via) -> Result<AdminResponse, AdminError> {
         let snapshot = self.control.reload(via).await?;
-        Ok(json(StatusCode::OK, &StatusDocument::of(&snapshot)))
+        Ok(json(
+            StatusCode::OK,
+            &StatusDocument::of(&snapshot, &self.control),
+        ))
     }
 
     /// `GET /metrics`.

@@ -80,6 +80,15 @@ pub struct HealthSection {
     pub unhealthy_threshold: Option<Spanned<i64>>,
 }
 
+/// `[switch]`: the watch after a switch, and when it rolls back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSection {
+    pub watch: Option<SpannedDuration>,
+    pub max_error_rate: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<i64>>,
+}
+
 /// `[timeouts]`: every time budget.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,5 +110,6 @@ pub struct FileConfig {
     pub maintenance: Option<Spanned<MaintenanceSection>>,
     pub pools: Option<Spanned<PoolsSection>>,
     pub health: Option<Spanned<HealthSection>>,
+    pub switch: Option<Spanned<SwitchSection>>,
     pub timeouts: Option<Spanned<TimeoutsSection>>,
 }

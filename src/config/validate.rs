@@ -32,6 +32,7 @@ const SECTIONS: &[&str] = &[
     "maintenance",
     "pools",
     "health",
+    "switch",
     "timeouts",
 ];
 
@@ -107,6 +108,7 @@ impl Validator<'_> {
                 "maintenance" => file.maintenance = self.section(name, value),
                 "pools" => file.pools = self.section(name, value),
                 "health" => file.health = self.section(name, value),
+                "switch" => file.switch = self.section(name, value),
                 "timeouts" => file.timeouts = self.section(name, value),
                 other => self.problem(
                     Some(key.span()),
@@ -158,6 +160,7 @@ impl Validator<'_> {
         let state = self.state(file.state.as_ref(), &pools);
         let maintenance = self.maintenance(file.maintenance.as_ref());
         let health = self.health(file.health.as_ref());
+        let switch = file.switch.as_ref().map(|s| self.switch(s.get_ref()));
         let timeouts = self.timeouts(file.timeouts.as_ref());
         Config {
             path: path.to_owned(),
@@ -168,6 +171,7 @@ impl Validator<'_> {
             maintenance,
             pools,
             health,
+            switch,
             timeouts,
             digest: 0,
         }
@@ -462,6 +466,36 @@ impl Validator<'_> {
             timeout,
             healthy_threshold,
             unhealthy_threshold,
+        }
+    }
+
+    fn switch(&mut self, section: &SwitchSection) -> SwitchWatch {
+        let watch = section.watch.as_ref().map_or(DEFAULT_SWITCH_WATCH, |d| {
+            self.duration("switch.watch", d, Duration::from_secs(1))
+        });
+        let max_error_rate = match &section.max_error_rate {
+            None => DEFAULT_MAX_ERROR_RATE,
+            Some(rate) if (0.0..=1.0).contains(rate.get_ref()) => *rate.get_ref(),
+            Some(rate) => {
+                self.problem(
+                    Some(rate.span()),
+                    format!(
+                        "switch.max_error_rate: {} is not a share between 0 and 1 (0.05 is 5%)",
+                        rate.get_ref()
+                    ),
+                );
+                DEFAULT_MAX_ERROR_RATE
+            }
+        };
+        let min_requests = u64::from(self.threshold(
+            "switch.min_requests",
+            section.min_requests.as_ref(),
+            DEFAULT_MIN_REQUESTS,
+        ));
+        SwitchWatch {
+            watch,
+            max_error_rate,
+            min_requests,
         }
     }
 

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::body::{Body, ReadAhead};
 use super::error::ProxyError;
@@ -121,6 +121,13 @@ pub async fn send(
             }
             Ok(Err(error)) => {
                 let failure = classify(&upstream, &error);
+                if let ProxyError::UpstreamUnreachable { reason, .. } = &failure {
+                    // Passive health: a dead instance is out at once, not
+                    // at the next probe.
+                    if in_flight.upstream().record_traffic_failure(reason.clone()) {
+                        warn!(pool = %pool.name, %upstream, error = %reason, "upstream is unhealthy (failed on live traffic)");
+                    }
+                }
                 // Only a failed connect guarantees the upstream saw nothing;
                 // the body comes back only if it was never polled.
                 let body_back = match returned {

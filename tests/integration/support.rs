@@ -61,11 +61,17 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
-/// A real HTTP/1.1 upstream server on an ephemeral port.
+/// The `User-Agent` switchyard's health probes send.
+pub const PROBE: &str = "switchyard-health";
+
+/// A real HTTP/1.1 upstream server on an ephemeral port. What it counts
+/// (`seen`, `hits`, `connections`) leaves health probes out; `probes`
+/// counts those.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    probes: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -83,22 +89,38 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let probes = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let seen = seen.clone();
             let connections = connections.clone();
+            let probes = probes.clone();
             async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    connections.fetch_add(1, Ordering::SeqCst);
                     let handler = handler.clone();
                     let seen = seen.clone();
+                    let (connections, probes) = (connections.clone(), probes.clone());
+                    // A connection counts once it carries a request that
+                    // is not a probe.
+                    let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let service = service_fn(move |request: Request<Incoming>| {
-                        seen.lock().unwrap().push(Seen {
-                            target: request.uri().to_string(),
-                            headers: request.headers().clone(),
-                        });
+                        let probe = request
+                            .headers()
+                            .get("user-agent")
+                            .is_some_and(|ua| ua == PROBE);
+                        if probe {
+                            probes.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            if !counted.swap(true, Ordering::SeqCst) {
+                                connections.fetch_add(1, Ordering::SeqCst);
+                            }
+                            seen.lock().unwrap().push(Seen {
+                                target: request.uri().to_string(),
+                                headers: request.headers().clone(),
+                            });
+                        }
                         let answer = handler(request);
                         async move { Ok::<_, Infallible>(answer.await) }
                     });
@@ -114,6 +136,7 @@ impl Upstream {
             addr,
             seen,
             connections,
+            probes,
             task,
         }
     }
@@ -133,9 +156,14 @@ impl Upstream {
         self.seen.lock().unwrap().len()
     }
 
-    /// How many connections were opened to this upstream.
+    /// How many connections carried requests (not probes) to this upstream.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many health probes reached this upstream.
+    pub fn probes(&self) -> usize {
+        self.probes.load(Ordering::SeqCst)
     }
 }
 

@@ -145,12 +145,29 @@ async fn a_switch_probes_the_health_path_of_each_upstream() {
     })
     .await;
     let well = Upstream::named("green").await;
-    let proxy = Proxy::start(&[blue.addr], &[sick.addr, well.addr]).await;
+    // Background checks run once at startup, then not for an hour: the
+    // probes counted after that are the switch's own.
+    let text = config_text(
+        &[blue.addr],
+        &[sick.addr, well.addr],
+        "[health]\ninterval = \"1h\"\n",
+    );
+    let proxy = Proxy::with_config(&text).await;
+    eventually("the startup probes ran", || {
+        sick.probes() == 1 && well.probes() == 1
+    })
+    .await;
     // One upstream passing is enough.
     let (status, doc) = switch(&proxy, "green").await;
     assert_eq!(status, 200, "{doc}");
-    assert_eq!(sick.seen()[0].target, "/health");
-    assert_eq!(well.seen()[0].target, "/health");
+    assert_eq!((sick.probes(), well.probes()), (2, 2));
+    let upstreams = &doc["pools"]["green"]["upstreams"];
+    assert_eq!(upstreams[0]["consecutive_failures"], 2, "{doc}");
+    assert!(
+        upstreams[0]["last_error"].as_str().unwrap().contains("503"),
+        "{doc}"
+    );
+    assert_eq!(upstreams[1]["last_error"], serde_json::Value::Null);
 }
 
 #[tokio::test]
