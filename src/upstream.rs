@@ -299,6 +299,37 @@ mod tests {
     }
 
     #[test]
+    fn unhealthy_upstreams_are_skipped_until_none_is_left() {
+        let pool = pool(Balance::RoundRobin, 2);
+        assert!(pool.upstreams[0].record_traffic_failure("refused".to_owned()));
+        for _ in 0..4 {
+            assert_eq!(port(&pool.pick(None).unwrap()), 9001);
+        }
+        let thresholds = Health {
+            path: "/health".to_owned(),
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        };
+        assert_eq!(
+            pool.upstreams[1].record_probe(Err("503".to_owned()), &thresholds),
+            None
+        );
+        assert_eq!(
+            pool.upstreams[1].record_probe(Err("503".to_owned()), &thresholds),
+            Some(false)
+        );
+        assert!(pool.pick(None).is_none(), "no healthy upstream is left");
+        assert_eq!(pool.upstreams[0].record_probe(Ok(()), &thresholds), None);
+        assert_eq!(
+            pool.upstreams[0].record_probe(Ok(()), &thresholds),
+            Some(true)
+        );
+        assert_eq!(port(&pool.pick(None).unwrap()), 9000);
+    }
+
+    #[test]
     fn retry_avoids_the_failed_upstream() {
         let pool = pool(Balance::RoundRobin, 2);
         let first = pool.pick(None).unwrap();

@@ -705,6 +705,30 @@ mod tests {
     }
 
     #[test]
+    fn switch_rules_are_checked_and_defaulted() {
+        let text = format!("{MINIMAL}[switch]\n");
+        let config = parse(Path::new("sy.toml"), &text).unwrap();
+        let rules = config.switch.expect("[switch] enables the watch");
+        assert_eq!(rules.watch, DEFAULT_SWITCH_WATCH);
+        assert_eq!(rules.min_requests, u64::from(DEFAULT_MIN_REQUESTS));
+        let text =
+            format!("{MINIMAL}[switch]\nwatch = \"10ms\"\nmax_error_rate = 5\nmin_requests = 0\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].contains("switch.watch: must be at least 1s"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains("not a share between 0 and 1"),
+            "{found:?}"
+        );
+        assert!(found[2].contains("switch.min_requests"), "{found:?}");
+        let config = parse(Path::new("sy.toml"), MINIMAL).unwrap();
+        assert!(config.switch.is_none());
+    }
+
+    #[test]
     fn syntax_errors_stop_before_meaning() {
         let found = problems("[pools.blue\nupstreams = 1\n");
         assert!(!found.is_empty());

@@ -12,6 +12,8 @@
 //! - `admin`: the admin API's socket, token, malformed calls, metrics.
 //! - `reloading`: config reload on edit, rename, symlink swap and API.
 //! - `ctl`: the `switchyard ctl` binary against a served proxy, and SIGHUP.
+//! - `safety`: health checks, passive health, preview, tunnel drain,
+//!   automatic rollback.
 
 mod admin;
 mod ctl;
@@ -22,5 +24,6 @@ mod lifecycle;
 mod maintenance;
 mod proxying;
 mod reloading;
+mod safety;
 mod support;
 mod switching;

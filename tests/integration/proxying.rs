@@ -3,8 +3,7 @@
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Channel};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -112,22 +111,6 @@ async fn keep_alive_connections_are_reused_on_both_sides() {
     );
 }
 
-/// Reads one keep-alive answer whose body ends with `tail`.
-async fn read_answer(stream: &mut TcpStream, tail: &str) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&out).ends_with(tail) {
-        let n = within(stream.read(&mut buf)).await.unwrap();
-        assert!(
-            n > 0,
-            "connection closed: {}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn h2c_prior_knowledge_is_proxied() {
     let upstream = Upstream::start(|request| async move {
@@ -158,37 +141,9 @@ async fn h2c_prior_knowledge_is_proxied() {
 
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled_both_ways() {
-    let upstream = Upstream::start(|mut request| async move {
-        let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            // Echo whatever arrives once the protocol has switched.
-            let mut io = TokioIo::new(upgrade.await.expect("upstream upgrade"));
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let upstream = Upstream::websocket_echo().await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let head = read_answer(&mut stream, "\r\n\r\n").await;
+    let (mut stream, head) = open_websocket(proxy.addr).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("upgrade: websocket"),
@@ -201,15 +156,8 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
         "dGhlIHNhbXBsZSBub25jZQ=="
     );
 
-    // A masked text frame "hello" (RFC 6455 §5.7), echoed back verbatim.
-    let frame = [
-        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-    ];
     for _ in 0..2 {
-        stream.write_all(&frame).await.unwrap();
-        let mut echoed = [0u8; 11];
-        within(stream.read_exact(&mut echoed)).await.unwrap();
-        assert_eq!(echoed, frame);
+        assert!(websocket_echoes(&mut stream).await);
     }
 }
 

@@ -146,6 +146,38 @@ impl Upstream {
         Upstream::start(move |_| async move { text(name) }).await
     }
 
+    /// Starts an upstream that accepts WebSocket upgrades and echoes every
+    /// byte that arrives afterwards.
+    pub async fn websocket_echo() -> Upstream {
+        Upstream::start(|mut request| async move {
+            // Health probes and plain requests get a plain answer.
+            if !request.headers().contains_key("upgrade") {
+                return text("websocket echo");
+            }
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else {
+                    return;
+                };
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Response::builder()
+                .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(full(""))
+                .unwrap()
+        })
+        .await
+    }
+
     /// Every request seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
@@ -604,5 +636,56 @@ impl Served {
             .await
             .unwrap();
         assert!(sent.success());
+    }
+}
+
+/// Reads from `stream` until what was read ends with `tail`; fails the test
+/// if the connection closes first.
+pub async fn read_answer(stream: &mut TcpStream, tail: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).ends_with(tail) {
+        let n = within(stream.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends a WebSocket upgrade request to `addr`; the open stream and the
+/// answer's head.
+pub async fn open_websocket(addr: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_answer(&mut stream, "\r\n\r\n").await;
+    (stream, head)
+}
+
+/// Sends a masked text frame "hello" (RFC 6455 §5.7) on an open WebSocket
+/// and tells whether it came back verbatim (`false`: the tunnel is closed).
+pub async fn websocket_echoes(stream: &mut TcpStream) -> bool {
+    let frame = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+    if stream.write_all(&frame).await.is_err() {
+        return false;
+    }
+    let mut echoed = [0u8; 11];
+    match within(stream.read_exact(&mut echoed)).await {
+        Ok(_) => {
+            assert_eq!(echoed, frame);
+            true
+        }
+        Err(_) => false,
     }
 }
