@@ -180,7 +180,16 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(reload_on_hangup(server.control().clone()));
+    // Registered before anything is served: a SIGHUP that arrived before
+    // its handler would kill the process (the default action).
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => {
+            tokio::spawn(reload_on_hangup(hangup, server.control().clone()));
+        }
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; reload through the admin API instead");
+        }
+    }
     server
         .run(async {
             match crate::shutdown::signal().await {
@@ -194,15 +203,7 @@ async fn serve(path: PathBuf) -> ExitCode {
 
 /// Reloads the config on every SIGHUP, the traditional "re-read your
 /// config" signal of daemons.
-async fn reload_on_hangup(control: Arc<Control>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => hangup,
-        Err(error) => {
-            warn!(%error, "cannot listen for SIGHUP; reload through the admin API instead");
-            return;
-        }
-    };
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, control: Arc<Control>) {
     while hangup.recv().await.is_some() {
         info!("SIGHUP: reloading the config");
         // The outcome is logged and recorded by the reload.

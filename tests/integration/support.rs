@@ -282,6 +282,10 @@ impl Drop for TempDir {
 
 /// A config with the listener on an ephemeral port and the given pools
 /// (`blue` live), plus `extra` TOML appended.
+///
+/// Unless `extra` has its own `[health]`, probes get a generous timeout: a
+/// test machine starved of CPU must not see its upstreams turn unhealthy
+/// behind the test's back.
 pub fn config_text(blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> String {
     let list = |addrs: &[SocketAddr]| {
         addrs
@@ -290,8 +294,13 @@ pub fn config_text(blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> St
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let health = if extra.contains("[health]") {
+        ""
+    } else {
+        "[health]\ntimeout = \"5s\"\n\n"
+    };
     format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n\n[pools.blue]\nupstreams = [{}]\n\n[pools.green]\nupstreams = [{}]\n\n{extra}\n",
+        "[listener]\nbind = \"127.0.0.1:0\"\n\n[pools.blue]\nupstreams = [{}]\n\n[pools.green]\nupstreams = [{}]\n\n{health}{extra}\n",
         list(blue),
         list(green),
     )
