@@ -122,19 +122,11 @@ fn dirs_of(path: &Path) -> Vec<PathBuf> {
 /// `None` while the config file can't be read (a rename in progress, a
 /// broken link: the next event looks again).
 async fn on_disk(control: &Control) -> Option<(u64, Option<u64>)> {
-    let (config, page) = {
-        let snapshot = control.state().load();
-        let config = &snapshot.config;
-        let page = config
-            .maintenance
-            .html_page
-            .as_ref()
-            .map(|p| p.path.clone());
-        (config.path.clone(), page)
-    };
-    let text = tokio::fs::read(config).await.ok()?;
-    let page = match page {
-        Some(page) => tokio::fs::read(page).await.ok().map(|b| digest(&b)),
+    let snapshot = control.state().load_full();
+    let config = &snapshot.config;
+    let text = tokio::fs::read(&config.path).await.ok()?;
+    let page = match &config.maintenance.html_page {
+        Some(page) => tokio::fs::read(&page.path).await.ok().map(|b| digest(&b)),
         None => None,
     };
     Some((digest(&text), page))
