@@ -406,8 +406,8 @@ fn render_status(document: &StatusDocument) -> String {
     }
     let _ = writeln!(
         out,
-        "config        {} (loaded {})",
-        document.config.path, document.config.loaded_at
+        "config        {} (version {}, loaded {})",
+        document.config.path, document.config.version, document.config.loaded_at
     );
     match &document.config.last_reload_error {
         None => {

@@ -163,6 +163,9 @@ pub struct ConfigStatus {
     pub path: String,
     /// When the serving config was loaded (RFC 3339).
     pub loaded_at: String,
+    /// A digest of the serving config file's text: it changes when the
+    /// file does, so two proxies (or two reloads) can be compared.
+    pub version: String,
     /// Why the last reload failed (one problem per line), or null.
     pub last_reload_error: Option<String>,
 }
@@ -213,6 +216,7 @@ impl StatusDocument {
             config: ConfigStatus {
                 path: snapshot.config.path.display().to_string(),
                 loaded_at: rfc3339(snapshot.config_info.loaded_at),
+                version: format!("{:016x}", snapshot.config.digest),
                 last_reload_error: snapshot
                     .config_info
                     .last_reload_error

@@ -96,6 +96,7 @@ async fn the_api_reloads_and_reports_when_it_did() {
     assert_eq!(doc["config"]["last_reload_error"], serde_json::Value::Null);
     assert!(doc["config"]["loaded_at"].is_string());
     assert_eq!(doc["config"]["path"], before["config"]["path"]);
+    assert_ne!(doc["config"]["version"], before["config"]["version"]);
     assert_eq!(get(&proxy.url("/")).await.2, "two");
 }
 
