@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request work that does not touch a socket:
 //! reading the shared state (one `ArcSwap` load plus taking the live pool
-//! out of it), the maintenance gate's decision and answer, and picking an
-//! upstream under each balancing policy.
+//! out of it), the maintenance gate's decision and answer, picking an
+//! upstream under each balancing policy, and rewriting a request's and a
+//! response's headers.
 //!
 //! These are the steps every request pays for before any I/O, so a
 //! regression here is a regression for every request. Whole-request
@@ -85,5 +86,70 @@ fn pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, state_load, gate, pick);
+fn header_rewriting(c: &mut Criterion) {
+    use http::header::{HeaderMap, HeaderValue};
+    // What a browser sends, plus what a load balancer in front added.
+    let mut request = HeaderMap::new();
+    for (name, value) in [
+        ("host", "shop.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("connection", "keep-alive"),
+        ("cookie", "session=8c6f1e2a9b; theme=dark"),
+        ("x-forwarded-for", "198.51.100.7"),
+    ] {
+        request.insert(name, HeaderValue::from_static(value));
+    }
+    let client = "203.0.113.9".parse().expect("an address");
+    c.bench_function("headers: rewrite a browser request for the upstream", |b| {
+        b.iter_batched(
+            || request.clone(),
+            |mut headers| {
+                switchyard::proxy::headers::prepare_request(
+                    &mut headers,
+                    None,
+                    client,
+                    "http",
+                    false,
+                );
+                headers
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut response = HeaderMap::new();
+    for (name, value) in [
+        ("content-type", "text/html; charset=utf-8"),
+        ("content-length", "5120"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("cache-control", "private, max-age=0"),
+        ("set-cookie", "session=8c6f1e2a9b; HttpOnly"),
+    ] {
+        response.insert(name, HeaderValue::from_static(value));
+    }
+    c.bench_function(
+        "headers: rewrite an upstream response for the client",
+        |b| {
+            b.iter_batched(
+                || response.clone(),
+                |mut headers| {
+                    switchyard::proxy::headers::prepare_response(&mut headers, false);
+                    headers
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
+}
+
+criterion_group!(benches, state_load, gate, pick, header_rewriting);
 criterion_main!(benches);

@@ -59,7 +59,7 @@ mod forward;
 mod framing;
 mod frontdoor;
 mod gate;
-mod headers;
+pub mod headers;
 mod sniff;
 
 use std::convert::Infallible;

@@ -26,40 +26,49 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// The hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy
 /// `Keep-Alive`, `Proxy-Connection` and proxy authentication headers.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == PROXY_AUTHENTICATE
-        || name == PROXY_AUTHORIZATION
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
+    HOP_BY_HOP.contains(&name)
 }
 
 /// Removes hop-by-hop headers and those named in `Connection`. With
 /// `upgrade`, the `Upgrade` header survives and `Connection: upgrade` is
 /// set, so that the next hop sees the upgrade request (or its acceptance).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names finds which are there: a message carries one
+    // or two of them, or none, and removing is a hash lookup each.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let kept_upgrade = if upgrade {
         headers.remove(UPGRADE)
     } else {
         None
     };
-    remove_connection_named(headers);
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ] {
-        headers.remove(name);
+    if present[0] {
+        remove_connection_named(headers);
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(*name);
+        }
     }
     if let Some(protocol) = kept_upgrade {
         headers.insert(UPGRADE, protocol);
