@@ -160,7 +160,22 @@ fn with_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            for line in config.warning_lines() {
+                eprintln!("{line}");
+            }
             println!("{}: ok: {}", path.display(), config.summary());
+            for (listener, cert) in config.certificates() {
+                println!(
+                    "  {listener} certificate {}: {}; expires {}",
+                    cert.cert.display(),
+                    if cert.names.is_empty() {
+                        "no DNS names".to_owned()
+                    } else {
+                        cert.names.join(", ")
+                    },
+                    humantime::format_rfc3339_seconds(cert.not_after)
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

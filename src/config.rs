@@ -7,6 +7,7 @@
 //! `PATH:LINE:COL: message` and a bad reload can show them in the admin API.
 
 mod file;
+pub mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,9 @@ pub struct Config {
     /// A digest of the file's text, so a watcher can tell whether the file
     /// on disk is still the one this config came from.
     pub digest: u64,
+    /// What is valid but deserves attention, such as a certificate that
+    /// expires within 14 days.
+    pub warnings: Vec<Problem>,
 }
 
 /// The public listener.
@@ -99,6 +103,10 @@ pub struct Listener {
     /// Largest accepted request head (request line and headers), in bytes;
     /// larger heads get `431`.
     pub max_header_bytes: usize,
+    /// Plain listener only: answer every request with a 308 to https.
+    pub redirect_https: bool,
+    /// TLS termination, if configured.
+    pub tls: Option<tls::Tls>,
 }
 
 /// The preview listener.
@@ -108,6 +116,10 @@ pub struct Preview {
     pub bind: SocketAddr,
     /// Whether preview traffic passes the maintenance gate.
     pub bypass_maintenance: bool,
+    /// Plain listener only: answer every request with a 308 to https.
+    pub redirect_https: bool,
+    /// TLS termination, if configured.
+    pub tls: Option<tls::Tls>,
 }
 
 /// The admin API's listeners.
@@ -254,6 +266,51 @@ pub enum ConfigError {
         /// Every problem found, in file order.
         problems: Vec<Problem>,
     },
+}
+
+impl Config {
+    /// Every warning as one `PATH:LINE:COL: warning: message` line.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}:{}: warning: {}",
+                    self.path.display(),
+                    p.line,
+                    p.column,
+                    p.message
+                )
+            })
+            .collect()
+    }
+
+    /// A digest over every certificate and key file as loaded.
+    pub fn files_digest(&self) -> u64 {
+        let all: Vec<u8> = self
+            .certificates()
+            .iter()
+            .flat_map(|(_, c)| c.digest.to_le_bytes())
+            .collect();
+        digest(&all)
+    }
+
+    /// Every certificate of every listener, with its listener's name.
+    pub fn certificates(&self) -> Vec<(&'static str, &tls::CertInfo)> {
+        let listener = self
+            .listener
+            .tls
+            .iter()
+            .flat_map(|t| &t.certs)
+            .map(|c| ("listener", c));
+        let preview = self
+            .preview
+            .iter()
+            .filter_map(|p| p.tls.as_ref())
+            .flat_map(|t| &t.certs)
+            .map(|c| ("preview", c));
+        listener.chain(preview).collect()
+    }
 }
 
 impl ConfigError {

@@ -11,6 +11,7 @@
 //! | `switchyard_upstream_healthy` | gauge | `pool`, `upstream` |
 //! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`, `auto_rollback`) |
 //! | `switchyard_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `switchyard_certificate_expiry_timestamp_seconds` | gauge | `listener`, `cert` |
 //!
 //! The request path touches only atomics: each pool holds its own
 //! [`RequestCounters`] (handles taken from the registry when the pool is
@@ -55,6 +56,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertLabels {
+    listener: &'static str,
+    cert: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -77,6 +84,7 @@ pub struct Metrics {
     upstream_healthy: Family<UpstreamLabels, Gauge>,
     switches: Family<KindLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    cert_expiry: Family<CertLabels, Gauge>,
 }
 
 /// One pool's request counters by status class, ready to increment
@@ -141,6 +149,12 @@ impl Metrics {
         let upstream_healthy = Family::<UpstreamLabels, Gauge>::default();
         let switches = Family::<KindLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let cert_expiry = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "switchyard_certificate_expiry_timestamp_seconds",
+            "When each served TLS certificate expires (Unix time)",
+            cert_expiry.clone(),
+        );
         registry.register(
             "switchyard_requests",
             "Requests answered, by pool and status class",
@@ -197,6 +211,7 @@ impl Metrics {
             upstream_healthy,
             switches,
             reloads,
+            cert_expiry,
         }
     }
 
@@ -260,6 +275,19 @@ impl Metrics {
                     })
                     .set(i64::from(upstream.is_healthy()));
             }
+        }
+        self.cert_expiry.clear();
+        for (listener, cert) in snapshot.config.certificates() {
+            let at = cert
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.cert_expiry
+                .get_or_create(&CertLabels {
+                    listener,
+                    cert: cert.cert.display().to_string(),
+                })
+                .set(at);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -178,6 +178,17 @@ fn is_resource_exhaustion(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
+/// Who a connection is with, and how it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener it came through.
+    pub route: Route,
+    /// Whether it is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+}
+
 async fn serve_connection(
     proxy: Arc<Proxy>,
     stream: tokio::net::TcpStream,
@@ -186,29 +197,101 @@ async fn serve_connection(
     _tracked: Tracked,
 ) {
     let _ = stream.set_nodelay(true);
-    let (header_timeout, max_header_bytes) = {
+    // The listener's settings as of this connection: a reload changes them
+    // for the next one (new certificates for the next handshake).
+    let (header_timeout, max_header_bytes, tls) = {
         let snapshot = proxy.state.load();
         let config = &snapshot.config;
-        (config.timeouts.header, config.listener.max_header_bytes)
+        let tls = match route {
+            Route::Live => config.listener.tls.as_ref(),
+            Route::Preview => config.preview.as_ref().and_then(|p| p.tls.as_ref()),
+        };
+        (
+            config.timeouts.header,
+            config.listener.max_header_bytes,
+            tls.map(|t| t.server.clone()),
+        )
     };
     let mut phase = proxy.lifecycle.watch();
-    let sniffed = tokio::select! {
-        sniffed = sniff::sniff(stream, Instant::now() + header_timeout) => sniffed,
-        // Nothing was asked yet, so nothing is lost by closing now.
+    let deadline = Instant::now() + header_timeout;
+    let conn = Conn {
+        peer,
+        route,
+        https: tls.is_some(),
+    };
+    let Some(server) = tls else {
+        let sniffed = tokio::select! {
+            sniffed = sniff::sniff(stream, deadline) => sniffed,
+            // Nothing was asked yet, so nothing is lost by closing now.
+            _ = phase.wait_for(|p| *p != Phase::Serving) => return,
+        };
+        let (protocol, io) = match sniffed {
+            Ok(sniffed) => sniffed,
+            Err(SniffError::Closed) => return,
+            Err(SniffError::TimedOut) => {
+                debug!(timeout = ?header_timeout, "no request head in time; closing");
+                return;
+            }
+            Err(SniffError::Io(error)) => {
+                debug!(%error, "read failed");
+                return;
+            }
+        };
+        return serve_http(
+            proxy,
+            io,
+            protocol,
+            conn,
+            header_timeout,
+            max_header_bytes,
+            phase,
+        )
+        .await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout_at(deadline, accept) => accepted,
         _ = phase.wait_for(|p| *p != Phase::Serving) => return,
     };
-    let (protocol, io) = match sniffed {
-        Ok(sniffed) => sniffed,
-        Err(SniffError::Closed) => return,
-        Err(SniffError::TimedOut) => {
-            debug!(timeout = ?header_timeout, "no request head in time; closing");
+    let io = match accepted {
+        Ok(Ok(io)) => io,
+        Ok(Err(error)) => {
+            debug!(%error, "TLS handshake failed");
             return;
         }
-        Err(SniffError::Io(error)) => {
-            debug!(%error, "read failed");
+        Err(_) => {
+            debug!(timeout = ?header_timeout, "no TLS handshake in time; closing");
             return;
         }
     };
+    let protocol = match io.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    serve_http(
+        proxy,
+        io,
+        protocol,
+        conn,
+        header_timeout,
+        max_header_bytes,
+        phase,
+    )
+    .await;
+}
+
+/// Serves HTTP/1 or HTTP/2 on `io` (plain or TLS) until it closes.
+async fn serve_http<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    protocol: Protocol,
+    conn: Conn,
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    phase: watch::Receiver<Phase>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let result = match protocol {
         Protocol::Http1 => {
             let io = Scanned::new(io, max_header_bytes);
@@ -224,7 +307,7 @@ async fn serve_connection(
                     let response = if ambiguous {
                         proxy.refuse(ProxyError::BadRequest(AMBIGUOUS_LENGTH), &request)
                     } else {
-                        proxy.handle(request, peer, route).await
+                        proxy.handle(request, conn).await
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -241,7 +324,7 @@ async fn serve_connection(
         Protocol::Http2 => {
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, peer, route).await) }
+                async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
             });
             let io = TokioIo::new(io);
             let connection = http2::Builder::new(TokioExecutor::new())
@@ -285,22 +368,17 @@ where
 impl Proxy {
     /// Answers one request: the upstream's response, or the proxy's own
     /// answer to whatever went wrong (logged once, here).
-    async fn handle(
-        &self,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-        route: Route,
-    ) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let version = request.version();
         let mut routed = None;
-        let response = match self.forward(request, peer, route, &mut routed).await {
+        let response = match self.forward(request, conn, &mut routed).await {
             Ok(response) => response,
             Err(error) => {
                 if error.is_client_error() {
                     debug!(%error, "refused request");
                 } else {
-                    warn!(%error, client.addr = %peer, "request failed");
+                    warn!(%error, client.addr = %conn.peer, "request failed");
                 }
                 error.to_response(version)
             }
@@ -323,10 +401,10 @@ impl Proxy {
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        peer: SocketAddr,
-        route: Route,
+        conn: Conn,
         routed: &mut Option<Arc<Pool>>,
     ) -> Result<Response<Body>, ProxyError> {
+        let Conn { peer, route, https } = conn;
         let target = frontdoor::check(
             request.method(),
             request.uri(),
@@ -337,6 +415,17 @@ impl Proxy {
         // client and the timeouts all come from this snapshot.
         let (pool, client, timeouts) = {
             let snapshot = self.state.load();
+            let redirect = match route {
+                Route::Live => snapshot.config.listener.redirect_https,
+                Route::Preview => snapshot
+                    .config
+                    .preview
+                    .as_ref()
+                    .is_some_and(|p| p.redirect_https),
+            };
+            if redirect {
+                return Ok(redirect_to_https(&request, target.authority.as_ref()));
+            }
             if let Some(gate) = &snapshot.gate {
                 let bypass = route == Route::Preview
                     && snapshot
@@ -363,7 +452,7 @@ impl Proxy {
             &mut headers,
             target.authority.as_ref(),
             peer.ip(),
-            "http",
+            if https { "https" } else { "http" },
             target.upgrade,
         );
         let body = match Body::read_ahead(incoming, timeouts.header).await {
@@ -483,4 +572,39 @@ async fn retired(state: Arc<SharedState>, pool: String, route: Route) {
             }
         }
     }
+}
+
+/// `308 Permanent Redirect` to the same host (default HTTPS port) and the
+/// same path and query, over https.
+fn redirect_to_https(
+    request: &Request<Incoming>,
+    authority: Option<&http::uri::Authority>,
+) -> Response<Body> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| authority.map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    // Drop a port (the plain listener's); keep an IPv6 literal whole.
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name.to_owned()
+        }
+        _ => host,
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = format!("https://{host}{path}");
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = http::HeaderValue::from_str(&location) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+    }
+    response
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::config::digest;
+use crate::config::tls::pair_digest;
 use crate::control::{Control, Via};
 
 /// How long the directory must be quiet before the file is looked at.
@@ -56,7 +57,7 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
         }
     })?;
     let mut watched = Vec::new();
-    for dir in dirs_of(&path) {
+    for dir in watched_dirs(&control) {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         watched.push(dir);
     }
@@ -86,8 +87,9 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
                 Ok(_) => None,
                 Err(_) => on_disk,
             };
-            // A symlink may now point into a directory not yet watched.
-            for dir in dirs_of(&path) {
+            // A symlink may now point into a directory not yet watched,
+            // and a reload may have named new certificate files.
+            for dir in watched_dirs(&control) {
                 if !watched.contains(&dir) {
                     match watcher.watch(&dir, RecursiveMode::NonRecursive) {
                         Ok(()) => watched.push(dir),
@@ -98,6 +100,23 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
         }
     });
     Ok(ConfigWatcher { task })
+}
+
+/// The directories of the config file and of every certificate and key.
+fn watched_dirs(control: &Control) -> Vec<PathBuf> {
+    let snapshot = control.state().load();
+    let config = &snapshot.config;
+    let mut dirs = dirs_of(&config.path);
+    for (_, cert) in config.certificates() {
+        for file in [&cert.cert, &cert.key] {
+            for dir in dirs_of(file) {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+    }
+    dirs
 }
 
 /// The directories whose changes can change what `path` reads as: its
@@ -121,7 +140,7 @@ fn dirs_of(path: &Path) -> Vec<PathBuf> {
 /// The digests of the config file and the maintenance page on disk, or
 /// `None` while the config file can't be read (a rename in progress, a
 /// broken link: the next event looks again).
-async fn on_disk(control: &Control) -> Option<(u64, Option<u64>)> {
+async fn on_disk(control: &Control) -> Option<Fingerprint> {
     let snapshot = control.state().load_full();
     let config = &snapshot.config;
     let text = tokio::fs::read(&config.path).await.ok()?;
@@ -129,12 +148,20 @@ async fn on_disk(control: &Control) -> Option<(u64, Option<u64>)> {
         Some(page) => tokio::fs::read(&page.path).await.ok().map(|b| digest(&b)),
         None => None,
     };
-    Some((digest(&text), page))
+    // Certificates and keys count as part of the config: renewing them
+    // reloads it (and a broken pair is refused like any invalid config).
+    let mut pairs = Vec::new();
+    for (_, cert) in config.certificates() {
+        let cert_pem = tokio::fs::read(&cert.cert).await.unwrap_or_default();
+        let key_pem = tokio::fs::read(&cert.key).await.unwrap_or_default();
+        pairs.extend(pair_digest(&cert_pem, &key_pem).to_le_bytes());
+    }
+    Some((digest(&text), page, digest(&pairs)))
 }
 
 /// The same digests for the config that is serving, and whether the last
 /// reload failed.
-fn applied(control: &Control) -> (Option<(u64, Option<u64>)>, bool) {
+fn applied(control: &Control) -> (Option<Fingerprint>, bool) {
     let snapshot = control.state().load();
     let config = &snapshot.config;
     let page = config
@@ -143,5 +170,9 @@ fn applied(control: &Control) -> (Option<(u64, Option<u64>)>, bool) {
         .as_ref()
         .map(|p| digest(&p.body));
     let failed = snapshot.config_info.last_reload_error.is_some();
-    (Some((config.digest, page)), failed)
+    (Some((config.digest, page, config.files_digest())), failed)
 }
+
+/// Digests of the config text, the maintenance page, and the certificate
+/// and key files.
+type Fingerprint = (u64, Option<u64>, u64);

@@ -168,6 +168,22 @@ pub struct ConfigStatus {
     pub version: String,
     /// Why the last reload failed (one problem per line), or null.
     pub last_reload_error: Option<String>,
+    /// Every TLS certificate the listeners serve.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One TLS certificate in the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// `listener` or `preview`.
+    pub listener: String,
+    /// The certificate file.
+    pub cert: String,
+    /// The DNS names it covers.
+    pub names: Vec<String>,
+    /// When it expires (RFC 3339).
+    pub not_after: String,
 }
 
 impl StatusDocument {
@@ -217,6 +233,17 @@ impl StatusDocument {
                 path: snapshot.config.path.display().to_string(),
                 loaded_at: rfc3339(snapshot.config_info.loaded_at),
                 version: format!("{:016x}", snapshot.config.digest),
+                certificates: snapshot
+                    .config
+                    .certificates()
+                    .into_iter()
+                    .map(|(listener, c)| CertificateStatus {
+                        listener: listener.to_owned(),
+                        cert: c.cert.display().to_string(),
+                        names: c.names.clone(),
+                        not_after: rfc3339(c.not_after),
+                    })
+                    .collect(),
                 last_reload_error: snapshot
                     .config_info
                     .last_reload_error

@@ -20,6 +20,24 @@ pub type SpannedDuration = Spanned<humantime_serde::Serde<Duration>>;
 pub struct ListenerSection {
     pub bind: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub tls: Option<Spanned<TlsSection>>,
+}
+
+/// `[listener.tls]` and `[preview.tls]`: TLS termination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub min_version: Option<Spanned<String>>,
+    pub certs: Spanned<Vec<Spanned<CertSection>>>,
+}
+
+/// `[[listener.tls.certs]]`: one certificate chain and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSection {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `[preview]`: a second listener that routes to the pool that is not live.
@@ -28,6 +46,8 @@ pub struct ListenerSection {
 pub struct PreviewSection {
     pub bind: Spanned<String>,
     pub bypass_maintenance: Option<bool>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub tls: Option<Spanned<TlsSection>>,
 }
 
 /// `[admin]`: where operators reach the control plane.

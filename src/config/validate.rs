@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -21,6 +21,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::file::*;
+use super::tls::{self, Tls, TlsVersion};
 use super::*;
 
 /// The sections a config file may have.
@@ -47,13 +48,15 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         text,
         base: path.parent().map(Path::to_owned).unwrap_or_default(),
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let file = v.read_sections();
     if !v.problems.is_empty() && file.is_none() {
         return Err(v.finish());
     }
-    let config = v.build(path, file.unwrap_or_default());
+    let mut config = v.build(path, file.unwrap_or_default());
     if v.problems.is_empty() {
+        config.warnings = std::mem::take(&mut v.warnings);
         Ok(config)
     } else {
         Err(v.finish())
@@ -65,6 +68,8 @@ struct Validator<'t> {
     /// Directory that relative paths resolve against.
     base: PathBuf,
     problems: Vec<Problem>,
+    /// What is valid but deserves attention (a certificate about to expire).
+    warnings: Vec<Problem>,
 }
 
 impl Validator<'_> {
@@ -76,15 +81,21 @@ impl Validator<'_> {
 
     /// Records a problem at a byte span of the text (`None`: top of file).
     fn problem(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let problem = self.at(span, message);
+        self.problems.push(problem);
+    }
+
+    /// A problem (or warning) at a byte span of the text.
+    fn at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Problem {
         let (line, column) = match span {
             Some(span) => position(self.text, span.start),
             None => (1, 1),
         };
-        self.problems.push(Problem {
+        Problem {
             line,
             column,
             message: message.into(),
-        });
+        }
     }
 
     /// Stage one: syntax, then the shape of each section. `None` when the
@@ -150,9 +161,14 @@ impl Validator<'_> {
                     "preview.bind: must differ from listener.bind",
                 );
             }
+            let tls = p.get_ref().tls.as_ref().map(|t| self.tls("preview", t));
+            let redirect_https =
+                self.redirect_https("preview", p.get_ref().redirect_https.as_ref(), &tls);
             Preview {
                 bind,
                 bypass_maintenance: p.get_ref().bypass_maintenance.unwrap_or(true),
+                redirect_https,
+                tls: tls.flatten(),
             }
         });
         let admin = self.admin(file.admin.as_ref());
@@ -174,6 +190,7 @@ impl Validator<'_> {
             switch,
             timeouts,
             digest: 0,
+            warnings: Vec::new(),
         }
     }
 
@@ -201,10 +218,108 @@ impl Validator<'_> {
             }
             None => DEFAULT_MAX_HEADER_BYTES,
         };
+        let tls = section
+            .and_then(|s| s.tls.as_ref())
+            .map(|t| self.tls("listener", t));
+        let redirect_https = self.redirect_https(
+            "listener",
+            section.and_then(|s| s.redirect_https.as_ref()),
+            &tls,
+        );
         Listener {
             bind,
             max_header_bytes,
+            redirect_https,
+            tls: tls.flatten(),
         }
+    }
+
+    /// `redirect_https` of listener `key`: only for a plain listener.
+    fn redirect_https(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<bool>>,
+        tls: &Option<Option<Tls>>,
+    ) -> bool {
+        match value {
+            Some(v) if *v.get_ref() && tls.is_some() => {
+                self.problem(
+                    Some(v.span()),
+                    format!("{key}.redirect_https: a listener with TLS has nothing to redirect; remove one of them"),
+                );
+                false
+            }
+            Some(v) => *v.get_ref(),
+            None => false,
+        }
+    }
+
+    /// `[KEY.tls]`: every pair loaded and checked; `None` if any failed
+    /// (each failure is recorded where its file is named).
+    fn tls(&mut self, key: &str, section: &Spanned<TlsSection>) -> Option<Tls> {
+        let section = section.get_ref();
+        let min_version = match &section.min_version {
+            None => TlsVersion::V1_2,
+            Some(v) => match v.get_ref().as_str() {
+                "1.2" => TlsVersion::V1_2,
+                "1.3" => TlsVersion::V1_3,
+                other => {
+                    self.problem(
+                        Some(v.span()),
+                        format!("{key}.tls.min_version: `{other}` is not \"1.2\" or \"1.3\""),
+                    );
+                    TlsVersion::V1_2
+                }
+            },
+        };
+        if section.certs.get_ref().is_empty() {
+            self.problem(
+                Some(section.certs.span()),
+                format!("{key}.tls.certs: at least one certificate is needed"),
+            );
+            return None;
+        }
+        let now = SystemTime::now();
+        let mut pairs = Vec::new();
+        let mut failed = false;
+        for entry in section.certs.get_ref() {
+            let entry = entry.get_ref();
+            let cert = self.path(&format!("{key}.tls.certs.cert"), &entry.cert);
+            let key_path = self.path(&format!("{key}.tls.certs.key"), &entry.key);
+            match tls::load_pair(&cert, &key_path, now) {
+                Ok(pair) => {
+                    if pair.info.not_after <= now + tls::EXPIRY_WARNING {
+                        self.warnings.push(self.at(
+                            Some(entry.cert.span()),
+                            format!(
+                                "{key}.tls.certs.cert: {} expires at {}, within 14 days",
+                                cert.display(),
+                                humantime::format_rfc3339_seconds(pair.info.not_after)
+                            ),
+                        ));
+                    }
+                    pairs.push(pair);
+                }
+                Err(reason) => {
+                    // A key that fails is the key's fault; anything else, the cert's.
+                    let at = if reason.starts_with(&key_path.display().to_string()) {
+                        entry.key.span()
+                    } else {
+                        entry.cert.span()
+                    };
+                    self.problem(Some(at), format!("{key}.tls.certs: {reason}"));
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            return None;
+        }
+        Some(Tls {
+            min_version,
+            server: tls::server_config(min_version, &pairs),
+            certs: pairs.into_iter().map(|p| p.info).collect(),
+        })
     }
 
     fn admin(&mut self, section: Option<&Spanned<AdminSection>>) -> Admin {

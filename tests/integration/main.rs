@@ -14,6 +14,7 @@
 //! - `ctl`: the `switchyard ctl` binary against a served proxy, and SIGHUP.
 //! - `safety`: health checks, passive health, preview, tunnel drain,
 //!   automatic rollback.
+//! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
 
 mod admin;
 mod ctl;
@@ -27,3 +28,4 @@ mod reloading;
 mod safety;
 mod support;
 mod switching;
+mod tls;

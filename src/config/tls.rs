@@ -1,0 +1,216 @@
+//! A listener's TLS: certificate/key pairs read, checked and turned into a
+//! rustls `ServerConfig` when the config is loaded.
+//!
+//! Loading at config time means a reload re-reads the files, a broken pair
+//! makes the whole reload invalid (the old pair keeps serving), and the
+//! data plane only clones an `Arc<ServerConfig>` per new connection: open
+//! connections keep the pair they were handshaken with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// How close to expiry a certificate gets a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+/// A listener's TLS settings, ready to handshake with.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The lowest version accepted.
+    pub min_version: TlsVersion,
+    /// Each certificate, in config order (the first is the default).
+    pub certs: Vec<CertInfo>,
+    /// The rustls configuration every new connection is accepted with.
+    pub server: Arc<ServerConfig>,
+}
+
+/// What a loaded certificate says about itself.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    /// The PEM chain file.
+    pub cert: PathBuf,
+    /// The PEM key file.
+    pub key: PathBuf,
+    /// The DNS names it covers (subject alternative names, else the CN).
+    pub names: Vec<String>,
+    /// When it expires.
+    pub not_after: SystemTime,
+    /// [`pair_digest`] of the two files as loaded.
+    pub digest: u64,
+}
+
+/// A digest of a certificate file's and a key file's bytes, so a watcher
+/// can tell whether the files on disk are the ones loaded.
+pub fn pair_digest(cert: &[u8], key: &[u8]) -> u64 {
+    let mut both = Vec::with_capacity(cert.len() + key.len() + 1);
+    both.extend_from_slice(cert);
+    both.push(0);
+    both.extend_from_slice(key);
+    super::digest(&both)
+}
+
+/// A certificate and key read from disk and checked.
+pub struct LoadedPair {
+    /// What it says about itself.
+    pub info: CertInfo,
+    /// The key and chain, as rustls signs with them.
+    pub key: Arc<CertifiedKey>,
+}
+
+/// Reads the chain at `cert` and the key at `key`, and checks that they
+/// parse, match each other, and have not expired.
+pub fn load_pair(cert: &Path, key: &Path, now: SystemTime) -> Result<LoadedPair, String> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let cert_pem = read(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!("{}: holds no PEM certificate", cert.display()));
+    };
+    let key_pem = read(key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain.clone(), signing);
+    certified.keys_match().map_err(|_| {
+        format!(
+            "{} does not belong to the certificate in {}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("{}: cannot parse the certificate: {e}", cert.display()))?;
+    let not_after = UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0));
+    if not_after <= now {
+        return Err(format!(
+            "{}: the certificate expired at {}",
+            cert.display(),
+            humantime::format_rfc3339_seconds(not_after)
+        ));
+    }
+    let mut names: Vec<String> = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    Some(dns.to_ascii_lowercase())
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            parsed
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok(LoadedPair {
+        info: CertInfo {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            names,
+            not_after,
+            digest: pair_digest(&cert_pem, &key_pem),
+        },
+        key: Arc::new(certified),
+    })
+}
+
+/// The rustls configuration for `pairs` (the first is the default), ALPN
+/// offering `h2` and `http/1.1`.
+pub fn server_config(min_version: TlsVersion, pairs: &[LoadedPair]) -> Arc<ServerConfig> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver::new(pairs)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Picks a certificate by SNI: an exact name, then a wildcard, then the
+/// first certificate (for clients without SNI or with an unknown name).
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `(".example.com", key)` for `*.example.com`.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn new(pairs: &[LoadedPair]) -> SniResolver {
+        let mut exact = HashMap::new();
+        let mut wildcard = Vec::new();
+        for pair in pairs {
+            for name in &pair.info.names {
+                match name.strip_prefix('*') {
+                    Some(suffix) if suffix.starts_with('.') => {
+                        wildcard.push((suffix.to_owned(), pair.key.clone()));
+                    }
+                    _ => {
+                        exact
+                            .entry(name.clone())
+                            .or_insert_with(|| pair.key.clone());
+                    }
+                }
+            }
+        }
+        SniResolver {
+            exact,
+            wildcard,
+            default: pairs.first().map(|p| p.key.clone()),
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = client_hello.server_name().and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            self.exact.get(&name).cloned().or_else(|| {
+                // `*.example.com` covers exactly one more label.
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard
+                    .iter()
+                    .find(|(suffix, _)| suffix[1..] == *parent)
+                    .map(|(_, key)| key.clone())
+            })
+        });
+        chosen.or_else(|| self.default.clone())
+    }
+}
