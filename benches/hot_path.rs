@@ -78,7 +78,12 @@ fn pick(c: &mut Criterion) {
     for balance in [Balance::RoundRobin, Balance::LeastInFlight] {
         let mut pool_config = config.pools["blue"].clone();
         pool_config.balance = balance;
-        let pool = Pool::new("blue", &pool_config, RequestCounters::default());
+        let pool = Pool::new(
+            "blue",
+            &pool_config,
+            RequestCounters::default(),
+            config.timeouts.connect,
+        );
         c.bench_function(
             &format!("pick: {} over 4 upstreams", balance.as_str()),
             |b| b.iter(|| black_box(pool.pick(None))),

@@ -173,6 +173,8 @@ pub struct PoolConfig {
     pub upstreams: Vec<Authority>,
     /// How requests are spread over them.
     pub balance: Balance,
+    /// TLS to the upstreams, if `tls = true`.
+    pub tls: Option<tls::UpstreamTls>,
 }
 
 /// A balancing policy.

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::config::tls::UpstreamTls;
 use crate::config::Health;
 /// The `User-Agent` of health probes, so upstream logs can tell them apart.
 pub const PROBE_USER_AGENT: &str = "switchyard-health";
@@ -47,9 +48,11 @@ pub async fn probe_pool(pool: &Pool, health: &Health) -> Vec<ProbeResult> {
         .upstreams
         .iter()
         .map(|upstream| {
-            let (upstream, health) = (upstream.clone(), health.clone());
+            let (upstream, health, tls) = (upstream.clone(), health.clone(), pool.tls.clone());
             let pool = pool.name.clone();
-            tokio::spawn(async move { probe_and_record(&pool, &upstream, &health).await })
+            tokio::spawn(
+                async move { probe_and_record(&pool, &upstream, tls.as_ref(), &health).await },
+            )
         })
         .collect();
     let mut results = Vec::with_capacity(probes.len());
@@ -86,10 +89,11 @@ pub fn spawn_checks(state: Arc<SharedState>) -> HealthChecks {
             let mut round = JoinSet::new();
             for pool in snapshot.pools.values() {
                 for upstream in &pool.upstreams {
-                    let (upstream, health) = (upstream.clone(), health.clone());
+                    let (upstream, health, tls) =
+                        (upstream.clone(), health.clone(), pool.tls.clone());
                     let pool = pool.name.clone();
                     round.spawn(async move {
-                        let _ = probe_and_record(&pool, &upstream, &health).await;
+                        let _ = probe_and_record(&pool, &upstream, tls.as_ref(), &health).await;
                     });
                 }
             }
@@ -103,8 +107,13 @@ pub fn spawn_checks(state: Arc<SharedState>) -> HealthChecks {
 
 /// Probes `upstream` of `pool`, records the result and logs a change of
 /// verdict.
-async fn probe_and_record(pool: &str, upstream: &Upstream, health: &Health) -> Result<(), String> {
-    let outcome = probe(upstream, health).await;
+async fn probe_and_record(
+    pool: &str,
+    upstream: &Upstream,
+    tls: Option<&UpstreamTls>,
+    health: &Health,
+) -> Result<(), String> {
+    let outcome = probe(upstream, tls, health).await;
     match upstream.record_probe(outcome.clone(), health) {
         Some(true) => info!(pool, upstream = %upstream.authority, "upstream is healthy again"),
         Some(false) => warn!(
@@ -123,7 +132,11 @@ async fn probe_and_record(pool: &str, upstream: &Upstream, health: &Health) -> R
 /// Each probe opens its own connection (and closes it): it checks that the
 /// upstream accepts connections and answers, and it never takes or spoils
 /// an idle connection of the request path's pool.
-pub async fn probe(upstream: &Upstream, health: &Health) -> Result<(), String> {
+pub async fn probe(
+    upstream: &Upstream,
+    tls: Option<&UpstreamTls>,
+    health: &Health,
+) -> Result<(), String> {
     let mut request = Request::new(Empty::<Bytes>::new());
     *request.uri_mut() = health
         .path
@@ -139,12 +152,40 @@ pub async fn probe(upstream: &Upstream, health: &Health) -> Result<(), String> {
         let stream = TcpStream::connect(upstream.authority.as_str())
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
         // The connection task ends with the exchange (Connection: close),
         // or when this probe is dropped at its timeout.
-        let connection = tokio::spawn(connection);
+        let (mut sender, connection) = match tls {
+            None => {
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("handshake: {e}"))?;
+                (
+                    sender,
+                    tokio::spawn(async move { connection.await.map(|_| ()) }),
+                )
+            }
+            Some(tls) => {
+                let name = tls
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| upstream.authority.host().to_owned());
+                let name = rustls::pki_types::ServerName::try_from(name)
+                    .map_err(|e| format!("bad TLS server name: {e}"))?;
+                let stream = tokio_rustls::TlsConnector::from(tls.client.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("handshake: {e}"))?;
+                (
+                    sender,
+                    tokio::spawn(async move { connection.await.map(|_| ()) }),
+                )
+            }
+        };
         let response = sender
             .send_request(request)
             .await

@@ -85,7 +85,7 @@ use tracing::{debug, info, warn, Instrument};
 
 pub use body::Body;
 pub use error::{json_response, ProxyError};
-pub use forward::{client as upstream_client, UpstreamClient};
+pub use forward::{client as upstream_client, tls_client as upstream_tls_client, UpstreamClient};
 pub use gate::Gate;
 
 use crate::metrics::Metrics;

@@ -237,7 +237,13 @@ fn build_pools(
         .iter()
         .map(|(name, pool)| {
             let old = old.and_then(|pools| pools.get(name)).map(|p| p.as_ref());
-            let pool = Pool::rebuild(name, pool, old, metrics.requests(name));
+            let pool = Pool::rebuild(
+                name,
+                pool,
+                old,
+                metrics.requests(name),
+                config.timeouts.connect,
+            );
             (name.clone(), Arc::new(pool))
         })
         .collect()

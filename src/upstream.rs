@@ -8,12 +8,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 
+use crate::config::tls::UpstreamTls;
 use crate::config::{Balance, Health, PoolConfig};
 use crate::metrics::RequestCounters;
+use crate::proxy::UpstreamClient;
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -173,11 +175,21 @@ pub struct Pool {
     next: AtomicUsize,
     /// Answers counted by status class.
     pub requests: RequestCounters,
+    /// The client for TLS upstreams (`tls = true`), with the pool's CA and
+    /// server name; `None` for plain upstreams, which share one client.
+    pub tls_client: Option<Arc<UpstreamClient>>,
+    /// The pool's TLS settings, for health probes.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Pool {
     /// Builds a pool from its config, counting its answers in `requests`.
-    pub fn new(name: &str, config: &PoolConfig, requests: RequestCounters) -> Pool {
+    pub fn new(
+        name: &str,
+        config: &PoolConfig,
+        requests: RequestCounters,
+        connect_timeout: Duration,
+    ) -> Pool {
         Pool {
             name: name.to_owned(),
             upstreams: config
@@ -188,6 +200,11 @@ impl Pool {
             balance: config.balance,
             next: AtomicUsize::new(0),
             requests,
+            tls_client: config
+                .tls
+                .as_ref()
+                .map(|tls| Arc::new(crate::proxy::upstream_tls_client(connect_timeout, tls))),
+            tls: config.tls.clone(),
         }
     }
 
@@ -198,8 +215,9 @@ impl Pool {
         config: &PoolConfig,
         old: Option<&Pool>,
         requests: RequestCounters,
+        connect_timeout: Duration,
     ) -> Pool {
-        let mut pool = Pool::new(name, config, requests);
+        let mut pool = Pool::new(name, config, requests, connect_timeout);
         if let Some(old) = old {
             for upstream in &mut pool.upstreams {
                 if let Some(kept) = old
@@ -267,8 +285,13 @@ mod tests {
             .collect();
         Pool::new(
             "blue",
-            &PoolConfig { upstreams, balance },
+            &PoolConfig {
+                upstreams,
+                balance,
+                tls: None,
+            },
             RequestCounters::default(),
+            std::time::Duration::from_secs(1),
         )
     }
 

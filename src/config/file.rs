@@ -84,6 +84,9 @@ pub struct MaintenanceSection {
 pub struct PoolSection {
     pub upstreams: Spanned<Vec<Spanned<String>>>,
     pub balance: Option<Spanned<String>>,
+    pub tls: Option<Spanned<bool>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
 }
 
 /// `[pools]`: every pool by name.

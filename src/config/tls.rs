@@ -162,6 +162,57 @@ pub fn server_config(min_version: TlsVersion, pairs: &[LoadedPair]) -> Arc<Serve
     Arc::new(config)
 }
 
+/// TLS to a pool's upstreams.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// How upstream certificates are verified (the given CA, or the
+    /// system's roots).
+    pub client: Arc<rustls::ClientConfig>,
+    /// The CA file, if one was given.
+    pub ca_file: Option<PathBuf>,
+    /// The name to send as SNI and verify, instead of the upstream's host.
+    pub server_name: Option<String>,
+}
+
+/// The certificates of a CA file, as trust roots.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+/// The system's trust roots (the web PKI, as the OS ships it).
+pub fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err("no system CA certificates were found".to_owned());
+    }
+    Ok(roots)
+}
+
+/// A client configuration verifying against `roots`.
+pub fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// Picks a certificate by SNI: an exact name, then a wildcard, then the
 /// first certificate (for clients without SNI or with an unknown name).
 #[derive(Debug)]

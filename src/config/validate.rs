@@ -21,7 +21,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::file::*;
-use super::tls::{self, Tls, TlsVersion};
+use super::tls::{self, Tls, TlsVersion, UpstreamTls};
 use super::*;
 
 /// The sections a config file may have.
@@ -234,6 +234,65 @@ impl Validator<'_> {
         }
     }
 
+    /// `tls`, `ca_file` and `server_name` of pool `key`.
+    fn upstream_tls(&mut self, key: &str, pool: &PoolSection) -> Option<UpstreamTls> {
+        let enabled = pool.tls.as_ref().is_some_and(|t| *t.get_ref());
+        if !enabled {
+            for (field, value) in [
+                ("ca_file", &pool.ca_file),
+                ("server_name", &pool.server_name),
+            ] {
+                if let Some(value) = value {
+                    self.problem(
+                        Some(value.span()),
+                        format!("{key}.{field}: only applies with `tls = true`"),
+                    );
+                }
+            }
+            return None;
+        }
+        let server_name = match &pool.server_name {
+            Some(name) => match rustls_pki_types::ServerName::try_from(name.get_ref().clone()) {
+                Ok(_) => Some(name.get_ref().clone()),
+                Err(_) => {
+                    self.problem(
+                        Some(name.span()),
+                        format!(
+                            "{key}.server_name: `{}` is not a DNS name or IP address",
+                            name.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let (ca_file, loaded) = match &pool.ca_file {
+            Some(file) => {
+                let path = self.path(&format!("{key}.ca_file"), file);
+                let loaded = tls::load_roots(&path);
+                if let Err(reason) = &loaded {
+                    self.problem(Some(file.span()), format!("{key}.ca_file: {reason}"));
+                }
+                (Some(path), loaded)
+            }
+            None => {
+                let loaded = tls::system_roots();
+                if let Err(reason) = &loaded {
+                    let at = pool.tls.as_ref().map(Spanned::span);
+                    self.problem(at, format!("{key}.tls: {reason}; set {key}.ca_file"));
+                }
+                (None, loaded)
+            }
+        };
+        let roots = loaded.ok()?;
+        Some(UpstreamTls {
+            client: tls::client_config(roots),
+            ca_file,
+            server_name,
+        })
+    }
+
     /// `redirect_https` of listener `key`: only for a plain listener.
     fn redirect_https(
         &mut self,
@@ -424,7 +483,15 @@ impl Validator<'_> {
                     }
                 },
             };
-            pools.insert(name.get_ref().clone(), PoolConfig { upstreams, balance });
+            let tls = self.upstream_tls(&key, pool);
+            pools.insert(
+                name.get_ref().clone(),
+                PoolConfig {
+                    upstreams,
+                    balance,
+                    tls,
+                },
+            );
         }
         pools
     }

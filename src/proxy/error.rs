@@ -41,6 +41,15 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// The TLS handshake with the upstream failed (its certificate does
+    /// not verify, or it does not speak TLS).
+    #[error("TLS to upstream {upstream} failed: {reason}")]
+    UpstreamTls {
+        /// The upstream tried last.
+        upstream: Authority,
+        /// What went wrong.
+        reason: String,
+    },
     /// No response head within `timeouts.upstream`.
     #[error("upstream {upstream} sent no response head within {timeout:?}")]
     UpstreamTimeout {
@@ -67,9 +76,9 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::BadUpstreamResponse { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -82,6 +91,7 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout(_) => "request_timeout",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTls { .. } => "upstream_tls_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::BadUpstreamResponse { .. } => "bad_upstream_response",
         }
@@ -96,6 +106,9 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout(_) => "the request body did not arrive in time",
             ProxyError::NoHealthyUpstream { .. } => "no healthy upstream is available",
             ProxyError::UpstreamUnreachable { .. } => "the upstream server could not be reached",
+            ProxyError::UpstreamTls { .. } => {
+                "the upstream server's TLS certificate could not be verified"
+            }
             ProxyError::UpstreamTimeout { .. } => "the upstream server did not answer in time",
             ProxyError::BadUpstreamResponse { .. } => {
                 "the upstream server sent an invalid response"

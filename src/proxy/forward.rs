@@ -13,6 +13,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -21,6 +22,7 @@ use tracing::{debug, warn};
 
 use super::body::{Body, ReadAhead};
 use super::error::ProxyError;
+use crate::config::tls::UpstreamTls;
 use crate::upstream::{InFlight, Pool};
 
 /// How long to wait for the first chunk of an upstream's response body
@@ -29,15 +31,54 @@ use crate::upstream::{InFlight, Pool};
 /// head goes to the client and a later failure aborts the connection.
 const RESPONSE_READ_AHEAD: Duration = Duration::from_millis(50);
 
-/// The pooled HTTP client that talks to upstreams.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// The pooled HTTP client that talks to upstreams (plain, or TLS for a
+/// pool with `tls = true`).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the upstream client.
+/// Builds the client for plain upstreams.
 pub fn client(connect_timeout: Duration) -> UpstreamClient {
+    // A plain client never handshakes; the TLS layer is there so that
+    // both kinds of client share one type.
+    let unused = crate::config::tls::client_config(rustls::RootCertStore::empty());
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config((*unused).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http_connector(connect_timeout));
+    build(connector)
+}
+
+/// Builds the client for a pool's TLS upstreams: verified against its CA
+/// (or the system's roots), HTTP/2 when the upstream offers it by ALPN.
+pub fn tls_client(connect_timeout: Duration, tls: &UpstreamTls) -> UpstreamClient {
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config((*tls.client).clone())
+        .https_only();
+    // Validation checked the name parses.
+    let name = tls
+        .server_name
+        .as_ref()
+        .and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok());
+    let builder = match name {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    let connector = builder
+        .enable_all_versions()
+        .wrap_connector(http_connector(connect_timeout));
+    build(connector)
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
-    connector.enforce_http(true);
+    // The TLS layer above decides what the scheme allows.
+    connector.enforce_http(false);
+    connector
+}
+
+fn build(connector: HttpsConnector<HttpConnector>) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -60,12 +101,12 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn into_upstream(self, upstream: &Authority, body: Body) -> Request<Body> {
+    fn into_upstream(self, upstream: &Authority, tls: bool, body: Body) -> Request<Body> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = Uri::from_parts({
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = Some(upstream.clone());
             parts.path_and_query = Some(self.path);
             parts
@@ -109,7 +150,9 @@ pub async fn send(
         let attempt = if may_retry { head.clone() } else { head.take() };
         let request = attempt
             .expect("the head is kept while a retry is possible")
-            .into_upstream(&upstream, body);
+            .into_upstream(&upstream, pool.tls_client.is_some(), body);
+        // A TLS pool has a client of its own (its CA, its server name).
+        let client = pool.tls_client.as_deref().unwrap_or(client);
         let outcome = tokio::time::timeout_at(deadline, client.request(request)).await;
         match outcome {
             Err(_elapsed) => return Err(ProxyError::UpstreamTimeout { upstream, timeout }),
@@ -121,7 +164,9 @@ pub async fn send(
             }
             Ok(Err(error)) => {
                 let failure = classify(&upstream, &error);
-                if let ProxyError::UpstreamUnreachable { reason, .. } = &failure {
+                if let ProxyError::UpstreamUnreachable { reason, .. }
+                | ProxyError::UpstreamTls { reason, .. } = &failure
+                {
                     // Passive health: a dead instance is out at once, not
                     // at the next probe.
                     if in_flight.upstream().record_traffic_failure(reason.clone()) {
@@ -157,10 +202,37 @@ fn classify(upstream: &Authority, error: &hyper_util::client::legacy::Error) -> 
             reason: e.to_string(),
         };
     }
+    if is_tls_failure(error) {
+        return ProxyError::UpstreamTls {
+            upstream: upstream.clone(),
+            reason: error_chain(error),
+        };
+    }
     ProxyError::UpstreamUnreachable {
         upstream: upstream.clone(),
         reason: error_chain(error),
     }
+}
+
+/// Whether a rustls error (a certificate that does not verify, a failed
+/// handshake) is among `error`'s sources.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // An `io::Error` wrapping another reports the inner one's source,
+        // not the inner one itself: step into it (connectors nest them).
+        source = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// An error and its sources on one line.
