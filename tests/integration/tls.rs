@@ -568,3 +568,39 @@ async fn upstream_tls_keys_are_checked() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn min_version_1_3_refuses_tls_1_2_clients() {
+    let pki = Pki::new();
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    tls_config(&dir, &blue, &[("a", &pki.leaf(&["a.test"]))], "");
+    let text = std::fs::read_to_string(dir.path().join("switchyard.toml"))
+        .unwrap()
+        .replacen(
+            "[[listener.tls.certs]]",
+            "[listener.tls]\nmin_version = \"1.3\"\n\n[[listener.tls.certs]]",
+            1,
+        );
+    dir.write("switchyard.toml", &text);
+    let proxy = Proxy::in_dir(dir).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let tls12_only =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let refused = within(
+        tokio_rustls::TlsConnector::from(Arc::new(tls12_only)).connect(dns("a.test"), stream),
+    )
+    .await;
+    assert!(refused.is_err(), "a TLS 1.2 client got through");
+    let stream = handshake(pki.client(&[b"http/1.1"]), proxy.addr, dns("a.test")).await;
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
