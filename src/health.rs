@@ -127,6 +127,28 @@ async fn probe_and_record(
     outcome
 }
 
+/// An HTTP/1 client connection on `stream`, its task spawned.
+async fn http1_handshake<S>(
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((sender, task))
+}
+
 /// One probe: passes on a 2xx or 3xx answer within the timeout.
 ///
 /// Each probe opens its own connection (and closes it): it checks that the
@@ -155,16 +177,7 @@ pub async fn probe(
         // The connection task ends with the exchange (Connection: close),
         // or when this probe is dropped at its timeout.
         let (mut sender, connection) = match tls {
-            None => {
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("handshake: {e}"))?;
-                (
-                    sender,
-                    tokio::spawn(async move { connection.await.map(|_| ()) }),
-                )
-            }
+            None => http1_handshake(stream).await?,
             Some(tls) => {
                 let name = tls
                     .server_name
@@ -176,14 +189,7 @@ pub async fn probe(
                     .connect(name, stream)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("handshake: {e}"))?;
-                (
-                    sender,
-                    tokio::spawn(async move { connection.await.map(|_| ()) }),
-                )
+                http1_handshake(stream).await?
             }
         };
         let response = sender

@@ -219,6 +219,7 @@ async fn serve_connection(
         route,
         https: tls.is_some(),
     };
+    let limits = (header_timeout, max_header_bytes);
     let Some(server) = tls else {
         let sniffed = tokio::select! {
             sniffed = sniff::sniff(stream, deadline) => sniffed,
@@ -237,16 +238,7 @@ async fn serve_connection(
                 return;
             }
         };
-        return serve_http(
-            proxy,
-            io,
-            protocol,
-            conn,
-            header_timeout,
-            max_header_bytes,
-            phase,
-        )
-        .await;
+        return serve_http(proxy, io, protocol, conn, limits, phase).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let accepted = tokio::select! {
@@ -268,16 +260,7 @@ async fn serve_connection(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    serve_http(
-        proxy,
-        io,
-        protocol,
-        conn,
-        header_timeout,
-        max_header_bytes,
-        phase,
-    )
-    .await;
+    serve_http(proxy, io, protocol, conn, limits, phase).await;
 }
 
 /// Serves HTTP/1 or HTTP/2 on `io` (plain or TLS) until it closes.
@@ -286,8 +269,7 @@ async fn serve_http<I>(
     io: I,
     protocol: Protocol,
     conn: Conn,
-    header_timeout: Duration,
-    max_header_bytes: usize,
+    (header_timeout, max_header_bytes): (Duration, usize),
     phase: watch::Receiver<Phase>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

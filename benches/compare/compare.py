@@ -461,7 +461,7 @@ backend green
             return {
                 "flips": len(delays),
                 "first_request_new_color": sum(first),
-                "failed": figures["status"] + figures["connect"] + figures["read"] + figures["write"] + figures["timeout"],
+                "failed": failed(figures),
                 "requests": figures["requests"],
                 "new_color_ms_median": statistics.median(delays) if delays else None,
                 "new_color_ms_max": max(delays) if delays else None,
@@ -501,7 +501,7 @@ backend green
                 stop.set()
                 thread.join()
             return {
-                "failed": figures["status"] + figures["connect"] + figures["read"] + figures["write"] + figures["timeout"],
+                "failed": failed(figures),
                 "requests": figures["requests"],
             }
         finally:
@@ -516,6 +516,11 @@ backend green
             return {"connections": opened[0], "rss_per_conn_bytes": (opened[1] - before) * 1024 / max(opened[0], 1)}
         finally:
             self.procs.stop(proc)
+
+
+def failed(figures):
+    """Requests that did not get a 2xx/3xx: non-2xx answers and socket errors."""
+    return figures["status"] + figures["connect"] + figures["read"] + figures["write"] + figures["timeout"]
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

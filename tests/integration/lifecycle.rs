@@ -10,23 +10,6 @@ use tokio::process::Command;
 
 use crate::support::*;
 
-async fn check(path: &std::path::Path) -> (i32, String, String) {
-    let output = within(
-        Command::new(BIN)
-            .arg("check")
-            .arg("--config")
-            .arg(path)
-            .output(),
-    )
-    .await
-    .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn check_accepts_a_valid_file_with_a_summary() {
     let dir = TempDir::new();

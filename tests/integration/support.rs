@@ -698,3 +698,21 @@ pub async fn websocket_echoes(stream: &mut TcpStream) -> bool {
         Err(_) => false,
     }
 }
+
+/// Runs `switchyard check --config PATH`: exit code, stdout, stderr.
+pub async fn check(path: &Path) -> (i32, String, String) {
+    let output = within(
+        tokio::process::Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -2,7 +2,6 @@
 //! h2 by ALPN, SNI, certificate replacement without dropping connections,
 //! refusal of a broken pair, `check`'s verdicts, and the https redirect.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use http::Request;
@@ -358,23 +357,6 @@ async fn a_broken_replacement_is_refused_and_the_old_pair_keeps_serving() {
     assert_eq!(get_over(&mut sender, "/").await, (200, "blue".to_owned()));
     let (_, status) = proxy.admin("GET", "/v1/status", None).await;
     assert_eq!(status["config"]["certificates"][0]["names"][0], "a.test");
-}
-
-async fn check(path: &Path) -> (i32, String, String) {
-    let output = within(
-        tokio::process::Command::new(BIN)
-            .arg("check")
-            .arg("--config")
-            .arg(path)
-            .output(),
-    )
-    .await
-    .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
