@@ -221,12 +221,23 @@ pub fn rfc3339(time: SystemTime) -> String {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-persist-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory of its own for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("switchyard-persist-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 
     fn decisions() -> Decisions {
@@ -245,7 +256,8 @@ mod tests {
 
     #[test]
     fn decisions_survive_a_round_trip() {
-        let path = scratch("round-trip").join("state.json");
+        let dir = Scratch::new("round-trip");
+        let path = dir.0.join("state.json");
         assert!(load(&path).unwrap().is_none());
         save(&path, &decisions()).unwrap();
         assert_eq!(load(&path).unwrap(), Some(decisions()));
@@ -256,7 +268,8 @@ mod tests {
 
     #[test]
     fn a_corrupt_or_newer_file_is_an_error_naming_it() {
-        let path = scratch("corrupt").join("state.json");
+        let dir = Scratch::new("corrupt");
+        let path = dir.0.join("state.json");
         fs::write(&path, "{\"version\": 1, \"live_pool\": ").unwrap();
         let error = load(&path).unwrap_err().to_string();
         assert!(error.contains("state.json is corrupt"), "{error}");
