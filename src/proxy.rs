@@ -240,6 +240,26 @@ async fn serve_connection(
         };
         return serve_http(proxy, io, protocol, conn, limits, phase).await;
     };
+    // Boxed: a TLS connection's state is several KiB, and every plain
+    // connection's task would otherwise be as large as the TLS one.
+    Box::pin(serve_tls(
+        proxy, stream, server, conn, limits, deadline, phase,
+    ))
+    .await;
+}
+
+/// Handshakes TLS under the header deadline, then serves HTTP/1 or HTTP/2
+/// as ALPN chose.
+async fn serve_tls(
+    proxy: Arc<Proxy>,
+    stream: tokio::net::TcpStream,
+    server: Arc<rustls::ServerConfig>,
+    conn: Conn,
+    limits: (Duration, usize),
+    deadline: Instant,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let header_timeout = limits.0;
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let accepted = tokio::select! {
         accepted = tokio::time::timeout_at(deadline, accept) => accepted,
