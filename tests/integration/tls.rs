@@ -586,3 +586,28 @@ async fn min_version_1_3_refuses_tls_1_2_clients() {
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
 }
+
+#[tokio::test]
+async fn the_preview_listener_terminates_tls_too() {
+    let pki = Pki::new();
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let dir = TempDir::new();
+    let (cert, key) = pki.leaf(&["preview.test"]);
+    dir.write("preview.pem", &cert);
+    dir.write("preview.key", &key);
+    let text = config_text(
+        &[blue.addr],
+        &[green.addr],
+        "[preview]\nbind = \"127.0.0.1:0\"\n\n[[preview.tls.certs]]\ncert = \"preview.pem\"\nkey = \"preview.key\"\n",
+    );
+    dir.write("switchyard.toml", &text);
+    let proxy = Proxy::in_dir(dir).await;
+    let preview = proxy.preview.expect("the preview listener");
+    let stream = handshake(pki.client(&[b"http/1.1"]), preview, dns("preview.test")).await;
+    let mut sender = http1_over(stream).await;
+    assert_eq!(get_over(&mut sender, "/").await, (200, "green".to_owned()));
+    assert_eq!(green.seen()[0].headers["x-forwarded-proto"], "https");
+    // The public listener stays plain.
+    assert_eq!(get(&proxy.url("/")).await.2, "blue");
+}
