@@ -446,7 +446,8 @@ impl Proxy {
             };
             (pool, snapshot.client.clone(), snapshot.config.timeouts)
         };
-        *routed = Some(pool.clone());
+        // Kept where `handle` counts the answer; borrowed from there here.
+        let pool = &*routed.insert(pool);
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
         let mut headers = parts.headers;
@@ -471,10 +472,10 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
         };
-        let answer = forward::send(&client, &pool, head, body, timeouts.upstream).await?;
+        let answer = forward::send(&client, pool, head, body, timeouts.upstream).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
-                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, &pool, route)),
+                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, pool, route)),
                 None => Err(ProxyError::BadUpstreamResponse {
                     upstream: answer.in_flight.upstream().authority.clone(),
                     reason: "101 Switching Protocols to a request that asked for no upgrade"

@@ -418,6 +418,17 @@ backend green
             with open(os.path.join(self.dir, "nginx.pid")) as f:
                 os.kill(int(f.read().strip()), signal.SIGHUP)
 
+    def load_while(self, port, action, stop):
+        """Runs `action` in a thread while wrk loads `port` (50 connections,
+        --switch-duration seconds); sets `stop` when the load is done."""
+        thread = threading.Thread(target=action)
+        thread.start()
+        try:
+            return self.wrk(port, "/", 50, self.args.switch_duration)
+        finally:
+            stop.set()
+            thread.join()
+
     def switch_under_load(self, target):
         port, proc = self.start_target(target)
         try:
@@ -451,13 +462,7 @@ backend green
                             break
                     stop.wait(1)
 
-            thread = threading.Thread(target=flipper)
-            thread.start()
-            try:
-                figures = self.wrk(port, "/", 50, self.args.switch_duration)
-            finally:
-                stop.set()
-                thread.join()
+            figures = self.load_while(port, flipper, stop)
             return {
                 "flips": len(delays),
                 "first_request_new_color": sum(first),
@@ -493,13 +498,7 @@ backend green
                     n += 1
                     self.reload(target, proc, n)
 
-            thread = threading.Thread(target=reloader)
-            thread.start()
-            try:
-                figures = self.wrk(port, "/", 50, self.args.switch_duration)
-            finally:
-                stop.set()
-                thread.join()
+            figures = self.load_while(port, reloader, stop)
             return {
                 "failed": failed(figures),
                 "requests": figures["requests"],
