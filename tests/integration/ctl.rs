@@ -53,7 +53,10 @@ async fn ctl_drives_a_served_proxy_through_the_migration_workflow() {
     assert!(out.contains("maintenance   off"), "{out}");
     assert!(out.contains(&format!("{}", green.addr)), "{out}");
     assert!(out.contains("last reload   ok"), "{out}");
-    assert!(out.contains("(version "), "the config version is shown: {out}");
+    assert!(
+        out.contains("(version "),
+        "the config version is shown: {out}"
+    );
 
     let (code, out, err) = run(with(&["switch", "green"])).await;
     assert_eq!(code, 0, "{err}");
