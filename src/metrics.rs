@@ -12,6 +12,8 @@
 //! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`, `auto_rollback`) |
 //! | `switchyard_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `switchyard_certificate_expiry_timestamp_seconds` | gauge | `listener`, `cert` |
+//! | `switchyard_client_connections` | gauge, open client connections | |
+//! | `switchyard_parked_connections` | gauge, of which idle and parked (HTTP/1) | |
 //!
 //! The request path touches only atomics: each pool holds its own
 //! [`RequestCounters`] (handles taken from the registry when the pool is
@@ -85,6 +87,8 @@ pub struct Metrics {
     switches: Family<KindLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     cert_expiry: Family<CertLabels, Gauge>,
+    connections: Gauge,
+    parked: Gauge,
 }
 
 /// One pool's request counters by status class, ready to increment
@@ -105,6 +109,23 @@ impl RequestCounters {
     pub fn count(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
+    }
+}
+
+/// Holds a gauge one higher for as long as it lives.
+#[derive(Debug)]
+pub struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -150,6 +171,18 @@ impl Metrics {
         let switches = Family::<KindLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let cert_expiry = Family::<CertLabels, Gauge>::default();
+        let connections = Gauge::default();
+        let parked = Gauge::default();
+        registry.register(
+            "switchyard_client_connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "switchyard_parked_connections",
+            "Idle HTTP/1 client connections whose buffers have been let go",
+            parked.clone(),
+        );
         registry.register(
             "switchyard_certificate_expiry_timestamp_seconds",
             "When each served TLS certificate expires (Unix time)",
@@ -212,7 +245,19 @@ impl Metrics {
             switches,
             reloads,
             cert_expiry,
+            connections,
+            parked,
         }
+    }
+
+    /// Counts a client connection open until the guard is dropped.
+    pub fn count_connection(&self) -> Counted {
+        Counted::new(&self.connections)
+    }
+
+    /// Counts a client connection parked until the guard is dropped.
+    pub fn count_parked(&self) -> Counted {
+        Counted::new(&self.parked)
     }
 
     /// The counters a pool named `pool` increments.

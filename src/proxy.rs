@@ -60,13 +60,13 @@ mod framing;
 mod frontdoor;
 mod gate;
 pub mod headers;
+mod park;
 mod sniff;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -95,6 +96,7 @@ use crate::upstream::Pool;
 use body::ReadAhead;
 use forward::{Answer, Outgoing};
 use framing::Scanned;
+use park::{Activity, Resumable, Wait, PARK_AFTER};
 use sniff::{Protocol, SniffError};
 
 /// How long to pause accepting when the process is out of file
@@ -197,6 +199,7 @@ async fn serve_connection(
     _tracked: Tracked,
 ) {
     let _ = stream.set_nodelay(true);
+    let _open = proxy.metrics.count_connection();
     // The listener's settings as of this connection: a reload changes them
     // for the next one (new certificates for the next handshake).
     let (header_timeout, max_header_bytes, tls) = {
@@ -289,81 +292,232 @@ async fn serve_http<I>(
     io: I,
     protocol: Protocol,
     conn: Conn,
-    (header_timeout, max_header_bytes): (Duration, usize),
+    limits: (Duration, usize),
     phase: watch::Receiver<Phase>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: Wait + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let result = match protocol {
-        Protocol::Http1 => {
-            let io = Scanned::new(io, max_header_bytes);
-            let verdict = io.verdict();
-            // hyper serves HTTP/1 requests in order, so this count matches
-            // the scanner's count of heads.
-            let served = AtomicU64::new(0);
-            let service = service_fn(move |request| {
-                let index = served.fetch_add(1, Ordering::Relaxed);
-                let ambiguous = verdict.is_ambiguous(index);
-                let proxy = proxy.clone();
-                async move {
-                    let response = if ambiguous {
-                        proxy.refuse(ProxyError::BadRequest(AMBIGUOUS_LENGTH), &request)
-                    } else {
-                        proxy.handle(request, conn).await
-                    };
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let io = TokioIo::new(io);
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_header_size(max_header_bytes)
-                .serve_connection(io, service)
-                .with_upgrades();
-            drive(connection, |c| c.graceful_shutdown(), phase).await
-        }
-        Protocol::Http2 => {
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
-            });
-            let io = TokioIo::new(io);
-            let connection = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-                .serve_connection(io, service);
-            drive(connection, |c| c.graceful_shutdown(), phase).await
-        }
-    };
-    if let Err(error) = result {
-        // Resets, header timeouts and malformed requests end up here; they
-        // are the client's business and hyper has answered what it could.
+    match protocol {
+        Protocol::Http1 => serve_http1(proxy, io, conn, limits, phase).await,
+        // Boxed: an HTTP/2 connection's state is large, and every HTTP/1
+        // connection's task would otherwise be as large.
+        Protocol::Http2 => Box::pin(serve_http2(proxy, io, conn, limits.1, phase)).await,
+    }
+}
+
+/// Serves HTTP/2 on `io` until it closes.
+async fn serve_http2<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    conn: Conn,
+    max_header_bytes: usize,
+    mut phase: watch::Receiver<Phase>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
+    });
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    if let Driven::Ended(Err(error)) =
+        drive(connection, |c| c.graceful_shutdown(), None, &mut phase).await
+    {
         debug!(%error, "connection ended with an error");
     }
 }
 
-/// Runs a connection to completion, shutting it down gracefully when the
-/// server drains and dropping it when the drain budget is spent.
-async fn drive<C>(
-    connection: C,
-    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+/// Serves HTTP/1 on `io` until it closes, parking the connection whenever
+/// it has been idle for a while (see [`park`]).
+async fn serve_http1<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    conn: Conn,
+    limits: (Duration, usize),
     mut phase: watch::Receiver<Phase>,
-) -> hyper::Result<()>
+) where
+    I: Wait + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let scanned = Scanned::new(io, limits.1);
+    let activity = Arc::new(Activity::new(scanned.verdict()));
+    let mut stream = Resumable::new(scanned, activity.clone());
+    loop {
+        // Boxed, so that a parked connection's task keeps none of the
+        // serving state.
+        let served = Box::pin(serve_until_parked(
+            &proxy, stream, conn, limits, &activity, &mut phase,
+        ));
+        stream = match served.await {
+            Some(stream) => stream,
+            None => return,
+        };
+        stream.get_mut().shrink();
+        debug!("idle connection parked");
+        let _parked = proxy.metrics.count_parked();
+        // hyper would have closed it `timeouts.header` after it went idle,
+        // which was at least `PARK_AFTER` ago.
+        let deadline = Instant::now() + limits.0.saturating_sub(PARK_AFTER);
+        let woken = tokio::select! {
+            ready = std::future::poll_fn(|cx| Wait::poll_client(&stream, cx)) => ready.map_err(Some),
+            () = tokio::time::sleep_until(deadline) => {
+                debug!(timeout = ?limits.0, "idle connection closed");
+                Err(None)
+            }
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => Err(None),
+        };
+        match woken {
+            Ok(()) => {}
+            Err(Some(error)) => {
+                debug!(%error, "parked connection failed");
+                return;
+            }
+            Err(None) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serves `stream` with one hyper instance until the connection ends
+/// (`None`) or is parked: then the stream comes back, open, between two
+/// messages.
+async fn serve_until_parked<I>(
+    proxy: &Arc<Proxy>,
+    stream: Resumable<Scanned<I>>,
+    conn: Conn,
+    (header_timeout, max_header_bytes): (Duration, usize),
+    activity: &Arc<Activity>,
+    phase: &mut watch::Receiver<Phase>,
+) -> Option<Resumable<Scanned<I>>>
+where
+    I: Wait + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let (proxy, activity) = (proxy.clone(), activity.clone());
+        service_fn(move |request| {
+            // hyper serves HTTP/1 requests in order, so the activity's
+            // count matches the scanner's count of heads.
+            let (answering, ambiguous) = activity.start();
+            let proxy = proxy.clone();
+            async move {
+                let response = if ambiguous {
+                    proxy.refuse(ProxyError::BadRequest(AMBIGUOUS_LENGTH), &request)
+                } else {
+                    proxy.handle(request, conn).await
+                };
+                Ok::<_, Infallible>(response.map(|body| body.with_answering(answering)))
+            }
+        })
+    };
+    let mut connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(max_header_bytes)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let driven = drive(
+        Pin::new(&mut connection),
+        |c| c.graceful_shutdown(),
+        Some(activity),
+        phase,
+    )
+    .await;
+    match driven {
+        Driven::Parked => {}
+        Driven::Ended(Ok(())) => return None,
+        Driven::Ended(Err(error)) => {
+            // Resets, header timeouts and malformed requests end up here;
+            // they are the client's business and hyper has answered what it
+            // could.
+            debug!(%error, "connection ended with an error");
+            return None;
+        }
+    }
+    // hyper finished without an upgrade, so the parts are there.
+    let parts = connection.into_parts()?;
+    let mut stream = parts.io.into_inner();
+    // A request that arrived while hyper was being stopped: hyper may have
+    // read part of it, so the connection cannot go on.
+    if activity.quiet().is_none() || !parts.read_buf.is_empty() {
+        debug!("a request arrived as the connection was parked; closing");
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    Some(stream)
+}
+
+/// How a connection's hyper instance ended.
+enum Driven {
+    /// The connection is over.
+    Ended(hyper::Result<()>),
+    /// hyper stopped between two messages and left the stream open.
+    Parked,
+}
+
+/// Runs a connection until it ends, shutting it down gracefully when the
+/// server drains and dropping it when the drain budget is spent. Given an
+/// [`Activity`], also stops it between two messages once it has been quiet
+/// for [`PARK_AFTER`].
+async fn drive<C>(
+    mut connection: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    activity: Option<&Activity>,
+    phase: &mut watch::Receiver<Phase>,
+) -> Driven
 where
     C: Future<Output = hyper::Result<()>>,
 {
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => return result,
-        // The connection future is kept and polled again below.
-        _ = phase.wait_for(|p| *p >= Phase::Draining) => {}
+    let mut ticks =
+        activity.map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
+    let mut last_quiet = None;
+    let parking = loop {
+        tokio::select! {
+            result = connection.as_mut() => return Driven::Ended(result),
+            // The connection future is kept and polled again below.
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => break None,
+            _ = tick(ticks.as_mut()) => {
+                let quiet = activity.and_then(Activity::quiet);
+                if quiet.is_some() && quiet == last_quiet {
+                    break activity;
+                }
+                last_quiet = quiet;
+            }
+        }
+    };
+    if let Some(activity) = parking {
+        activity.set_parking(true);
     }
+    // An idle hyper connection ends at once; a busy one after its answer.
     graceful_shutdown(connection.as_mut());
-    tokio::select! {
+    let result = tokio::select! {
         result = connection.as_mut() => result,
         // Dropping the connection closes its socket.
         _ = phase.wait_for(|p| *p == Phase::Closing) => Ok(()),
+    };
+    match parking {
+        Some(activity) => {
+            activity.set_parking(false);
+            match result {
+                Ok(()) => Driven::Parked,
+                Err(error) => Driven::Ended(Err(error)),
+            }
+        }
+        None => Driven::Ended(result),
+    }
+}
+
+/// The next tick, or never without an interval.
+async fn tick(ticks: Option<&mut tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -532,6 +532,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
+IDLE_SETTLE_S = 3
+
+
 async def hold_idle(port, count, rss):
     """Opens `count` keep-alive connections, each with one request answered,
     and measures RSS while all of them are open and idle."""
@@ -549,7 +552,9 @@ async def hold_idle(port, count, rss):
 
     results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     failures = [r for r in results if isinstance(r, Exception)]
-    await asyncio.sleep(1)
+    # Idle means idle: give every proxy a few seconds to settle the way it
+    # keeps a quiet connection.
+    await asyncio.sleep(IDLE_SETTLE_S)
     measured = rss()
     for writer in writers:
         writer.close()

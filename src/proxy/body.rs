@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use super::park::Answering;
 use crate::upstream::InFlight;
 
 /// A streamed body with at most one frame read ahead.
@@ -30,6 +31,8 @@ pub struct Body {
     head: Option<Frame<Bytes>>,
     rest: Option<Incoming>,
     in_flight: Option<InFlight>,
+    /// For a response: its request counts as answered once hyper drops it.
+    answering: Option<Answering>,
     /// Where to return the contents if dropped unpolled.
     give_back: Option<oneshot::Sender<Body>>,
 }
@@ -51,6 +54,7 @@ impl Body {
             head,
             rest,
             in_flight: None,
+            answering: None,
             give_back: None,
         }
     }
@@ -96,6 +100,12 @@ impl Body {
     /// Keeps `guard` alive for as long as this body is.
     pub fn with_in_flight(mut self, guard: InFlight) -> Body {
         self.in_flight = Some(guard);
+        self
+    }
+
+    /// Keeps `guard` until hyper has sent this body and let it go.
+    pub fn with_answering(mut self, guard: Answering) -> Body {
+        self.answering = Some(guard);
         self
     }
 

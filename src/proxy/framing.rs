@@ -18,7 +18,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -35,9 +35,17 @@ const NONE: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct Verdict {
     first_ambiguous: AtomicU64,
+    /// Whether the bytes read so far end where a message ended.
+    between_messages: AtomicBool,
 }
 
 impl Verdict {
+    /// Whether the bytes read so far end exactly where a message ended: no
+    /// head, body or chunk is partly read. False once not watching.
+    pub fn between_messages(&self) -> bool {
+        self.between_messages.load(Ordering::Acquire)
+    }
+
     /// Whether request number `index` (from 0) on this connection had both
     /// `Content-Length` and `Transfer-Encoding`.
     pub fn is_ambiguous(&self, index: u64) -> bool {
@@ -87,6 +95,7 @@ impl<S> Scanned<S> {
             max_head,
             verdict: Arc::new(Verdict {
                 first_ambiguous: AtomicU64::new(NONE),
+                between_messages: AtomicBool::new(true),
             }),
         }
     }
@@ -94,6 +103,18 @@ impl<S> Scanned<S> {
     /// The verdict, for the connection's service.
     pub fn verdict(&self) -> Arc<Verdict> {
         self.verdict.clone()
+    }
+
+    /// The stream below.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Lets go of the memory kept for partial heads and lines.
+    pub fn shrink(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
     }
 
     /// Follows the framing through newly read bytes.
@@ -253,6 +274,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Scanned<S> {
         if let Poll::Ready(Ok(())) = polled {
             if !matches!(self.state, State::Off) {
                 self.scan(&buf.filled()[before..]);
+                let between = matches!(self.state, State::Head) && self.pending.is_empty();
+                self.verdict
+                    .between_messages
+                    .store(between, Ordering::Release);
             }
         }
         polled

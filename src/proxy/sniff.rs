@@ -83,6 +83,18 @@ pub struct Prefixed<S> {
     inner: S,
 }
 
+impl<S> Prefixed<S> {
+    /// Whether some of the bytes read ahead are still to be served.
+    pub fn has_prefix(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// The stream below.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -5,6 +5,7 @@
 //!   streaming bodies, keep-alive, h2c, WebSocket, headers, balancing.
 //! - `failures`: upstreams that are down, slow or malformed.
 //! - `front_door`: malformed and hostile requests, sent as raw bytes.
+//! - `idle`: parking idle HTTP/1 connections, and what must not be parked.
 //! - `lifecycle`: the binary itself: `check`, and SIGTERM's drain.
 //! - `maintenance`: the gate, through the admin socket.
 //! - `switching`: switch and rollback, including under load.
@@ -21,6 +22,7 @@ mod ctl;
 mod durability;
 mod failures;
 mod front_door;
+mod idle;
 mod lifecycle;
 mod maintenance;
 mod proxying;

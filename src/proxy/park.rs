@@ -1,0 +1,192 @@
+//! Letting an idle HTTP/1 connection's buffers go.
+//!
+//! hyper keeps an HTTP/1 connection's read and write buffers (8 KiB each)
+//! and its header cache for as long as the connection lives, so ten
+//! thousand idle keep-alive clients would hold some 200 MiB. A connection
+//! that has answered every request and stayed quiet for [`PARK_AFTER`] is
+//! therefore *parked*: hyper is stopped between two messages (it closes an
+//! idle connection at once when asked to shut down gracefully), the socket
+//! is kept, and a fresh hyper connection takes over when the client next
+//! sends. Parked, a connection costs its socket and a small task.
+//!
+//! Two pieces make that safe. [`Activity`] counts the requests a
+//! connection's service has started and answered, and knows from the
+//! framing scanner whether the bytes read so far end between two messages,
+//! so the driver only parks a connection that owes nothing and has nothing
+//! half read. [`Resumable`] is the stream hyper is given: it keeps the
+//! socket open when hyper shuts it down while parking.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::framing::{Scanned, Verdict};
+use super::sniff::Prefixed;
+
+/// How long an HTTP/1 connection must have been idle, with every request
+/// answered, before it is parked. It is parked within twice this.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What a connection's service shares with the task driving it.
+#[derive(Debug)]
+pub struct Activity {
+    started: AtomicU64,
+    answered: AtomicU64,
+    /// While set, shutting the stream down leaves the socket open.
+    parking: AtomicBool,
+    /// Where the scanner is in the byte stream.
+    verdict: Arc<Verdict>,
+}
+
+impl Activity {
+    /// Activity on a connection whose bytes `verdict`'s scanner follows.
+    pub fn new(verdict: Arc<Verdict>) -> Activity {
+        Activity {
+            started: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            parking: AtomicBool::new(false),
+            verdict,
+        }
+    }
+
+    /// Counts a request as started; it is answered when the returned guard
+    /// is dropped (with the response body, once hyper is done with it).
+    /// Returns the request's index on the connection, from 0, and whether
+    /// the scanner found its length ambiguous.
+    pub fn start(self: &Arc<Self>) -> (Answering, bool) {
+        let index = self.started.fetch_add(1, Ordering::Relaxed);
+        (Answering(self.clone()), self.verdict.is_ambiguous(index))
+    }
+
+    /// If every request read so far has been answered and nothing of the
+    /// next one has arrived: how many there were. The same answer twice,
+    /// some time apart, means the connection was idle in between.
+    pub fn quiet(&self) -> Option<u64> {
+        let answered = self.answered.load(Ordering::Acquire);
+        let started = self.started.load(Ordering::Acquire);
+        (answered == started && self.verdict.between_messages()).then_some(started)
+    }
+
+    /// Marks the start or end of parking.
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Release);
+    }
+}
+
+/// A request not answered yet; see [`Activity::start`].
+#[derive(Debug)]
+pub struct Answering(Arc<Activity>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answered.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A stream that can wait for its client without reading.
+pub trait Wait {
+    /// Ready when the client may have sent something (or closed).
+    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Wait for Prefixed<TcpStream> {
+    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.has_prefix() {
+            return Poll::Ready(Ok(()));
+        }
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+impl Wait for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, tls) = self.get_ref();
+        // rustls wants no more bytes when it holds plaintext not yet read.
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
+    }
+}
+
+impl<S: Wait> Wait for Scanned<S> {
+    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().poll_client(cx)
+    }
+}
+
+/// The stream a connection's hyper instances are given, one after another:
+/// while parking, shutting it down leaves it open.
+#[derive(Debug)]
+pub struct Resumable<S> {
+    activity: Arc<Activity>,
+    inner: S,
+}
+
+impl<S> Resumable<S> {
+    /// Wraps `inner`, whose service counts its requests in `activity`.
+    pub fn new(inner: S, activity: Arc<Activity>) -> Resumable<S> {
+        Resumable { activity, inner }
+    }
+
+    /// The stream below.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: Wait> Wait for Resumable<S> {
+    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_client(cx)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Resumable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Resumable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.parking.load(Ordering::Acquire) {
+            // Flushed, and left open for the next hyper instance.
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
