@@ -27,18 +27,24 @@ async fn get_on(stream: &mut TcpStream, path: &str, tail: &str) -> String {
     read_answer(stream, tail).await
 }
 
+/// A connection to `proxy` that has had one answer (ending in `tail`) and
+/// has since been parked.
+async fn parked_connection(proxy: &Proxy, tail: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let first = get_on(&mut stream, "/1", tail).await;
+    assert_eq!(status_of(&first), 200, "{first}");
+    until("the idle connection is parked", || async {
+        parked(proxy).await == 1
+    })
+    .await;
+    stream
+}
+
 #[tokio::test]
 async fn a_parked_connection_serves_its_next_requests_as_before() {
     let upstream = Upstream::named("blue").await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let first = get_on(&mut stream, "/1", "blue").await;
-    assert_eq!(status_of(&first), 200, "{first}");
-
-    until("the idle connection is parked", || async {
-        parked(&proxy).await == 1
-    })
-    .await;
+    let mut stream = parked_connection(&proxy, "blue").await;
     let second = get_on(&mut stream, "/2", "blue").await;
     assert_eq!(status_of(&second), 200, "{second}");
     assert!(
@@ -163,13 +169,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
     let upstream = Upstream::named("blue").await;
     let extra = "[timeouts]\nheader = \"3s\"\n";
     let proxy = Proxy::with_config(&config_text(&[upstream.addr], &[upstream.addr], extra)).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let answer = get_on(&mut stream, "/", "blue").await;
-    assert_eq!(status_of(&answer), 200, "{answer}");
-    until("the idle connection is parked", || async {
-        parked(&proxy).await == 1
-    })
-    .await;
+    let mut stream = parked_connection(&proxy, "blue").await;
     let mut rest = Vec::new();
     let read = within(stream.read_to_end(&mut rest)).await;
     assert!(
@@ -186,13 +186,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
 async fn stopping_closes_parked_connections_at_once() {
     let upstream = Upstream::named("blue").await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let answer = get_on(&mut stream, "/", "blue").await;
-    assert_eq!(status_of(&answer), 200, "{answer}");
-    until("the idle connection is parked", || async {
-        parked(&proxy).await == 1
-    })
-    .await;
+    let mut stream = parked_connection(&proxy, "blue").await;
     // `stop` waits for the server, within the test deadline.
     let _dir = proxy.stop().await;
     let mut rest = Vec::new();
@@ -204,21 +198,8 @@ async fn stopping_closes_parked_connections_at_once() {
 async fn a_parked_connection_can_still_upgrade() {
     let upstream = Upstream::websocket_echo().await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let answer = get_on(&mut stream, "/", "websocket echo").await;
-    assert_eq!(status_of(&answer), 200, "{answer}");
-    until("the idle connection is parked", || async {
-        parked(&proxy).await == 1
-    })
-    .await;
-    stream
-        .write_all(
-            b"GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let head = read_answer(&mut stream, "\r\n\r\n").await;
+    let mut stream = parked_connection(&proxy, "websocket echo").await;
+    let head = ask_for_websocket(&mut stream).await;
     assert_eq!(status_of(&head), 101, "{head}");
     assert!(websocket_echoes(&mut stream).await);
 }

@@ -669,6 +669,12 @@ pub async fn read_answer(stream: &mut TcpStream, tail: &str) -> String {
 /// answer's head.
 pub async fn open_websocket(addr: SocketAddr) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = ask_for_websocket(&mut stream).await;
+    (stream, head)
+}
+
+/// Sends a WebSocket upgrade request on `stream`; the answer's head.
+pub async fn ask_for_websocket(stream: &mut TcpStream) -> String {
     stream
         .write_all(
             b"GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -676,8 +682,7 @@ pub async fn open_websocket(addr: SocketAddr) -> (TcpStream, String) {
         )
         .await
         .unwrap();
-    let head = read_answer(&mut stream, "\r\n\r\n").await;
-    (stream, head)
+    read_answer(stream, "\r\n\r\n").await
 }
 
 /// Sends a masked text frame "hello" (RFC 6455 §5.7) on an open WebSocket
