@@ -9,17 +9,6 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// The proxy's `switchyard_parked_connections` gauge.
-async fn parked(proxy: &Proxy) -> i64 {
-    let (_, metrics) = proxy.admin("GET", "/metrics", None).await;
-    let metrics = metrics.as_str().expect("metrics are text").to_owned();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("switchyard_parked_connections "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no parked gauge in:\n{metrics}"))
-}
-
 /// Sends a GET for `path` on `stream` and reads its answer up to `tail`.
 async fn get_on(stream: &mut TcpStream, path: &str, tail: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
@@ -34,7 +23,7 @@ async fn parked_connection(proxy: &Proxy, tail: &str) -> TcpStream {
     let first = get_on(&mut stream, "/1", tail).await;
     assert_eq!(status_of(&first), 200, "{first}");
     until("the idle connection is parked", || async {
-        parked(proxy).await == 1
+        parked_connections(proxy).await == 1
     })
     .await;
     stream
@@ -52,13 +41,16 @@ async fn a_parked_connection_serves_its_next_requests_as_before() {
         "{second}"
     );
     assert_eq!(
-        parked(&proxy).await,
+        parked_connections(&proxy).await,
         0,
         "an active connection is not parked"
     );
 
     // Parked again, then two requests in one write: both answered, in order.
-    until("parked again", || async { parked(&proxy).await == 1 }).await;
+    until("parked again", || async {
+        parked_connections(&proxy).await == 1
+    })
+    .await;
     stream
         .write_all(b"GET /3 HTTP/1.1\r\nHost: app\r\n\r\nGET /4 HTTP/1.1\r\nHost: app\r\n\r\n")
         .await
@@ -177,7 +169,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
         "closed without a word: {read:?} {rest:?}"
     );
     until("the closed connection is no longer counted", || async {
-        parked(&proxy).await == 0
+        parked_connections(&proxy).await == 0
     })
     .await;
 }

@@ -416,6 +416,18 @@ impl Drop for Proxy {
     }
 }
 
+/// The proxy's `switchyard_parked_connections` gauge: idle HTTP/1
+/// connections parked.
+pub async fn parked_connections(proxy: &Proxy) -> i64 {
+    let (_, metrics) = proxy.admin("GET", "/metrics", None).await;
+    let metrics = metrics.as_str().expect("metrics are text").to_owned();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("switchyard_parked_connections "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no parked gauge in:\n{metrics}"))
+}
+
 /// One admin call over the unix socket at `socket`: status and JSON body
 /// (or the text as a JSON string when the body is not JSON).
 pub async fn admin_call(

@@ -226,6 +226,25 @@ async fn tls_carries_http1_and_h2_and_says_https_upstream() {
 }
 
 #[tokio::test]
+async fn an_idle_tls_connection_is_parked_and_serves_its_next_request() {
+    let pki = Pki::new();
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    tls_config(&dir, &blue, &[("a", &pki.leaf(&["a.test"]))], "");
+    let proxy = Proxy::in_dir(dir).await;
+    let stream = handshake(pki.client(&[b"http/1.1"]), proxy.addr, dns("a.test")).await;
+    let mut sender = http1_over(stream).await;
+    assert_eq!(get_over(&mut sender, "/1").await, (200, "blue".to_owned()));
+    until("the idle TLS connection is parked", || async {
+        parked_connections(&proxy).await == 1
+    })
+    .await;
+    assert_eq!(get_over(&mut sender, "/2").await, (200, "blue".to_owned()));
+    assert_eq!(parked_connections(&proxy).await, 0);
+    assert_eq!(blue.connections(), 1, "one upstream connection for both");
+}
+
+#[tokio::test]
 async fn sni_picks_the_certificate_and_no_sni_gets_the_first() {
     let pki = Pki::new();
     let blue = Upstream::named("blue").await;
