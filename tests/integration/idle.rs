@@ -162,6 +162,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
     let extra = "[timeouts]\nheader = \"3s\"\n";
     let proxy = Proxy::with_config(&config_text(&[upstream.addr], &[upstream.addr], extra)).await;
     let mut stream = parked_connection(&proxy, "blue").await;
+    assert_eq!(metric(&proxy, "switchyard_client_connections").await, 1);
     let mut rest = Vec::new();
     let read = within(stream.read_to_end(&mut rest)).await;
     assert!(
@@ -170,6 +171,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
     );
     until("the closed connection is no longer counted", || async {
         parked_connections(&proxy).await == 0
+            && metric(&proxy, "switchyard_client_connections").await == 0
     })
     .await;
 }

@@ -416,16 +416,21 @@ impl Drop for Proxy {
     }
 }
 
-/// The proxy's `switchyard_parked_connections` gauge: idle HTTP/1
-/// connections parked.
-pub async fn parked_connections(proxy: &Proxy) -> i64 {
+/// The value of the metric `name` (a gauge or counter without labels).
+pub async fn metric(proxy: &Proxy, name: &str) -> i64 {
     let (_, metrics) = proxy.admin("GET", "/metrics", None).await;
     let metrics = metrics.as_str().expect("metrics are text").to_owned();
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix("switchyard_parked_connections "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no parked gauge in:\n{metrics}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+/// The proxy's `switchyard_parked_connections` gauge: idle HTTP/1
+/// connections parked.
+pub async fn parked_connections(proxy: &Proxy) -> i64 {
+    metric(proxy, "switchyard_parked_connections").await
 }
 
 /// One admin call over the unix socket at `socket`: status and JSON body
