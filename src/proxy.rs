@@ -400,8 +400,6 @@ where
     let service = {
         let (proxy, activity) = (proxy.clone(), activity.clone());
         service_fn(move |request| {
-            // hyper serves HTTP/1 requests in order, so the activity's
-            // count matches the scanner's count of heads.
             let (answering, ambiguous) = activity.start();
             let proxy = proxy.clone();
             async move {

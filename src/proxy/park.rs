@@ -57,8 +57,9 @@ impl Activity {
 
     /// Counts a request as started; it is answered when the returned guard
     /// is dropped (with the response body, once hyper is done with it).
-    /// Returns the request's index on the connection, from 0, and whether
-    /// the scanner found its length ambiguous.
+    /// Also tells whether the scanner found this request's length
+    /// ambiguous (hyper serves requests in order, so the count of started
+    /// requests is the scanner's count of heads).
     pub fn start(self: &Arc<Self>) -> (Answering, bool) {
         let index = self.started.fetch_add(1, Ordering::Relaxed);
         (Answering(self.clone()), self.verdict.is_ambiguous(index))
