@@ -72,7 +72,7 @@ use std::time::Duration;
 
 use http::header::ACCEPT;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -91,6 +91,7 @@ pub use gate::Gate;
 
 use crate::metrics::Metrics;
 use crate::shutdown::{Lifecycle, Phase, Tracked};
+use crate::config::Timeouts;
 use crate::state::SharedState;
 use crate::upstream::Pool;
 use body::ReadAhead;
@@ -525,23 +526,34 @@ impl Proxy {
     async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
         let version = request.version();
-        let mut routed = None;
-        let response = match self.forward(request, conn, &mut routed).await {
-            Ok(response) => response,
-            Err(error) => {
-                if error.is_client_error() {
-                    debug!(%error, "refused request");
-                } else {
-                    warn!(%error, client.addr = %conn.peer, "request failed");
-                }
-                error.to_response(version)
+        let response = match self.route(&request, conn) {
+            Ok(Routing::Answered(response)) => response,
+            Ok(Routing::Forward(forward)) => {
+                let pool = forward.pool.clone();
+                // Boxed: forwarding's state is kilobytes, and hyper moves
+                // the future of every request it serves; this way only
+                // forwarded requests pay for it, and once.
+                let response = match Box::pin(self.forward(request, conn, forward)).await {
+                    Ok(response) => response,
+                    Err(error) => self.failed(error, version, conn),
+                };
+                pool.requests.count(response.status());
+                response
             }
+            Err(error) => self.failed(error, version, conn),
         };
-        if let Some(pool) = routed {
-            pool.requests.count(response.status());
-        }
         self.metrics.observe_duration(started.elapsed());
         response
+    }
+
+    /// The proxy's answer to `error`, logged.
+    fn failed(&self, error: ProxyError, version: Version, conn: Conn) -> Response<Body> {
+        if error.is_client_error() {
+            debug!(%error, "refused request");
+        } else {
+            warn!(%error, client.addr = %conn.peer, "request failed");
+        }
+        error.to_response(version)
     }
 
     /// Answers `request` with `error` without looking any further at it.
@@ -550,56 +562,67 @@ impl Proxy {
         error.to_response(request.version())
     }
 
-    /// Gates, routes and forwards one request. `routed` is set to the pool
-    /// the request was sent to, once there is one.
-    async fn forward(
-        &self,
-        mut request: Request<Incoming>,
-        conn: Conn,
-        routed: &mut Option<Arc<Pool>>,
-    ) -> Result<Response<Body>, ProxyError> {
-        let Conn { peer, route, https } = conn;
+    /// Checks the request's head and decides, from the one state load of
+    /// this request, whether the proxy answers it itself (redirect to
+    /// HTTPS, maintenance gate) or which pool it goes to.
+    fn route(&self, request: &Request<Incoming>, conn: Conn) -> Result<Routing, ProxyError> {
         let target = frontdoor::check(
             request.method(),
             request.uri(),
             request.version(),
             request.headers(),
         )?;
-        // The one state load of this request: the gate, the pool, the
-        // client and the timeouts all come from this snapshot.
-        let (pool, client, timeouts) = {
-            let snapshot = self.state.load();
-            let redirect = match route {
-                Route::Live => snapshot.config.listener.redirect_https,
-                Route::Preview => snapshot
-                    .config
-                    .preview
-                    .as_ref()
-                    .is_some_and(|p| p.redirect_https),
-            };
-            if redirect {
-                return Ok(redirect_to_https(&request, target.authority.as_ref()));
-            }
-            if let Some(gate) = &snapshot.gate {
-                let bypass = route == Route::Preview
-                    && snapshot
-                        .config
-                        .preview
-                        .as_ref()
-                        .is_some_and(|p| p.bypass_maintenance);
-                if !bypass && !gate.admits(request.uri().path(), peer.ip()) {
-                    self.metrics.count_gated();
-                    return Ok(gate.response(request.headers().get(ACCEPT)));
-                }
-            }
-            let pool = match route {
-                Route::Live => snapshot.live.clone(),
-                Route::Preview => snapshot.idle.clone(),
-            };
-            (pool, snapshot.client.clone(), snapshot.config.timeouts)
+        // The gate, the pool, the client and the timeouts all come from
+        // this snapshot.
+        let snapshot = self.state.load();
+        let preview = snapshot.config.preview.as_ref();
+        let redirect = match conn.route {
+            Route::Live => snapshot.config.listener.redirect_https,
+            Route::Preview => preview.is_some_and(|p| p.redirect_https),
         };
-        // Kept where `handle` counts the answer; borrowed from there here.
-        let pool = &*routed.insert(pool);
+        if redirect {
+            return Ok(Routing::Answered(redirect_to_https(
+                request,
+                target.authority.as_ref(),
+            )));
+        }
+        if let Some(gate) = &snapshot.gate {
+            let bypass =
+                conn.route == Route::Preview && preview.is_some_and(|p| p.bypass_maintenance);
+            if !bypass && !gate.admits(request.uri().path(), conn.peer.ip()) {
+                self.metrics.count_gated();
+                return Ok(Routing::Answered(
+                    gate.response(request.headers().get(ACCEPT)),
+                ));
+            }
+        }
+        let pool = match conn.route {
+            Route::Live => snapshot.live.clone(),
+            Route::Preview => snapshot.idle.clone(),
+        };
+        Ok(Routing::Forward(Forward {
+            target,
+            pool,
+            client: snapshot.client.clone(),
+            timeouts: snapshot.config.timeouts,
+        }))
+    }
+
+    /// Forwards `request` to `forward.pool` and passes on the answer.
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        conn: Conn,
+        forward: Forward,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Conn { peer, route, https } = conn;
+        let Forward {
+            target,
+            pool,
+            client,
+            timeouts,
+        } = forward;
+        let pool = &*pool;
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
         let mut headers = parts.headers;
@@ -694,6 +717,22 @@ impl Proxy {
         headers::prepare_response(&mut parts.headers, true);
         Response::from_parts(parts, Body::empty())
     }
+}
+
+/// Where a request goes, decided by [`Proxy::route`].
+enum Routing {
+    /// The proxy answers it itself.
+    Answered(Response<Body>),
+    /// It goes to a pool.
+    Forward(Forward),
+}
+
+/// What forwarding a request needs, from the snapshot it was routed by.
+struct Forward {
+    target: frontdoor::Target,
+    pool: Arc<Pool>,
+    client: Arc<UpstreamClient>,
+    timeouts: Timeouts,
 }
 
 /// Resolves once `pool` has not been live for `timeouts.drain` in a row:
