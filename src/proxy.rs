@@ -89,9 +89,9 @@ pub use error::{json_response, ProxyError};
 pub use forward::{client as upstream_client, tls_client as upstream_tls_client, UpstreamClient};
 pub use gate::Gate;
 
+use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::shutdown::{Lifecycle, Phase, Tracked};
-use crate::config::Timeouts;
 use crate::state::SharedState;
 use crate::upstream::Pool;
 use body::ReadAhead;

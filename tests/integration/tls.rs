@@ -168,6 +168,14 @@ fn tls_config(dir: &TempDir, blue: &Upstream, pairs: &[(&str, &(String, String))
     std::fs::create_dir_all(dir.path().join("run")).unwrap();
 }
 
+/// A proxy whose listener serves one certificate, for `a.test`, in front
+/// of `blue`.
+async fn serving_a_test(pki: &Pki, blue: &Upstream) -> Proxy {
+    let dir = TempDir::new();
+    tls_config(&dir, blue, &[("a", &pki.leaf(&["a.test"]))], "");
+    Proxy::in_dir(dir).await
+}
+
 /// One GET of `path` over an HTTP/1.1 connection on `stream`.
 async fn get_over(
     sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
@@ -200,9 +208,7 @@ async fn http1_over(
 async fn tls_carries_http1_and_h2_and_says_https_upstream() {
     let pki = Pki::new();
     let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    tls_config(&dir, &blue, &[("a", &pki.leaf(&["a.test"]))], "");
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = serving_a_test(&pki, &blue).await;
 
     let stream = handshake(pki.client(&[b"http/1.1"]), proxy.addr, dns("a.test")).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -229,9 +235,7 @@ async fn tls_carries_http1_and_h2_and_says_https_upstream() {
 async fn an_idle_tls_connection_is_parked_and_serves_its_next_request() {
     let pki = Pki::new();
     let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    tls_config(&dir, &blue, &[("a", &pki.leaf(&["a.test"]))], "");
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = serving_a_test(&pki, &blue).await;
     let stream = handshake(pki.client(&[b"http/1.1"]), proxy.addr, dns("a.test")).await;
     let mut sender = http1_over(stream).await;
     assert_eq!(get_over(&mut sender, "/1").await, (200, "blue".to_owned()));
@@ -276,9 +280,7 @@ async fn sni_picks_the_certificate_and_no_sni_gets_the_first() {
 async fn a_renewed_certificate_serves_new_handshakes_and_spares_open_connections() {
     let pki = Pki::new();
     let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    tls_config(&dir, &blue, &[("a", &pki.leaf(&["a.test"]))], "");
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = serving_a_test(&pki, &blue).await;
     let old = handshake(inspecting_client(), proxy.addr, dns("a.test")).await;
     assert_eq!(served_names(&old), ["a.test"]);
     let mut open = http1_over(old).await;
@@ -358,9 +360,7 @@ async fn a_symlinked_certificate_swap_is_served() {
 async fn a_broken_replacement_is_refused_and_the_old_pair_keeps_serving() {
     let pki = Pki::new();
     let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    tls_config(&dir, &blue, &[("a", &pki.leaf(&["a.test"]))], "");
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = serving_a_test(&pki, &blue).await;
     // A key that belongs to another certificate.
     let (_, other_key) = pki.leaf(&["a.test"]);
     std::fs::write(proxy.dir().join("a.key"), other_key).unwrap();
