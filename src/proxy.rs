@@ -464,7 +464,7 @@ enum Driven {
 /// for [`PARK_AFTER`].
 async fn drive<C>(
     mut connection: Pin<&mut C>,
-    graceful_shutdown: impl Fn(Pin<&mut C>),
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
     activity: Option<&Activity>,
     phase: &mut watch::Receiver<Phase>,
 ) -> Driven
@@ -529,15 +529,14 @@ impl Proxy {
         let response = match self.route(&request, conn) {
             Ok(Routing::Answered(response)) => response,
             Ok(Routing::Forward(forward)) => {
-                let pool = forward.pool.clone();
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once.
-                let response = match Box::pin(self.forward(request, conn, forward)).await {
+                let response = match Box::pin(self.forward(request, conn, &forward)).await {
                     Ok(response) => response,
                     Err(error) => self.failed(error, version, conn),
                 };
-                pool.requests.count(response.status());
+                forward.pool.requests.count(response.status());
                 response
             }
             Err(error) => self.failed(error, version, conn),
@@ -613,7 +612,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         conn: Conn,
-        forward: Forward,
+        forward: &Forward,
     ) -> Result<Response<Body>, ProxyError> {
         let Conn { peer, route, https } = conn;
         let Forward {
@@ -622,7 +621,6 @@ impl Proxy {
             client,
             timeouts,
         } = forward;
-        let pool = &*pool;
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
         let mut headers = parts.headers;
@@ -647,7 +645,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
         };
-        let answer = forward::send(&client, pool, head, body, timeouts.upstream).await?;
+        let answer = forward::send(client, pool, head, body, timeouts.upstream).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
                 Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, pool, route)),
