@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::control::{Control, Via};
@@ -206,8 +206,9 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Registered before anything is served: a SIGHUP that arrived before
+    // Registered before anything is served: a signal that arrived before
     // its handler would kill the process (the default action).
+    let stop = crate::shutdown::StopSignals::listen();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangup) => {
             tokio::spawn(reload_on_hangup(hangup, server.control().clone()));
@@ -217,12 +218,7 @@ async fn serve(path: PathBuf) -> ExitCode {
         }
     }
     server
-        .run(async {
-            match crate::shutdown::signal().await {
-                Ok(signal) => info!(signal, "stop requested"),
-                Err(e) => error!(%e, "cannot listen for stop signals; stopping"),
-            }
-        })
+        .run(crate::shutdown::stop_requested(stop, "stop requested"))
         .await;
     ExitCode::SUCCESS
 }

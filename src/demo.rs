@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tracing::{error, info};
 
 use crate::config::Config;
 use crate::proxy::{Body, Route};
@@ -60,14 +59,12 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
         .local_addr(Route::Preview)
         .ok_or("the preview listener has no address")?;
     let admin = server.admin_socket().to_owned();
+    // Caught before the tour is printed: a Ctrl-C right after it stops
+    // the demo cleanly rather than killing it.
+    let stop = crate::shutdown::StopSignals::listen();
     print_tour(proxy, preview, &blue, &green, &config_path, &admin);
     server
-        .run(async {
-            match crate::shutdown::signal().await {
-                Ok(signal) => info!(signal, "demo stopping"),
-                Err(e) => error!(%e, "cannot listen for stop signals; stopping"),
-            }
-        })
+        .run(crate::shutdown::stop_requested(stop, "demo stopping"))
         .await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -12,19 +12,46 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
-/// Waits for SIGTERM or SIGINT and says which arrived.
+/// SIGTERM and SIGINT, caught from the moment [`StopSignals::listen`]
+/// returns: one that arrived before its handler would kill the process
+/// (the default action) instead of draining it.
 ///
 /// SIGTERM is how service managers and orchestrators stop a process;
 /// SIGINT is Ctrl-C in a terminal (`switchyard demo`, a foreground `serve`).
-pub async fn signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    // The losing branch's `recv` future is dropped; a second signal is
-    // not needed (the drain has its own deadline).
-    tokio::select! {
-        _ = terminate.recv() => Ok("SIGTERM"),
-        _ = interrupt.recv() => Ok("SIGINT"),
+pub struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers.
+    pub fn listen() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either and says which arrived. A second signal is not
+    /// needed (the drain has its own deadline).
+    pub async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Waits for a stop signal, or at once if none can be listened for, and
+/// logs which; `what` says what stops.
+pub async fn stop_requested(signals: std::io::Result<StopSignals>, what: &str) {
+    match signals {
+        Ok(signals) => {
+            let signal = signals.recv().await;
+            tracing::info!(signal, "{what}");
+        }
+        Err(e) => tracing::error!(%e, "cannot listen for stop signals; stopping"),
     }
 }
 
