@@ -465,6 +465,14 @@ where
             .await
             .unwrap();
     tokio::spawn(connection);
+    send_on(&mut sender, request).await
+}
+
+/// Sends `request` on an open HTTP/1 connection: status and body text.
+pub async fn send_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    request: Request<TestBody>,
+) -> (u16, String) {
     let response = within(sender.send_request(request)).await.unwrap();
     let status = response.status().as_u16();
     let body = within(response.into_body().collect())

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use http::Request;
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -185,13 +184,7 @@ async fn get_over(
         .header("host", "a.test")
         .body(full(""))
         .unwrap();
-    let response = within(sender.send_request(request)).await.unwrap();
-    let status = response.status().as_u16();
-    let body = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    send_on(sender, request).await
 }
 
 async fn http1_over(
