@@ -60,6 +60,7 @@ mod framing;
 mod frontdoor;
 mod gate;
 pub mod headers;
+mod keepalive;
 mod park;
 mod sniff;
 
@@ -86,8 +87,9 @@ use tracing::{debug, info, warn, Instrument};
 
 pub use body::Body;
 pub use error::{json_response, ProxyError};
-pub use forward::{client as upstream_client, tls_client as upstream_tls_client, UpstreamClient};
+pub use forward::{tls_client as upstream_tls_client, UpstreamClient};
 pub use gate::Gate;
+pub use keepalive::{spawn_reaper, Connection, IdleConnections, Reaper};
 
 use crate::config::Timeouts;
 use crate::metrics::Metrics;
@@ -571,7 +573,7 @@ impl Proxy {
             request.version(),
             request.headers(),
         )?;
-        // The gate, the pool, the client and the timeouts all come from
+        // The gate, the pool and the timeouts all come from
         // this snapshot.
         let snapshot = self.state.load();
         let preview = snapshot.config.preview.as_ref();
@@ -602,7 +604,6 @@ impl Proxy {
         Ok(Routing::Forward(Forward {
             target,
             pool,
-            client: snapshot.client.clone(),
             timeouts: snapshot.config.timeouts,
         }))
     }
@@ -618,7 +619,6 @@ impl Proxy {
         let Forward {
             target,
             pool,
-            client,
             timeouts,
         } = forward;
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -645,7 +645,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
         };
-        let answer = forward::send(client, pool, head, body, timeouts.upstream).await?;
+        let answer = forward::send(pool, head, body, timeouts).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
                 Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, pool, route)),
@@ -729,7 +729,6 @@ enum Routing {
 struct Forward {
     target: frontdoor::Target,
     pool: Arc<Pool>,
-    client: Arc<UpstreamClient>,
     timeouts: Timeouts,
 }
 

@@ -156,6 +156,7 @@ impl Server {
             .admin
             .serve(Router::new(self.control.clone(), self.metrics.clone()));
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
+        let reaper = crate::proxy::spawn_reaper(self.proxy.state().clone());
         let watcher = match crate::reload::watch(self.control.clone()) {
             Ok(watcher) => Some(watcher),
             Err(error) => {
@@ -166,6 +167,7 @@ impl Server {
         shutdown.await;
         drop(watcher);
         drop(checks);
+        drop(reaper);
         // The admin API closes with the public listeners: the process is on
         // its way out, and the socket file goes with it.
         drop(admin);

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Maintenance};
 use crate::metrics::Metrics;
-use crate::proxy::{Gate, UpstreamClient};
+use crate::proxy::Gate;
 use crate::upstream::Pool;
 
 /// The decisions operators make and switchyard persists: which pool is
@@ -102,9 +102,6 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// The maintenance answer, ready to send; `None` while the gate is off.
     pub gate: Option<Arc<Gate>>,
-    /// The client that talks to upstreams (kept across snapshots so idle
-    /// connections are reused; rebuilt when `timeouts.connect` changes).
-    pub client: Arc<UpstreamClient>,
     /// The config this snapshot was built from.
     pub config: Arc<Config>,
     /// When the config was loaded and how the last reload went.
@@ -119,42 +116,34 @@ pub struct Snapshot {
 pub struct MissingLivePool(pub String);
 
 impl Snapshot {
-    /// The first snapshot of a process: fresh pools and client.
+    /// The first snapshot of a process: fresh pools.
     pub fn start(
         config: Arc<Config>,
         decisions: Decisions,
         metrics: Arc<Metrics>,
     ) -> Result<Snapshot, MissingLivePool> {
-        let client = Arc::new(crate::proxy::upstream_client(config.timeouts.connect));
         let info = ConfigInfo {
             loaded_at: SystemTime::now(),
             last_reload_error: None,
         };
         let pools = build_pools(&config, None, &metrics);
-        Snapshot::assemble(config, decisions, pools, client, info, metrics)
+        Snapshot::assemble(config, decisions, pools, info, metrics)
     }
 
-    /// This snapshot with other decisions: same pools, client and config.
+    /// This snapshot with other decisions: same pools and config.
     pub fn with_decisions(&self, decisions: Decisions) -> Result<Snapshot, MissingLivePool> {
         Snapshot::assemble(
             self.config.clone(),
             decisions,
             self.pools.clone(),
-            self.client.clone(),
             self.config_info.clone(),
             self.metrics.clone(),
         )
     }
 
     /// This snapshot under a newly loaded config: pools are rebuilt, but an
-    /// upstream that stays keeps its counters, and the client stays unless
-    /// its connect timeout changed.
+    /// upstream that stays keeps its counters and its idle connections.
     pub fn with_config(&self, config: Arc<Config>) -> Result<Snapshot, MissingLivePool> {
-        let client = if config.timeouts.connect == self.config.timeouts.connect {
-            self.client.clone()
-        } else {
-            Arc::new(crate::proxy::upstream_client(config.timeouts.connect))
-        };
         let info = ConfigInfo {
             loaded_at: SystemTime::now(),
             last_reload_error: None,
@@ -164,7 +153,6 @@ impl Snapshot {
             config,
             self.decisions.clone(),
             pools,
-            client,
             info,
             self.metrics.clone(),
         )
@@ -178,7 +166,6 @@ impl Snapshot {
             idle: self.idle.clone(),
             pools: self.pools.clone(),
             gate: self.gate.clone(),
-            client: self.client.clone(),
             config: self.config.clone(),
             config_info: ConfigInfo {
                 loaded_at: self.config_info.loaded_at,
@@ -192,7 +179,6 @@ impl Snapshot {
         config: Arc<Config>,
         decisions: Decisions,
         pools: BTreeMap<String, Arc<Pool>>,
-        client: Arc<UpstreamClient>,
         config_info: ConfigInfo,
         metrics: Arc<Metrics>,
     ) -> Result<Snapshot, MissingLivePool> {
@@ -218,7 +204,6 @@ impl Snapshot {
             idle,
             pools,
             gate,
-            client,
             config,
             config_info,
             metrics,

@@ -4,7 +4,9 @@
 //! atomics: picking an upstream takes no lock. An [`InFlight`] guard counts
 //! a request against its upstream from the moment it is picked until its
 //! response body is done (or dropped), which is what `least_in_flight`
-//! balances on.
+//! balances on. The same guard carries the upstream connection the request
+//! went out on, and gives it back to the upstream's idle connections once
+//! the response has been read to its end ([`InFlight::finish`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use http::uri::Authority;
 use crate::config::tls::UpstreamTls;
 use crate::config::{Balance, Health, PoolConfig};
 use crate::metrics::RequestCounters;
-use crate::proxy::UpstreamClient;
+use crate::proxy::{Connection, IdleConnections, UpstreamClient};
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -31,6 +33,8 @@ pub struct Upstream {
     /// The probes' details. A std mutex: held only to copy or update the
     /// record, never across an await, and never on the request path.
     probes: Mutex<ProbeRecord>,
+    /// Kept-alive connections waiting for a request (plain pools only).
+    pub idle: IdleConnections,
 }
 
 impl Upstream {
@@ -42,6 +46,7 @@ impl Upstream {
             tunnels: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             probes: Mutex::new(ProbeRecord::default()),
+            idle: IdleConnections::default(),
         }
     }
 
@@ -126,20 +131,37 @@ pub struct ProbeRecord {
     pub consecutive_successes: u32,
 }
 
-/// Counts one request against an upstream until dropped.
+/// Counts one request against an upstream until dropped, and holds the
+/// connection it went out on.
 #[derive(Debug)]
-pub struct InFlight(Arc<Upstream>);
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    connection: Option<Connection>,
+}
 
 impl InFlight {
     /// The upstream this request was sent to.
     pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.0
+        &self.upstream
+    }
+
+    /// Holds `connection`, which this request's answer is coming on.
+    pub fn hold(&mut self, connection: Connection) {
+        self.connection = Some(connection);
+    }
+
+    /// The answer has been read to its end: its connection may serve the
+    /// next request. (Dropping the guard instead closes the connection.)
+    pub fn finish(mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.upstream.idle.put(connection);
+        }
     }
 
     /// The request became an upgraded connection: it counts as a tunnel
     /// from now on, not as a request in flight.
     pub fn into_tunnel(self) -> TunnelGuard {
-        let upstream = self.0.clone();
+        let upstream = self.upstream.clone();
         upstream.tunnels.fetch_add(1, Ordering::Relaxed);
         drop(self);
         TunnelGuard(upstream)
@@ -158,7 +180,7 @@ impl Drop for TunnelGuard {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -256,7 +278,10 @@ impl Pool {
                 .min_by_key(|u| u.in_flight()),
         }?;
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(chosen.clone()))
+        Some(InFlight {
+            upstream: chosen.clone(),
+            connection: None,
+        })
     }
 
     /// Whether a failed attempt may be retried on another upstream.

@@ -8,7 +8,9 @@
 //! a `head` with no `rest`.
 //!
 //! A body can also carry an [`InFlight`] guard, so that its upstream counts
-//! the request until the response has been streamed, and a way back: if it
+//! the request until the response has been streamed, and the connection it
+//! came on goes back to the upstream's idle ones if (and only if) it was
+//! read to its end. And a way back: if it
 //! is dropped before it was ever polled (the upstream could not be
 //! reached), it returns its contents so the request can be retried.
 
@@ -118,10 +120,31 @@ impl Body {
     }
 }
 
+impl Body {
+    /// The upstream has sent all of this body: release its count and its
+    /// connection.
+    fn finished(&mut self) {
+        self.rest = None;
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.finish();
+        }
+    }
+}
+
 impl Drop for Body {
     fn drop(&mut self) {
         if let Some(tx) = self.give_back.take() {
             let _ = tx.send(Body::new(self.head.take(), self.rest.take()));
+        }
+        // A body with nothing left to read from its upstream (a HEAD answer,
+        // an empty one, one whose last frame was read ahead) leaves its
+        // connection clean, whether or not the client took the frames.
+        if self
+            .rest
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+        {
+            self.finished();
         }
     }
 }
@@ -139,19 +162,21 @@ impl http_body::Body for Body {
         if let Some(frame) = self.head.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        match self.rest.as_mut() {
-            Some(rest) => {
-                let polled = Pin::new(rest).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
-                    // Finished: release the upstream's count right away
-                    // rather than when hyper drops the body.
-                    self.rest = None;
-                    self.in_flight = None;
-                }
-                polled
-            }
-            None => Poll::Ready(None),
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *rest).poll_frame(cx);
+        // Released as soon as the upstream has sent it all, rather than when
+        // hyper drops the body, so the connection can serve the next request.
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => rest.is_end_stream(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        if done {
+            self.finished();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

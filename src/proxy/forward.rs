@@ -1,7 +1,8 @@
 //! Sending a checked request to an upstream of a pool and vetting the answer.
 //!
-//! Connections to upstreams come from hyper-util's pooling client, so idle
-//! keep-alive connections are reused. A request whose connection attempt
+//! Plain upstreams are reached on the proxy's own kept-alive HTTP/1
+//! connections ([`super::keepalive`]); TLS upstreams through hyper-util's
+//! pooling client, which also speaks HTTP/2 to them. A request whose connection attempt
 //! failed (no byte of it was sent) is retried once on another upstream of
 //! the pool; anything else is not retried, since the upstream may have acted
 //! on it. The whole exchange, up to the response head, is bounded by
@@ -22,7 +23,9 @@ use tracing::{debug, warn};
 
 use super::body::{Body, ReadAhead};
 use super::error::ProxyError;
+use super::keepalive;
 use crate::config::tls::UpstreamTls;
+use crate::config::Timeouts;
 use crate::upstream::{InFlight, Pool};
 
 /// How long to wait for the first chunk of an upstream's response body
@@ -31,22 +34,8 @@ use crate::upstream::{InFlight, Pool};
 /// head goes to the client and a later failure aborts the connection.
 const RESPONSE_READ_AHEAD: Duration = Duration::from_millis(50);
 
-/// The pooled HTTP client that talks to upstreams (plain, or TLS for a
-/// pool with `tls = true`).
+/// The pooled HTTP client that talks to a pool's TLS upstreams.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// Builds the client for plain upstreams.
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    // A plain client never handshakes; the TLS layer is there so that
-    // both kinds of client share one type.
-    let unused = crate::config::tls::client_config(rustls::RootCertStore::empty());
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config((*unused).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http_connector(connect_timeout));
-    build(connector)
-}
 
 /// Builds the client for a pool's TLS upstreams: verified against its CA
 /// (or the system's roots), HTTP/2 when the upstream offers it by ALPN.
@@ -101,19 +90,26 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn into_upstream(self, upstream: &Authority, tls: bool, body: Body) -> Request<Body> {
+    /// The request for an upstream connection of our own, its target in
+    /// origin form (`/path?query`).
+    fn into_request(self, body: Body) -> Request<Body> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
-        *request.uri_mut() = Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-            parts.authority = Some(upstream.clone());
-            parts.path_and_query = Some(self.path);
-            parts
-        })
-        .expect("scheme, authority and path make a valid URI");
+        *request.uri_mut() = Uri::from(self.path);
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = self.headers;
+        request
+    }
+
+    /// The request for hyper-util's client, which picks a connection by
+    /// the target's scheme and authority (and sends it in origin form).
+    fn into_tls_request(self, upstream: &Authority, body: Body) -> Request<Body> {
+        let mut request = self.into_request(body);
+        let mut parts = http::uri::Parts::from(std::mem::take(request.uri_mut()));
+        parts.scheme = Some(Scheme::HTTPS);
+        parts.authority = Some(upstream.clone());
+        *request.uri_mut() =
+            Uri::from_parts(parts).expect("scheme, authority and path make a valid URI");
         request
     }
 }
@@ -128,13 +124,12 @@ pub struct Answer {
 
 /// Sends `head` and `body` to an upstream of `pool`.
 pub async fn send(
-    client: &UpstreamClient,
     pool: &Pool,
     head: Outgoing,
     mut body: Body,
-    timeout: Duration,
+    timeouts: &Timeouts,
 ) -> Result<Answer, ProxyError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeouts.upstream;
     let no_upstream = || ProxyError::NoHealthyUpstream {
         pool: pool.name.clone(),
     };
@@ -142,60 +137,109 @@ pub async fn send(
     let mut may_retry = pool.has_alternative();
     let mut head = Some(head);
     loop {
-        let upstream = in_flight.upstream().authority.clone();
+        let upstream = in_flight.upstream().clone();
         // An empty body needs no way back: a retry sends a new empty one.
         let empty = http_body::Body::is_end_stream(&body);
         let returned = (may_retry && !empty).then(|| body.returnable());
         // The head is copied only while a second attempt may need it.
         let attempt = if may_retry { head.clone() } else { head.take() };
-        let request = attempt
-            .expect("the head is kept while a retry is possible")
-            .into_upstream(&upstream, pool.tls_client.is_some(), body);
-        // A TLS pool has a client of its own (its CA, its server name).
-        let client = pool.tls_client.as_deref().unwrap_or(client);
-        let outcome = tokio::time::timeout_at(deadline, client.request(request)).await;
-        match outcome {
-            Err(_elapsed) => return Err(ProxyError::UpstreamTimeout { upstream, timeout }),
-            Ok(Ok(response)) => {
+        let attempt = attempt.expect("the head is kept while a retry is possible");
+        let exchange = async {
+            match pool.tls_client.as_deref() {
+                // A TLS pool has a client of its own (its CA, its server name).
+                Some(client) => client
+                    .request(attempt.into_tls_request(&upstream.authority, body))
+                    .await
+                    .map(|response| (response, None))
+                    .map_err(Failed::from),
+                None => {
+                    keepalive::exchange(&upstream, attempt.into_request(body), timeouts.connect)
+                        .await
+                        .map(|(response, connection)| (response, Some(connection)))
+                        .map_err(Failed::from)
+                }
+            }
+        };
+        let failed = match tokio::time::timeout_at(deadline, exchange).await {
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    upstream: upstream.authority.clone(),
+                    timeout: timeouts.upstream,
+                })
+            }
+            Ok(Ok((response, connection))) => {
+                if let Some(connection) = connection {
+                    in_flight.hold(connection);
+                }
                 return Ok(Answer {
                     response,
                     in_flight,
-                })
+                });
             }
-            Ok(Err(error)) => {
-                let failure = classify(&upstream, &error);
-                if let ProxyError::UpstreamUnreachable { reason, .. }
-                | ProxyError::UpstreamTls { reason, .. } = &failure
-                {
-                    // Passive health: a dead instance is out at once, not
-                    // at the next probe.
-                    if in_flight.upstream().record_traffic_failure(reason.clone()) {
-                        warn!(pool = %pool.name, %upstream, error = %reason, "upstream is unhealthy (failed on live traffic)");
-                    }
-                }
-                // Only a failed connect guarantees the upstream saw nothing;
-                // the body comes back only if it was never polled.
-                let body_back = match returned {
-                    _ if !may_retry || !error.is_connect() => None,
-                    Some(mut rx) => rx.try_recv().ok(),
-                    None => Some(Body::empty()),
-                };
-                let Some(returned_body) = body_back else {
-                    return Err(failure);
-                };
-                debug!(%failure, "retrying on another upstream");
-                may_retry = false;
-                body = returned_body;
-                in_flight = pool.pick(Some(in_flight.upstream())).ok_or(failure)?;
+            Ok(Err(failed)) => failed,
+        };
+        let failure = classify(&upstream.authority, &*failed.error);
+        if let ProxyError::UpstreamUnreachable { reason, .. }
+        | ProxyError::UpstreamTls { reason, .. } = &failure
+        {
+            // Passive health: a dead instance is out at once, not at the
+            // next probe.
+            if upstream.record_traffic_failure(reason.clone()) {
+                warn!(pool = %pool.name, upstream = %upstream.authority, error = %reason, "upstream is unhealthy (failed on live traffic)");
             }
+        }
+        // Only a failed connect guarantees the upstream saw nothing; the
+        // body comes back only if it was never polled.
+        let body_back = match returned {
+            _ if !may_retry || !failed.nothing_sent => None,
+            Some(mut rx) => rx.try_recv().ok(),
+            None => Some(Body::empty()),
+        };
+        let Some(returned_body) = body_back else {
+            return Err(failure);
+        };
+        debug!(%failure, "retrying on another upstream");
+        may_retry = false;
+        body = returned_body;
+        in_flight = pool.pick(Some(&upstream)).ok_or(failure)?;
+    }
+}
+
+/// A failed attempt, from either kind of client.
+struct Failed {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    /// Whether the upstream certainly saw nothing of the request.
+    nothing_sent: bool,
+}
+
+impl From<hyper_util::client::legacy::Error> for Failed {
+    fn from(error: hyper_util::client::legacy::Error) -> Failed {
+        Failed {
+            nothing_sent: error.is_connect(),
+            error: Box::new(error),
+        }
+    }
+}
+
+impl From<keepalive::Failure> for Failed {
+    fn from(failure: keepalive::Failure) -> Failed {
+        match failure {
+            keepalive::Failure::Connect(error) => Failed {
+                error: Box::new(error),
+                nothing_sent: true,
+            },
+            keepalive::Failure::Exchange(error) => Failed {
+                error: Box::new(error),
+                nothing_sent: false,
+            },
         }
     }
 }
 
 /// Sorts a client error into what the client is told.
-fn classify(upstream: &Authority, error: &hyper_util::client::legacy::Error) -> ProxyError {
-    let hyper_error =
-        std::error::Error::source(error).and_then(|source| source.downcast_ref::<hyper::Error>());
+fn classify(upstream: &Authority, error: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let hyper_error = std::iter::successors(Some(error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<hyper::Error>());
     if let Some(e) = hyper_error.filter(|e| e.is_parse() || e.is_parse_status()) {
         return ProxyError::BadUpstreamResponse {
             upstream: upstream.clone(),

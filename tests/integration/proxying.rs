@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Channel};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -108,6 +108,90 @@ async fn keep_alive_connections_are_reused_on_both_sides() {
         upstream.connections(),
         1,
         "the upstream connection was not reused"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_kept_alive_connections_costs_no_request() {
+    // Each answer looks kept alive, but the upstream closes the connection
+    // soon after, as one whose own idle timeout ran out does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nblue";
+                    let _ = stream.write_all(reply).await;
+                    if String::from_utf8_lossy(&head).contains(PROBE) {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    drop(stream);
+                    closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        }
+    });
+    let proxy = Proxy::start(&[upstream], &[upstream]).await;
+    for i in 1..=5 {
+        let (status, _, body) = get(&proxy.url(&format!("/{i}"))).await;
+        assert_eq!((status, body.as_str()), (200, "blue"), "request {i}");
+        // The proxy kept the connection; the upstream has closed it since.
+        eventually("the upstream closed its connection", || {
+            closed.load(std::sync::atomic::Ordering::SeqCst) == i
+        })
+        .await;
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_response_the_client_abandoned_does_not_leave_its_connection_for_reuse() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let upstream = Upstream::start(|request| async move {
+        if request.uri().path() == "/big" {
+            Response::new(chunked_body(SIZE, 16 * 1024, |i| (i % 251) as u8))
+        } else {
+            text("small")
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within(stream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    // Gone with most of the body still on the upstream's connection.
+    drop(stream);
+    for _ in 0..3 {
+        let (status, _, body) = get(&proxy.url("/small")).await;
+        assert_eq!((status, body.as_str()), (200, "small"));
+    }
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the abandoned connection was reused, or the next ones were not"
     );
 }
 

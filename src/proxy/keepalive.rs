@@ -1,0 +1,284 @@
+//! Kept-alive HTTP/1 connections to plain (non-TLS) upstreams.
+//!
+//! Each [`Upstream`] keeps a stack of idle connections. A request takes the
+//! most recently used one (the least likely to have been closed by the
+//! upstream's own idle timeout) or opens a new one, and gives it back once
+//! the response has been read to its end. A response that was not read to
+//! its end (the client went away, the body broke) takes its connection with
+//! it, and hyper closes it. A connection idle for [`IDLE_TIMEOUT`] is
+//! closed by [`spawn_reaper`]; one the upstream closed is dropped when it
+//! is next seen.
+//!
+//! This is the request path's own pool, in place of hyper-util's general
+//! one: no hashed pool key, no extra task per request to wait for the
+//! connection to become idle, no boxed request future. Pools of TLS
+//! upstreams (which may speak HTTP/2) still use hyper-util's client.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::body::Body;
+use crate::state::SharedState;
+use crate::upstream::Upstream;
+
+/// How long an upstream connection may sit idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often idle connections are checked against [`IDLE_TIMEOUT`].
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// The most idle connections kept per upstream; one more is closed.
+const MAX_IDLE: usize = 1024;
+
+/// The sending half of an HTTP/1 connection to an upstream; its other half
+/// runs as a task of its own.
+pub type Connection = http1::SendRequest<Body>;
+
+/// An upstream's idle connections, the most recently used on top.
+///
+/// A std mutex, held for one push or pop (never across an await), so a
+/// request that reuses a connection pays one uncontended lock and unlock.
+#[derive(Debug, Default)]
+pub struct IdleConnections {
+    stack: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    connection: Connection,
+    since: Instant,
+}
+
+impl IdleConnections {
+    /// The most recently used idle connection that is still open.
+    fn take(&self) -> Option<Connection> {
+        loop {
+            let idle = self.lock().pop()?;
+            if !idle.connection.is_closed() {
+                return Some(idle.connection);
+            }
+        }
+    }
+
+    /// Keeps `connection` for the next request, if it is still open and
+    /// there is room.
+    pub fn put(&self, connection: Connection) {
+        if connection.is_closed() {
+            return;
+        }
+        let idle = Idle {
+            connection,
+            since: Instant::now(),
+        };
+        let mut stack = self.lock();
+        if stack.len() < MAX_IDLE {
+            stack.push(idle);
+        }
+    }
+
+    /// Closes the connections idle for `IDLE_TIMEOUT` or more as of `now`,
+    /// and forgets those the upstream closed.
+    fn reap(&self, now: Instant) {
+        let closing: Vec<Idle> = {
+            let mut stack = self.lock();
+            let (keep, closing) = std::mem::take(&mut *stack).into_iter().partition(|idle| {
+                now.duration_since(idle.since) < IDLE_TIMEOUT && !idle.connection.is_closed()
+            });
+            *stack = keep;
+            closing
+        };
+        // Dropped outside the lock: each wakes its connection's task.
+        drop(closing);
+    }
+
+    /// How many connections are idle now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.stack
+            .lock()
+            .expect("idle connection stack lock poisoned")
+    }
+}
+
+/// Why an exchange with an upstream failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection could be opened: the upstream saw nothing of the
+    /// request, so it may go to another upstream.
+    Connect(std::io::Error),
+    /// The connection failed once the request was handed to it.
+    Exchange(hyper::Error),
+}
+
+/// Sends `request` to `upstream` on an idle connection, or on a new one,
+/// and returns the response head with the connection it came on.
+///
+/// An idle connection that turns out closed before the request was written
+/// (the upstream closed it while it was idle) costs nothing but a try on
+/// the next one.
+pub async fn exchange(
+    upstream: &Upstream,
+    mut request: Request<Body>,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Connection), Failure> {
+    loop {
+        let (mut connection, reused) = match upstream.idle.take() {
+            Some(connection) => (connection, true),
+            None => (connect(&upstream.authority, connect_timeout).await?, false),
+        };
+        // A new connection is ready once its task has started; a reused
+        // one once its task has finished with the previous response.
+        if let Err(error) = connection.ready().await {
+            if reused {
+                continue;
+            }
+            return Err(Failure::Connect(std::io::Error::other(error)));
+        }
+        match connection.try_send_request(request).await {
+            Ok(response) => return Ok((response, connection)),
+            Err(mut error) => match error.take_message() {
+                Some(unsent) if reused => request = unsent,
+                Some(_) => return Err(Failure::Connect(std::io::Error::other(error.into_error()))),
+                None => return Err(Failure::Exchange(error.into_error())),
+            },
+        }
+    }
+}
+
+/// Opens a connection to `authority` and starts its task.
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Connection, Failure> {
+    // An IPv6 host comes bracketed, as in `[::1]:8080`.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(Failure::Connect(error)),
+        Err(_elapsed) => {
+            return Err(Failure::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            )))
+        }
+    };
+    // Requests and answers are small and latency-bound: no Nagle delay.
+    stream.set_nodelay(true).map_err(Failure::Connect)?;
+    let (connection, task) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| Failure::Connect(std::io::Error::other(error)))?;
+    tokio::spawn(async move {
+        // Upgrades (WebSocket) take the connection over from hyper.
+        if let Err(error) = task.with_upgrades().await {
+            debug!(%error, "upstream connection failed");
+        }
+    });
+    Ok(connection)
+}
+
+/// Closes idle connections past [`IDLE_TIMEOUT`] until dropped.
+#[derive(Debug)]
+pub struct Reaper(tokio::task::JoinHandle<()>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts checking the idle connections of every upstream of `state`'s
+/// pools, each [`REAP_EVERY`]. An upstream that a reload removed closes its
+/// idle connections when the last request that used it lets it go.
+pub fn spawn_reaper(state: Arc<SharedState>) -> Reaper {
+    Reaper(tokio::spawn(async move {
+        let mut every = tokio::time::interval(REAP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = every.tick().await;
+            let snapshot = state.load();
+            for upstream in snapshot.pools.values().flat_map(|p| &p.upstreams) {
+                upstream.idle.reap(now);
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection over an in-memory pipe, its task running; the other
+    /// end is returned so it stays open.
+    async fn connection() -> (Connection, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (connection, task) = http1::handshake(TokioIo::new(ours)).await.unwrap();
+        tokio::spawn(task);
+        (connection, theirs)
+    }
+
+    #[tokio::test]
+    async fn the_most_recently_used_connection_is_taken_first() {
+        use tokio::io::AsyncReadExt;
+        let idle = IdleConnections::default();
+        let (first, _first_end) = connection().await;
+        let (second, mut second_end) = connection().await;
+        idle.put(first);
+        idle.put(second);
+        assert_eq!(idle.len(), 2);
+        let mut taken = idle.take().unwrap();
+        assert_eq!(idle.len(), 1);
+        taken.ready().await.unwrap();
+        let sent = taken.send_request(Request::new(Body::empty()));
+        tokio::spawn(sent);
+        // The request comes out of the connection put last.
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), second_end.read(&mut buf))
+            .await
+            .expect("the request went out on the other connection")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"GET / HTTP/1.1"));
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_or_closed_are_let_go() {
+        let idle = IdleConnections::default();
+        let (old, _a) = connection().await;
+        idle.put(old);
+        let later = Instant::now() + IDLE_TIMEOUT / 2;
+        idle.reap(later);
+        assert_eq!(idle.len(), 1, "not idle long enough yet");
+        idle.reap(Instant::now() + IDLE_TIMEOUT);
+        assert!(idle.is_empty(), "idle past the timeout");
+
+        let (closing, other_end) = connection().await;
+        idle.put(closing);
+        drop(other_end);
+        // The connection's task sees the end of its stream and finishes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !idle.lock()[0].connection.is_closed() {
+            assert!(Instant::now() < deadline, "the connection never closed");
+            tokio::task::yield_now().await;
+        }
+        assert!(idle.take().is_none(), "a closed connection is never taken");
+        assert!(idle.is_empty());
+    }
+}
