@@ -113,7 +113,8 @@ fn header_rewriting(c: &mut Criterion) {
     ] {
         request.insert(name, HeaderValue::from_static(value));
     }
-    let client = "203.0.113.9".parse().expect("an address");
+    let client =
+        switchyard::proxy::headers::forwarded_for("203.0.113.9".parse().expect("an address"));
     c.bench_function("headers: rewrite a browser request for the upstream", |b| {
         b.iter_batched(
             || request.clone(),
@@ -121,7 +122,7 @@ fn header_rewriting(c: &mut Criterion) {
                 switchyard::proxy::headers::prepare_request(
                     &mut headers,
                     None,
-                    client,
+                    &client,
                     "http",
                     false,
                 );

@@ -184,10 +184,13 @@ fn is_resource_exhaustion(error: &std::io::Error) -> bool {
 }
 
 /// Who a connection is with, and how it arrived.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's address as `X-Forwarded-For` gives it, formatted once
+    /// per connection rather than once per request.
+    pub forwarded_for: http::HeaderValue,
     /// The listener it came through.
     pub route: Route,
     /// Whether it is TLS (`X-Forwarded-Proto: https`).
@@ -222,6 +225,7 @@ async fn serve_connection(
     let deadline = Instant::now() + header_timeout;
     let conn = Conn {
         peer,
+        forwarded_for: headers::forwarded_for(peer.ip()),
         route,
         https: tls.is_some(),
     };
@@ -319,8 +323,8 @@ async fn serve_http2<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
+        let (proxy, conn) = (proxy.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(request, &conn).await) }
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -352,7 +356,12 @@ async fn serve_http1<I>(
         // Boxed, so that a parked connection's task keeps none of the
         // serving state.
         let served = Box::pin(serve_until_parked(
-            &proxy, stream, conn, limits, &activity, &mut phase,
+            &proxy,
+            stream,
+            conn.clone(),
+            limits,
+            &activity,
+            &mut phase,
         ));
         stream = match served.await {
             Some(stream) => stream,
@@ -404,12 +413,12 @@ where
         let (proxy, activity) = (proxy.clone(), activity.clone());
         service_fn(move |request| {
             let (answering, ambiguous) = activity.start();
-            let proxy = proxy.clone();
+            let (proxy, conn) = (proxy.clone(), conn.clone());
             async move {
                 let response = if ambiguous {
                     proxy.refuse(ProxyError::BadRequest(AMBIGUOUS_LENGTH), &request)
                 } else {
-                    proxy.handle(request, conn).await
+                    proxy.handle(request, &conn).await
                 };
                 Ok::<_, Infallible>(response.map(|body| body.with_answering(answering)))
             }
@@ -525,7 +534,7 @@ async fn tick(ticks: Option<&mut tokio::time::Interval>) {
 impl Proxy {
     /// Answers one request: the upstream's response, or the proxy's own
     /// answer to whatever went wrong (logged once, here).
-    async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, conn: &Conn) -> Response<Body> {
         let started = Instant::now();
         let version = request.version();
         let response = match self.route(&request, conn) {
@@ -548,7 +557,7 @@ impl Proxy {
     }
 
     /// The proxy's answer to `error`, logged.
-    fn failed(&self, error: ProxyError, version: Version, conn: Conn) -> Response<Body> {
+    fn failed(&self, error: ProxyError, version: Version, conn: &Conn) -> Response<Body> {
         if error.is_client_error() {
             debug!(%error, "refused request");
         } else {
@@ -566,7 +575,7 @@ impl Proxy {
     /// Checks the request's head and decides, from the one state load of
     /// this request, whether the proxy answers it itself (redirect to
     /// HTTPS, maintenance gate) or which pool it goes to.
-    fn route(&self, request: &Request<Incoming>, conn: Conn) -> Result<Routing, ProxyError> {
+    fn route(&self, request: &Request<Incoming>, conn: &Conn) -> Result<Routing, ProxyError> {
         let target = frontdoor::check(
             request.method(),
             request.uri(),
@@ -612,10 +621,15 @@ impl Proxy {
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        conn: Conn,
+        conn: &Conn,
         forward: &Forward,
     ) -> Result<Response<Body>, ProxyError> {
-        let Conn { peer, route, https } = conn;
+        let Conn {
+            forwarded_for,
+            route,
+            https,
+            ..
+        } = conn;
         let Forward {
             target,
             pool,
@@ -627,8 +641,8 @@ impl Proxy {
         headers::prepare_request(
             &mut headers,
             target.authority.as_ref(),
-            peer.ip(),
-            if https { "https" } else { "http" },
+            forwarded_for,
+            if *https { "https" } else { "http" },
             target.upgrade,
         );
         let body = match Body::read_ahead(incoming, timeouts.header).await {
@@ -648,7 +662,7 @@ impl Proxy {
         let answer = forward::send(pool, head, body, timeouts).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
-                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, pool, route)),
+                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, pool, *route)),
                 None => Err(ProxyError::BadUpstreamResponse {
                     upstream: answer.in_flight.upstream().authority.clone(),
                     reason: "101 Switching Protocols to a request that asked for no upgrade"

@@ -38,10 +38,6 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
-}
-
 /// Removes hop-by-hop headers and those named in `Connection`. With
 /// `upgrade`, the `Upgrade` header survives and `Connection: upgrade` is
 /// set, so that the next hop sees the upgrade request (or its acceptance).
@@ -84,11 +80,21 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     let mut named = Vec::new();
     for value in headers.get_all(CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',') {
-            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+        for token in value.split(',').map(str::trim) {
+            // The usual tokens (`keep-alive`, `close`, `upgrade`) name no
+            // header to remove: skip them before parsing a name, which
+            // allocates for a non-standard one such as `keep-alive`.
+            if token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
                 continue;
             };
-            if !is_hop_by_hop(&name) && name != HOST && name != CONTENT_LENGTH {
+            if name != HOST && name != CONTENT_LENGTH {
                 named.push(name);
             }
         }
@@ -101,11 +107,12 @@ fn remove_connection_named(headers: &mut HeaderMap) {
 /// Rewrites a client's request headers for the upstream.
 ///
 /// `authority` is the request target's authority (HTTP/2's `:authority`),
-/// used as `Host` when the client sent none.
+/// used as `Host` when the client sent none; `client` is the client's
+/// address as [`forwarded_for`] formats it.
 pub fn prepare_request(
     headers: &mut HeaderMap,
     authority: Option<&Authority>,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     upgrade: bool,
 ) {
@@ -129,29 +136,34 @@ pub fn prepare_request(
     }
 }
 
+/// A client's address as `X-Forwarded-For` gives it (an IPv4 address
+/// mapped into IPv6 is given as IPv4).
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_canonical().to_string())
+        .expect("an IP address is a valid header value")
+}
+
 /// Appends the client address to `X-Forwarded-For`, folding multiple
 /// header lines into one.
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client.to_canonical().to_string();
-    let mut value = String::new();
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    let mut value = Vec::new();
     for earlier in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(earlier) = earlier.to_str() {
-            let earlier = earlier.trim();
-            if !earlier.is_empty() {
-                value.push_str(earlier);
-                value.push_str(", ");
-            }
+        let earlier = earlier.as_bytes().trim_ascii();
+        if !earlier.is_empty() {
+            value.extend_from_slice(earlier);
+            value.extend_from_slice(b", ");
         }
     }
     let value = if value.is_empty() {
-        client
+        client.clone()
     } else {
-        value.push_str(&client);
-        value
+        value.extend_from_slice(client.as_bytes());
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            Ok(value) => value,
+            Err(_) => return,
+        }
     };
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
+    headers.insert(&X_FORWARDED_FOR, value);
 }
 
 /// Rewrites an upstream's response headers for the client.
@@ -210,7 +222,7 @@ mod tests {
         prepare_request(
             &mut headers,
             None,
-            "127.0.0.1".parse().unwrap(),
+            &forwarded_for("127.0.0.1".parse().unwrap()),
             "http",
             false,
         );
@@ -227,7 +239,7 @@ mod tests {
         prepare_request(
             &mut headers,
             Some(&authority),
-            "::ffff:127.0.0.1".parse().unwrap(),
+            &forwarded_for("::ffff:127.0.0.1".parse().unwrap()),
             "http",
             false,
         );
