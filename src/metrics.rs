@@ -9,6 +9,7 @@
 //! | `switchyard_live_pool` | gauge, 1 for the live pool, 0 for the others | `pool` |
 //! | `switchyard_generation` | gauge | |
 //! | `switchyard_upstream_healthy` | gauge | `pool`, `upstream` |
+//! | `switchyard_upstream_idle_connections` | gauge, kept-alive connections waiting for a request | `pool`, `upstream` |
 //! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`, `auto_rollback`) |
 //! | `switchyard_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `switchyard_certificate_expiry_timestamp_seconds` | gauge | `listener`, `cert` |
@@ -84,6 +85,7 @@ pub struct Metrics {
     live_pool: Family<PoolLabel, Gauge>,
     generation: Gauge,
     upstream_healthy: Family<UpstreamLabels, Gauge>,
+    upstream_idle: Family<UpstreamLabels, Gauge>,
     switches: Family<KindLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     cert_expiry: Family<CertLabels, Gauge>,
@@ -168,6 +170,7 @@ impl Metrics {
         let live_pool = Family::<PoolLabel, Gauge>::default();
         let generation = Gauge::default();
         let upstream_healthy = Family::<UpstreamLabels, Gauge>::default();
+        let upstream_idle = Family::<UpstreamLabels, Gauge>::default();
         let switches = Family::<KindLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let cert_expiry = Family::<CertLabels, Gauge>::default();
@@ -224,6 +227,11 @@ impl Metrics {
             upstream_healthy.clone(),
         );
         registry.register(
+            "switchyard_upstream_idle_connections",
+            "Kept-alive connections to an upstream waiting for a request (plain HTTP/1 pools)",
+            upstream_idle.clone(),
+        );
+        registry.register(
             "switchyard_switches",
             "Changes of the live pool, by kind",
             switches.clone(),
@@ -242,6 +250,7 @@ impl Metrics {
             live_pool,
             generation,
             upstream_healthy,
+            upstream_idle,
             switches,
             reloads,
             cert_expiry,
@@ -307,18 +316,22 @@ impl Metrics {
         // Pools and upstreams removed by a reload should not linger.
         self.live_pool.clear();
         self.upstream_healthy.clear();
+        self.upstream_idle.clear();
         for (name, pool) in &snapshot.pools {
             let live = i64::from(name == &snapshot.decisions.live_pool);
             self.live_pool
                 .get_or_create(&PoolLabel { pool: name.clone() })
                 .set(live);
             for upstream in &pool.upstreams {
+                let labels = UpstreamLabels {
+                    pool: name.clone(),
+                    upstream: upstream.authority.to_string(),
+                };
                 self.upstream_healthy
-                    .get_or_create(&UpstreamLabels {
-                        pool: name.clone(),
-                        upstream: upstream.authority.to_string(),
-                    })
+                    .get_or_create(&labels)
                     .set(i64::from(upstream.is_healthy()));
+                let idle = i64::try_from(upstream.idle.len()).unwrap_or(i64::MAX);
+                self.upstream_idle.get_or_create(&labels).set(idle);
             }
         }
         self.cert_expiry.clear();

@@ -109,6 +109,12 @@ async fn keep_alive_connections_are_reused_on_both_sides() {
         1,
         "the upstream connection was not reused"
     );
+    // Waiting for the next request, and shown as such.
+    let idle = format!(
+        "switchyard_upstream_idle_connections{{pool=\"blue\",upstream=\"{}\"}}",
+        upstream.addr
+    );
+    assert_eq!(metric(&proxy, &idle).await, 1);
 }
 
 #[tokio::test]
