@@ -596,8 +596,9 @@ impl Proxy {
             Ok(Routing::Forward(forward)) => {
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
-                // forwarded requests pay for it, and once.
-                let response = match Box::pin(self.forward(request, conn, &forward)).await {
+                // forwarded requests pay for it, and once (see
+                // `boxed_forward` for why boxing takes a function).
+                let response = match self.boxed_forward(request, conn, &forward).await {
                     Ok(response) => response,
                     Err(error) => self.failed(error, version, conn),
                 };
@@ -608,6 +609,20 @@ impl Proxy {
         };
         self.metrics.observe_duration(started.elapsed());
         response
+    }
+
+    /// [`Proxy::forward`]'s future, boxed. Boxing it in a plain function
+    /// matters: written as `Box::pin(self.forward(..)).await` inside
+    /// `handle`, the unboxed future is a temporary of `handle`'s own state
+    /// machine, which then reserves its 3.6 KiB anyway, and hyper moves
+    /// that 5 KiB service future for every request instead of 1.4 KiB.
+    fn boxed_forward<'a>(
+        &'a self,
+        request: Request<Incoming>,
+        conn: &'a Conn,
+        forward: &'a Forward,
+    ) -> Pin<Box<impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
+        Box::pin(self.forward(request, conn, forward))
     }
 
     /// The proxy's answer to `error`, logged.
