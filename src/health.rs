@@ -29,6 +29,7 @@ use crate::config::tls::UpstreamTls;
 use crate::config::Health;
 /// The `User-Agent` of health probes, so upstream logs can tell them apart.
 pub const PROBE_USER_AGENT: &str = "switchyard-health";
+use crate::shutdown::StopOnDrop;
 use crate::state::SharedState;
 use crate::upstream::{Pool, Upstream};
 
@@ -69,19 +70,12 @@ pub async fn probe_pool(pool: &Pool, health: &Health) -> Vec<ProbeResult> {
 }
 
 /// The running health checks; dropping this stops them.
-#[derive(Debug)]
-pub struct HealthChecks(tokio::task::JoinHandle<()>);
-
-impl Drop for HealthChecks {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub type HealthChecks = StopOnDrop;
 
 /// Starts probing every upstream of every pool of `state`, each
 /// `health.interval` (as of each round's snapshot).
 pub fn spawn_checks(state: Arc<SharedState>) -> HealthChecks {
-    HealthChecks(tokio::spawn(async move {
+    StopOnDrop::spawn(async move {
         loop {
             let started = Instant::now();
             let snapshot = state.load_full();
@@ -102,7 +96,7 @@ pub fn spawn_checks(state: Arc<SharedState>) -> HealthChecks {
             while round.join_next().await.is_some() {}
             tokio::time::sleep_until(started + health.interval).await;
         }
-    }))
+    })
 }
 
 /// Probes `upstream` of `pool`, records the result and logs a change of

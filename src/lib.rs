@@ -19,7 +19,8 @@
 //! - [`ctl`]: `switchyard ctl`, the admin API's client.
 //! - [`reload`]: watching the config file.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`shutdown`]: signals and the drain of in-flight work.
+//! - [`shutdown`]: signals, the drain of in-flight work, and background
+//!   tasks that stop when dropped.
 //! - [`demo`]: the zero-setup tour with built-in blue and green apps.
 
 pub mod admin;

@@ -24,21 +24,13 @@ use tracing::{debug, warn};
 use crate::config::digest;
 use crate::config::tls::pair_digest;
 use crate::control::{Control, Via};
+use crate::shutdown::StopOnDrop;
 
 /// How long the directory must be quiet before the file is looked at.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// The running watch; dropping it stops it.
-#[derive(Debug)]
-pub struct ConfigWatcher {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ConfigWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub type ConfigWatcher = StopOnDrop;
 
 /// Starts watching the config file of `control`'s state.
 pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
@@ -61,7 +53,7 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         watched.push(dir);
     }
-    let task = tokio::spawn(async move {
+    let task = StopOnDrop::spawn(async move {
         // What the last failed reload read: not retried until it changes.
         let mut refused = None;
         while rx.recv().await.is_some() {
@@ -99,7 +91,7 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
             }
         }
     });
-    Ok(ConfigWatcher { task })
+    Ok(task)
 }
 
 /// The directories of the config file and of every certificate and key.

@@ -7,10 +7,29 @@
 //! counts connections and tunnels (each holds a [`Tracked`] guard) so the
 //! drain knows when it is done and how much it cut off.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
+
+/// A background task (health checks, the config watcher, the reaper of
+/// idle upstream connections) that stops when this is dropped.
+#[derive(Debug)]
+pub struct StopOnDrop(tokio::task::JoinHandle<()>);
+
+impl StopOnDrop {
+    /// Spawns `task` on the current runtime.
+    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> StopOnDrop {
+        StopOnDrop(tokio::spawn(task))
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// SIGTERM and SIGINT, caught from the moment [`StopSignals::listen`]
 /// returns: one that arrived before its handler would kill the process

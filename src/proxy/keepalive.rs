@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::Body;
+use crate::shutdown::StopOnDrop;
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -196,20 +197,13 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Connection,
 }
 
 /// Closes idle connections past [`IDLE_TIMEOUT`] until dropped.
-#[derive(Debug)]
-pub struct Reaper(tokio::task::JoinHandle<()>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub type Reaper = StopOnDrop;
 
 /// Starts checking the idle connections of every upstream of `state`'s
 /// pools, each [`REAP_EVERY`]. An upstream that a reload removed closes its
 /// idle connections when the last request that used it lets it go.
 pub fn spawn_reaper(state: Arc<SharedState>) -> Reaper {
-    Reaper(tokio::spawn(async move {
+    StopOnDrop::spawn(async move {
         let mut every = tokio::time::interval(REAP_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -219,7 +213,7 @@ pub fn spawn_reaper(state: Arc<SharedState>) -> Reaper {
                 upstream.idle.reap(now);
             }
         }
-    }))
+    })
 }
 
 #[cfg(test)]
