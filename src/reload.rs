@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -42,9 +43,10 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
             // A full channel already holds a wake-up: nothing is lost.
-            Ok(_) => {
+            Ok(event) if may_change(&event.kind) => {
                 let _ = events.try_send(());
             }
+            Ok(_) => {}
             Err(error) => warn!(%error, "config watch error"),
         }
     })?;
@@ -92,6 +94,17 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
         }
     });
     Ok(task)
+}
+
+/// Whether a file event can mean new contents. Opening or reading a file
+/// cannot, and must not count: the watch's own look at the config opens
+/// it, and would set off the next look, and so on every debounce period.
+/// A file closed after writing does count (its writes are done).
+fn may_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(access) => *access == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
 }
 
 /// The directories of the config file and of every certificate and key.
@@ -168,3 +181,33 @@ fn applied(control: &Control) -> (Option<Fingerprint>, bool) {
 /// Digests of the config text, the maintenance page, and the certificate
 /// and key files.
 type Fingerprint = (u64, Option<u64>, u64);
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn reads_do_not_wake_the_watch_but_writes_renames_and_removals_do() {
+        for read in [
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Read,
+            AccessKind::Any,
+        ] {
+            assert!(!may_change(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&change), "{change:?}");
+        }
+    }
+}

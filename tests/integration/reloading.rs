@@ -210,3 +210,47 @@ async fn reloads_under_load_fail_no_request() {
         assert!(done > 0);
     }
 }
+
+#[tokio::test]
+async fn an_unchanged_config_is_left_alone() {
+    use notify::event::{AccessKind, EventKind};
+    use notify::Watcher;
+    use std::sync::atomic::AtomicUsize;
+
+    let one = Upstream::named("one").await;
+    let two = Upstream::named("two").await;
+    let proxy = Proxy::start(&[one.addr], &[one.addr]).await;
+    // An edit applied: the proxy's watch is up and has looked at the file.
+    std::fs::write(&proxy.config, config_text(&[two.addr], &[one.addr], "")).unwrap();
+    until_answered(&proxy, "two").await;
+
+    // Count how often the file is opened from now on. Looking at the file
+    // opens it; if that counted as a change, the watch would look again
+    // after each debounce period, forever.
+    let opens = Arc::new(AtomicUsize::new(0));
+    let counted = opens.clone();
+    let config = proxy.config.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(event.kind, EventKind::Access(AccessKind::Open(_)))
+                && event.paths.contains(&config)
+            {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap();
+    watcher
+        .watch(proxy.dir(), notify::RecursiveMode::NonRecursive)
+        .unwrap();
+    // Nothing to wait for but time: several debounce periods.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(watcher);
+    // One late look, from the reload's own reading, may still be counted.
+    let opened = opens.load(Ordering::SeqCst);
+    assert!(
+        opened <= 1,
+        "the config file was opened {opened} times while unchanged"
+    );
+    assert_eq!(get(&proxy.url("/")).await.2, "two");
+}
