@@ -17,6 +17,7 @@
 //! watching, and hyper's own handling stays in charge.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -151,9 +152,11 @@ impl<S> Scanned<S> {
             self.pending.extend_from_slice(data);
         }
         let bytes = if buffered { &self.pending[..] } else { data };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let (len, next) = match request.parse(bytes) {
+        // Left uninitialised: filling 100 empty headers would cost more
+        // than parsing the usual head.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let (len, next) = match request.parse_with_uninit_headers(bytes, &mut headers) {
             Ok(httparse::Status::Complete(len)) => (len, framing(&request)),
             Ok(httparse::Status::Partial) => {
                 if bytes.len() > self.max_head {
