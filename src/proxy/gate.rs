@@ -2,15 +2,15 @@
 //! gets.
 //!
 //! A [`Gate`] exists only while maintenance is on, and is built once per
-//! change (not per request): the answer's bodies and headers are ready to
-//! send, so a gated request costs a path check, an address check and a
-//! clone of two `Bytes`.
+//! change (not per request): the answer's bodies and header maps are ready
+//! to send, so a gated request costs a path check, an address check and
+//! copies of a small header map and a `Bytes`.
 
 use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use ipnet::IpNet;
 
 use super::body::Body;
@@ -22,9 +22,25 @@ use crate::state::MaintenanceState;
 pub struct Gate {
     allow_paths: Vec<String>,
     bypass_cidrs: Vec<IpNet>,
-    retry_after: HeaderValue,
-    json: Bytes,
-    html: Option<Bytes>,
+    json: Page,
+    html: Option<Page>,
+}
+
+/// One form of the 503: its body and its headers.
+#[derive(Debug)]
+struct Page {
+    body: Bytes,
+    headers: HeaderMap,
+}
+
+impl Page {
+    fn new(body: Bytes, content_type: &'static str, retry_after: &HeaderValue) -> Page {
+        let mut headers = HeaderMap::with_capacity(3);
+        headers.insert(RETRY_AFTER, retry_after.clone());
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Page { body, headers }
+    }
 }
 
 impl Gate {
@@ -32,12 +48,15 @@ impl Gate {
     /// the config's `[maintenance]`.
     pub fn new(config: &Maintenance, state: &MaintenanceState) -> Gate {
         let json = serde_json::json!({ "message": state.message(config) }).to_string();
+        let retry_after = HeaderValue::from(state.retry_after(config).as_secs());
         Gate {
             allow_paths: config.allow_paths.clone(),
             bypass_cidrs: config.bypass_cidrs.clone(),
-            retry_after: HeaderValue::from(state.retry_after(config).as_secs()),
-            json: Bytes::from(json),
-            html: config.html_page.as_ref().map(|page| page.body.clone()),
+            json: Page::new(Bytes::from(json), "application/json", &retry_after),
+            html: config
+                .html_page
+                .as_ref()
+                .map(|page| Page::new(page.body.clone(), "text/html; charset=utf-8", &retry_after)),
         }
     }
 
@@ -53,18 +72,13 @@ impl Gate {
 
     /// The 503 for a client that sent `accept`.
     pub fn response(&self, accept: Option<&HeaderValue>) -> Response<Body> {
-        let (body, content_type) = match &self.html {
-            Some(html) if accept.is_some_and(prefers_html) => {
-                (html.clone(), "text/html; charset=utf-8")
-            }
-            _ => (self.json.clone(), "application/json"),
+        let page = match &self.html {
+            Some(html) if accept.is_some_and(prefers_html) => html,
+            _ => &self.json,
         };
-        let mut response = Response::new(Body::full(body));
+        let mut response = Response::new(Body::full(page.body.clone()));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let headers = response.headers_mut();
-        headers.insert(RETRY_AFTER, self.retry_after.clone());
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        *response.headers_mut() = page.headers.clone();
         response
     }
 }
