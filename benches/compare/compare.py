@@ -86,15 +86,17 @@ def process_tree(root):
 
 
 def cpu_seconds(pids):
-    total = 0
+    """User and kernel CPU seconds of `pids`, as a pair."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def memory_kib(pids, field):
@@ -386,11 +388,16 @@ backend green
                 port, scenario["path"], scenario["conns"], self.args.duration,
                 scenario.get("body", 0), scenario.get("close", False),
             )
-            cpu = cpu_seconds(pids) - cpu_before
+            user, system = (after - before for after, before in zip(cpu_seconds(pids), cpu_before))
             figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
             figures["errors"] = figures["connect"] + figures["read"] + figures["write"] + figures["timeout"]
             if proc:
-                figures["cpu_per_100k"] = cpu / max(figures["requests"], 1) * 100000
+                requests = max(figures["requests"], 1)
+                figures["cpu_per_100k"] = (user + system) / requests * 100000
+                # The split shows what a proxy can change (its own code) and
+                # what it mostly cannot (the kernel's socket work).
+                figures["user_us"] = user / requests * 1e6
+                figures["kernel_us"] = system / requests * 1e6
                 figures["rss_peak_kib"] = memory_kib(pids, "VmHWM")
             return figures
         finally:
@@ -643,21 +650,28 @@ def render(results):
         f"switchyard vs nginx vs HAProxy, {results['machine']}, {results['started']}",
         f"medians of {results['args']['rounds']} interleaved rounds of {results['args']['duration']} s; proxy pinned to core {CPU_PROXY}, wrk and upstream to core {CPU_OTHERS}",
         "",
-        "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU s/100k req | peak RSS MiB | non-2xx | socket errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU s/100k req | of which user + kernel, µs/req | peak RSS MiB | non-2xx | socket errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = []
+    own_rps = {}
     for key, scenario in results["scenarios"].items():
         med = {}
         for target, runs in scenario["runs"].items():
-            m = {k: median_of(runs, k) for k in ("rps", "p50", "p99", "p999", "cpu_per_100k", "rss_peak_kib", "status", "errors")}
+            m = {
+                k: median_of(runs, k)
+                for k in ("rps", "p50", "p99", "p999", "cpu_per_100k", "user_us", "kernel_us", "rss_peak_kib", "status", "errors")
+            }
             med[target] = m
             cpu = f"{m['cpu_per_100k']:.2f}" if m["cpu_per_100k"] is not None else "-"
+            split = f"{m['user_us']:.1f} + {m['kernel_us']:.1f}" if m["user_us"] is not None else "-"
             rss = f"{m['rss_peak_kib'] / 1024:.1f}" if m["rss_peak_kib"] is not None else "-"
             lines.append(
-                f"| {scenario['name']} | {target} | {m['rps']:.0f} | {m['p50'] / 1000:.2f} | {m['p99'] / 1000:.2f} | {m['p999'] / 1000:.2f} | {cpu} | {rss} | {m['status']:.0f} | {m['errors']:.0f} |"
+                f"| {scenario['name']} | {target} | {m['rps']:.0f} | {m['p50'] / 1000:.2f} | {m['p99'] / 1000:.2f} | {m['p999'] / 1000:.2f} | {cpu} | {split} | {rss} | {m['status']:.0f} | {m['errors']:.0f} |"
             )
         sy = med.get("switchyard")
+        if sy:
+            own_rps[key] = sy["rps"]
         for peer in ("nginx", "haproxy"):
             if sy and peer in med:
                 p = med[peer]
@@ -671,6 +685,11 @@ def render(results):
         "| scenario | peer | req/s | p99 | CPU/req | peak RSS |",
         "|---|---|---:|---:|---:|---:|",
     ] + summary
+    if "gate" in own_rps and "get50" in own_rps:
+        lines += [
+            "",
+            f"switchyard's own 503s against its proxied small GETs (50 connections): {ratio(own_rps['gate'], own_rps['get50'])}x",
+        ]
     if "switch" in results:
         lines += [
             "",
