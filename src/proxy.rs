@@ -99,7 +99,7 @@ use crate::upstream::Pool;
 use body::ReadAhead;
 use forward::{Answer, Outgoing};
 use framing::Scanned;
-use park::{Activity, Resumable, Wait, PARK_AFTER};
+use park::{Activity, HeadClock, Resumable, Wait, PARK_AFTER};
 use sniff::{Protocol, SniffError};
 
 /// How long to pause accepting when the process is out of file
@@ -478,16 +478,17 @@ where
             }
         })
     };
+    // hyper's own header timer is off: the driver's clock does that job
+    // for less (see `HeadClock`).
     let mut connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(None)
         .max_header_size(max_header_bytes)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let driven = drive(
         Pin::new(&mut connection),
         |c| c.graceful_shutdown(),
-        Some(activity),
+        Some((activity, header_timeout)),
         phase,
     )
     .await;
@@ -525,22 +526,28 @@ enum Driven {
 
 /// Runs a connection until it ends, shutting it down gracefully when the
 /// server drains and dropping it when the drain budget is spent. Given an
-/// [`Activity`], also stops it between two messages once it has been quiet
-/// for [`PARK_AFTER`].
+/// [`Activity`] (HTTP/1), also closes it when no request head comes within
+/// the header timeout (see [`HeadClock`]), and stops it between two
+/// messages once it has been quiet for [`PARK_AFTER`].
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
-    activity: Option<&Activity>,
+    http1: Option<(&Activity, Duration)>,
     phase: &mut watch::Receiver<Phase>,
 ) -> Driven
 where
     C: Future<Output = hyper::Result<()>>,
 {
+    let activity = http1.map(|(activity, _)| activity);
+    let mut clock = http1.map(|(activity, timeout)| HeadClock::new(activity, timeout));
     let mut ticks =
         activity.map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
     let mut last_quiet = None;
     let parking = loop {
         tokio::select! {
+            // In this order: the head clock must see what each poll of the
+            // connection answered.
+            biased;
             result = connection.as_mut() => return Driven::Ended(result),
             // The connection future is kept and polled again below.
             _ = phase.wait_for(|p| *p >= Phase::Draining) => break None,
@@ -550,6 +557,10 @@ where
                     break activity;
                 }
                 last_quiet = quiet;
+            }
+            () = overdue(clock.as_mut()) => {
+                debug!(timeout = ?http1.map(|(_, t)| t), "no request head in time; closing");
+                return Driven::Ended(Ok(()));
             }
         }
     };
@@ -572,6 +583,14 @@ where
             }
         }
         None => Driven::Ended(result),
+    }
+}
+
+/// Ready when `clock` runs out; never without one.
+async fn overdue(clock: Option<&mut HeadClock<'_>>) {
+    match clock {
+        Some(clock) => std::future::poll_fn(|cx| clock.poll_overdue(cx)).await,
+        None => std::future::pending().await,
     }
 }
 

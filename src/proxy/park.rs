@@ -16,6 +16,7 @@
 //! half read. [`Resumable`] is the stream hyper is given: it keeps the
 //! socket open when hyper shuts it down while parking.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::framing::{Scanned, Verdict};
 use super::sniff::Prefixed;
@@ -74,9 +76,64 @@ impl Activity {
         (answered == started && self.verdict.between_messages()).then_some(started)
     }
 
+    /// If every request started so far has been answered: how many.
+    fn answered_if_idle(&self) -> Option<u64> {
+        let answered = self.answered.load(Ordering::Acquire);
+        let started = self.started.load(Ordering::Acquire);
+        (answered == started).then_some(answered)
+    }
+
     /// Marks the start or end of parking.
     pub fn set_parking(&self, parking: bool) {
         self.parking.store(parking, Ordering::Release);
+    }
+}
+
+/// The clock on a connection's next request head: it runs from the moment
+/// the connection owes no answer (it opened, or answered its last request)
+/// until the next request starts, and a connection whose clock runs out is
+/// closed. It bounds a client that sends nothing, one that trickles a head
+/// byte by byte, and an idle keep-alive connection.
+///
+/// hyper has a header timer of its own, but it allocates and registers a
+/// new timer for every request, and reads the socket once more after each
+/// answer to start it. This is one timer per connection, moved later as
+/// requests are answered, which the runtime does without touching its
+/// timer wheel.
+pub struct HeadClock<'a> {
+    activity: &'a Activity,
+    timeout: Duration,
+    /// How many requests had been answered when the clock last started.
+    since: Option<u64>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<'a> HeadClock<'a> {
+    /// A clock giving each head of `activity`'s connection `timeout`.
+    pub fn new(activity: &'a Activity, timeout: Duration) -> HeadClock<'a> {
+        HeadClock {
+            activity,
+            timeout,
+            since: None,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Ready once the connection has owed no answer for `timeout` without
+    /// starting a new request. Polled after each poll of the connection,
+    /// so that it sees every answer as it is given.
+    pub fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(answered) = self.activity.answered_if_idle() else {
+            // A request is being answered: its body and its upstream have
+            // clocks of their own.
+            self.since = None;
+            return Poll::Pending;
+        };
+        if self.since != Some(answered) {
+            self.since = Some(answered);
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        }
+        self.deadline.as_mut().poll(cx)
     }
 }
 

@@ -178,6 +178,36 @@ async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn the_header_timeout_does_not_cut_a_slow_answer() {
+    // The upstream takes longer than the header timeout to answer: that
+    // clock is for the client's head, not for the exchange behind it.
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        text("slow but sure")
+    })
+    .await;
+    let config = config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nheader = \"300ms\"\n",
+    );
+    let proxy = Proxy::with_config(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for path in ["/1", "/2"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream, "slow but sure").await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+    }
+    // Then, owing nothing, the connection gets the header timeout again.
+    let started = Instant::now();
+    let rest = read_to_close(&mut stream).await;
+    assert!(rest.is_empty(), "{rest}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test]
 async fn connect_is_refused_with_405() {
     refused(
         b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",

@@ -99,7 +99,7 @@ async fn a_slow_answer_body_or_head_keeps_its_connection() {
     let answer = read_answer(&mut stream, "got 10 bytes;").await;
     assert_eq!(status_of(&answer), 200, "{answer}");
 
-    // A head that pauses halfway: hyper's header timeout (10 s) is the
+    // A head that pauses halfway: the header timeout (10 s) is the
     // only clock on it.
     stream
         .write_all(b"GET /after HTTP/1.1\r\nHost: app\r\n")
