@@ -539,7 +539,11 @@ where
     C: Future<Output = hyper::Result<()>>,
 {
     let activity = http1.map(|(activity, _)| activity);
-    let mut clock = http1.map(|(activity, timeout)| HeadClock::new(activity, timeout));
+    // Not registered with the runtime until the clock first polls it.
+    let deadline = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(deadline);
+    let mut clock =
+        http1.map(|(activity, timeout)| HeadClock::new(activity, timeout, deadline.as_mut()));
     let mut ticks =
         activity.map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
     let mut last_quiet = None;

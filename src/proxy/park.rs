@@ -105,17 +105,23 @@ pub struct HeadClock<'a> {
     timeout: Duration,
     /// How many requests had been answered when the clock last started.
     since: Option<u64>,
-    deadline: Pin<Box<Sleep>>,
+    deadline: Pin<&'a mut Sleep>,
 }
 
 impl<'a> HeadClock<'a> {
-    /// A clock giving each head of `activity`'s connection `timeout`.
-    pub fn new(activity: &'a Activity, timeout: Duration) -> HeadClock<'a> {
+    /// A clock giving each head of `activity`'s connection `timeout`,
+    /// kept by `deadline` (a timer of the caller's, so that it costs no
+    /// allocation).
+    pub fn new(
+        activity: &'a Activity,
+        timeout: Duration,
+        deadline: Pin<&'a mut Sleep>,
+    ) -> HeadClock<'a> {
         HeadClock {
             activity,
             timeout,
             since: None,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline,
         }
     }
 
