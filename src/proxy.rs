@@ -259,7 +259,7 @@ async fn serve_connection(
                 return;
             }
         };
-        return serve_http(proxy, io, protocol, conn, limits, phase, held).await;
+        return serve_http(proxy, io, protocol, conn, limits, deadline, phase, held).await;
     };
     // Boxed: a TLS connection's state is several KiB, and every plain
     // connection's task would otherwise be as large as the TLS one.
@@ -299,23 +299,27 @@ async fn serve_tls(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    serve_http(proxy, io, protocol, conn, limits, phase, held).await;
+    serve_http(proxy, io, protocol, conn, limits, deadline, phase, held).await;
 }
 
-/// Serves HTTP/1 or HTTP/2 on `io` (plain or TLS) until it closes.
+/// Serves HTTP/1 or HTTP/2 on `io` (plain or TLS) until it closes. The
+/// first HTTP/1 request head must be in by `head_by`: the header timeout
+/// counts from the connection's start, sniffing or handshake included.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     proxy: Arc<Proxy>,
     io: I,
     protocol: Protocol,
     conn: Conn,
     limits: (Duration, usize),
+    head_by: Instant,
     phase: watch::Receiver<Phase>,
     held: Held,
 ) where
     I: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     match protocol {
-        Protocol::Http1 => serve_http1(proxy, io, conn, limits, phase, held).await,
+        Protocol::Http1 => serve_http1(proxy, io, conn, limits, head_by, phase, held).await,
         // Boxed: an HTTP/2 connection's state is large, and every HTTP/1
         // connection's task would otherwise be as large.
         Protocol::Http2 => Box::pin(serve_http2(proxy, io, conn, limits.1, phase)).await,
@@ -362,6 +366,7 @@ async fn serve_http1<I>(
     io: I,
     conn: Conn,
     limits: (Duration, usize),
+    head_by: Instant,
     mut phase: watch::Receiver<Phase>,
     held: Held,
 ) where
@@ -370,7 +375,15 @@ async fn serve_http1<I>(
     let scanned = Scanned::new(io, limits.1);
     let activity = Arc::new(Activity::new(scanned.verdict()));
     let stream = Resumable::new(scanned, activity.clone());
-    let served = serve_until_parked(&proxy, stream, conn.clone(), limits, &activity, &mut phase);
+    let served = serve_until_parked(
+        &proxy,
+        stream,
+        conn.clone(),
+        limits,
+        head_by,
+        &activity,
+        &mut phase,
+    );
     let Some(stream) = served.await else {
         return;
     };
@@ -433,11 +446,13 @@ impl Idle {
                 }
             }
             // Boxed, so that the parked task keeps none of the serving state.
+            // The head that woke it gets the whole header timeout.
             let served = Box::pin(serve_until_parked(
                 &self.proxy,
                 stream,
                 self.conn.clone(),
                 self.limits,
+                Instant::now() + header_timeout,
                 &self.activity,
                 &mut self.phase,
             ));
@@ -451,12 +466,13 @@ impl Idle {
 
 /// Serves `stream` with one hyper instance until the connection ends
 /// (`None`) or is parked: then the stream comes back, open, between two
-/// messages.
+/// messages. The next request head must be in by `head_by`.
 async fn serve_until_parked<I>(
     proxy: &Arc<Proxy>,
     stream: Resumable<Scanned<I>>,
     conn: Conn,
     (header_timeout, max_header_bytes): (Duration, usize),
+    head_by: Instant,
     activity: &Arc<Activity>,
     phase: &mut watch::Receiver<Phase>,
 ) -> Option<Resumable<Scanned<I>>>
@@ -488,7 +504,7 @@ where
     let driven = drive(
         Pin::new(&mut connection),
         |c| c.graceful_shutdown(),
-        Some((activity, header_timeout)),
+        Some((activity, header_timeout, head_by)),
         phase,
     )
     .await;
@@ -526,24 +542,25 @@ enum Driven {
 
 /// Runs a connection until it ends, shutting it down gracefully when the
 /// server drains and dropping it when the drain budget is spent. Given an
-/// [`Activity`] (HTTP/1), also closes it when no request head comes within
-/// the header timeout (see [`HeadClock`]), and stops it between two
-/// messages once it has been quiet for [`PARK_AFTER`].
+/// [`Activity`], a header timeout and when the next head is due (HTTP/1),
+/// also closes it when a request head is late (see [`HeadClock`]), and
+/// stops it between two messages once it has been quiet for
+/// [`PARK_AFTER`].
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
-    http1: Option<(&Activity, Duration)>,
+    http1: Option<(&Activity, Duration, Instant)>,
     phase: &mut watch::Receiver<Phase>,
 ) -> Driven
 where
     C: Future<Output = hyper::Result<()>>,
 {
-    let activity = http1.map(|(activity, _)| activity);
+    let activity = http1.map(|(activity, ..)| activity);
     // Not registered with the runtime until the clock first polls it.
-    let deadline = tokio::time::sleep(Duration::ZERO);
+    let deadline = tokio::time::sleep_until(http1.map_or_else(Instant::now, |(.., by)| by));
     tokio::pin!(deadline);
     let mut clock =
-        http1.map(|(activity, timeout)| HeadClock::new(activity, timeout, deadline.as_mut()));
+        http1.map(|(activity, timeout, _)| HeadClock::new(activity, timeout, deadline.as_mut()));
     let mut ticks =
         activity.map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
     let mut last_quiet = None;
@@ -563,7 +580,7 @@ where
                 last_quiet = quiet;
             }
             () = overdue(clock.as_mut()) => {
-                debug!(timeout = ?http1.map(|(_, t)| t), "no request head in time; closing");
+                debug!(timeout = ?http1.map(|(_, t, _)| t), "no request head in time; closing");
                 return Driven::Ended(Ok(()));
             }
         }

@@ -111,16 +111,16 @@ pub struct HeadClock<'a> {
 impl<'a> HeadClock<'a> {
     /// A clock giving each head of `activity`'s connection `timeout`,
     /// kept by `deadline` (a timer of the caller's, so that it costs no
-    /// allocation).
+    /// allocation), which is already set for the next head.
     pub fn new(
         activity: &'a Activity,
         timeout: Duration,
         deadline: Pin<&'a mut Sleep>,
     ) -> HeadClock<'a> {
         HeadClock {
+            since: activity.answered_if_idle(),
             activity,
             timeout,
-            since: None,
             deadline,
         }
     }

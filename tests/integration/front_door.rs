@@ -178,6 +178,42 @@ async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn the_first_head_is_due_a_header_timeout_after_connecting() {
+    use tokio::io::AsyncReadExt;
+    let upstream = Upstream::named("fine").await;
+    let config = config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nheader = \"1s\"\n",
+    );
+    let proxy = Proxy::with_config(&config).await;
+    // The client waits most of the timeout before its first byte, then
+    // trickles the rest: its clock started when it connected.
+    let connected = Instant::now();
+    let (mut from_proxy, mut to_proxy) = TcpStream::connect(proxy.addr).await.unwrap().into_split();
+    let trickle = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if to_proxy.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut rest = Vec::new();
+    let _ = within(from_proxy.read_to_end(&mut rest)).await;
+    let closed_after = connected.elapsed();
+    trickle.abort();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // Counted from the first byte instead, it would be about 1.9 s.
+    assert!(
+        closed_after < Duration::from_millis(1500),
+        "closed {closed_after:?} after connecting"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
 async fn the_header_timeout_does_not_cut_a_slow_answer() {
     // The upstream takes longer than the header timeout to answer: that
     // clock is for the client's head, not for the exchange behind it.
