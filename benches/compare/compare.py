@@ -580,6 +580,36 @@ SCENARIOS = [
 ]
 
 
+def first_line(argv):
+    """The first line `argv` prints (on either stream), or why not."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    out = (done.stdout or done.stderr).strip().splitlines()
+    return out[0] if out else "unknown"
+
+
+def environment():
+    """What a reader needs to reproduce or weigh the figures: the machine,
+    the kernel, and the version of everything measured or measuring."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    commit = first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "kernel": os.uname().release,
+        "switchyard": f"{commit} ({first_line(['rustc', '--version'])}, release build)",
+        "nginx": first_line(["nginx", "-v"]),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+    }
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
 
@@ -597,7 +627,14 @@ def main():
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     bench = Bench(args)
-    results = {"machine": os.uname().nodename, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(), "args": vars(args), "scenarios": {}}
+    results = {
+        "machine": os.uname().nodename,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "args": vars(args),
+        "command": " ".join(["benches/compare/run"] + sys.argv[1:]),
+        "environment": environment(),
+        "scenarios": {},
+    }
 
     def interrupted(*_):
         raise KeyboardInterrupt
@@ -649,6 +686,12 @@ def render(results):
     lines = [
         f"switchyard vs nginx vs HAProxy, {results['machine']}, {results['started']}",
         f"medians of {results['args']['rounds']} interleaved rounds of {results['args']['duration']} s; proxy pinned to core {CPU_PROXY}, wrk and upstream to core {CPU_OTHERS}",
+    ]
+    if "command" in results:
+        lines += ["", f"- command: `{results['command']}`"]
+    for name, value in results.get("environment", {}).items():
+        lines.append(f"- {name}: {value}")
+    lines += [
         "",
         "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | CPU s/100k req | of which user + kernel, µs/req | peak RSS MiB | non-2xx | socket errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
