@@ -129,15 +129,16 @@ async fn garbage_request_line_gets_400_while_another_client_is_served() {
     assert_eq!(upstream.hits(), 2);
 }
 
+/// A proxy in front of `upstream` whose `timeouts.header` is `timeout`.
+async fn with_header_timeout(upstream: &Upstream, timeout: &str) -> Proxy {
+    let extra = format!("[timeouts]\nheader = \"{timeout}\"\n");
+    Proxy::with_config(&config_text(&[upstream.addr], &[upstream.addr], &extra)).await
+}
+
 #[tokio::test]
 async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
     let upstream = Upstream::named("fine").await;
-    let config = config_text(
-        &[upstream.addr],
-        &[upstream.addr],
-        "[timeouts]\nheader = \"500ms\"\n",
-    );
-    let proxy = Proxy::with_config(&config).await;
+    let proxy = with_header_timeout(&upstream, "500ms").await;
 
     // Connects and sends nothing.
     let started = Instant::now();
@@ -181,12 +182,7 @@ async fn idle_and_trickling_connections_are_closed_after_the_header_timeout() {
 async fn the_first_head_is_due_a_header_timeout_after_connecting() {
     use tokio::io::AsyncReadExt;
     let upstream = Upstream::named("fine").await;
-    let config = config_text(
-        &[upstream.addr],
-        &[upstream.addr],
-        "[timeouts]\nheader = \"1s\"\n",
-    );
-    let proxy = Proxy::with_config(&config).await;
+    let proxy = with_header_timeout(&upstream, "1s").await;
     // The client waits most of the timeout before its first byte, then
     // trickles the rest: its clock started when it connected.
     let connected = Instant::now();
@@ -222,12 +218,7 @@ async fn the_header_timeout_does_not_cut_a_slow_answer() {
         text("slow but sure")
     })
     .await;
-    let config = config_text(
-        &[upstream.addr],
-        &[upstream.addr],
-        "[timeouts]\nheader = \"300ms\"\n",
-    );
-    let proxy = Proxy::with_config(&config).await;
+    let proxy = with_header_timeout(&upstream, "300ms").await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     for path in ["/1", "/2"] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -255,12 +246,7 @@ async fn connect_is_refused_with_405() {
 #[tokio::test]
 async fn announced_body_that_never_starts_gets_408() {
     let upstream = Upstream::named("upstream").await;
-    let config = config_text(
-        &[upstream.addr],
-        &[upstream.addr],
-        "[timeouts]\nheader = \"300ms\"\n",
-    );
-    let proxy = Proxy::with_config(&config).await;
+    let proxy = with_header_timeout(&upstream, "300ms").await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
