@@ -580,7 +580,7 @@ where
                 last_quiet = quiet;
             }
             () = overdue(clock.as_mut()) => {
-                debug!(timeout = ?http1.map(|(_, t, _)| t), "no request head in time; closing");
+                debug!("no request head within the header timeout; closing");
                 return Driven::Ended(Ok(()));
             }
         }

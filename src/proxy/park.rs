@@ -71,9 +71,8 @@ impl Activity {
     /// next one has arrived: how many there were. The same answer twice,
     /// some time apart, means the connection was idle in between.
     pub fn quiet(&self) -> Option<u64> {
-        let answered = self.answered.load(Ordering::Acquire);
-        let started = self.started.load(Ordering::Acquire);
-        (answered == started && self.verdict.between_messages()).then_some(started)
+        self.answered_if_idle()
+            .filter(|_| self.verdict.between_messages())
     }
 
     /// If every request started so far has been answered: how many.
