@@ -129,6 +129,25 @@ async fn garbage_request_line_gets_400_while_another_client_is_served() {
     assert_eq!(upstream.hits(), 2);
 }
 
+#[tokio::test]
+async fn a_first_head_that_arrives_in_pieces_is_read_whole() {
+    // "PR" could be the start of HTTP/2's preface: the proxy reads on to
+    // tell, then hands hyper everything it read, in order.
+    let upstream = Upstream::named("fine").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"PR").await.unwrap();
+    // Paced, so that the two pieces arrive in two reads.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"OPFIND /dav HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(upstream.seen()[0].target, "/dav");
+}
+
 /// A proxy in front of `upstream` whose `timeouts.header` is `timeout`.
 async fn with_header_timeout(upstream: &Upstream, timeout: &str) -> Proxy {
     let extra = format!("[timeouts]\nheader = \"{timeout}\"\n");
