@@ -13,8 +13,9 @@
 //! matches the scanner's.
 //!
 //! The scanner is a lookout, not a second parser: anything it does not
-//! understand (a head hyper will reject anyway, an upgrade) makes it stop
-//! watching, and hyper's own handling stays in charge.
+//! understand (a head hyper will reject anyway, `CONNECT`, the bytes of an
+//! accepted upgrade) makes it stop watching, and hyper's own handling stays
+//! in charge.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -232,14 +233,18 @@ enum Next {
         length: u64,
         ambiguous: bool,
     },
-    /// Stop watching (upgrade, CONNECT, unreadable length).
+    /// Stop watching (CONNECT, unreadable length).
     Stop,
 }
 
 fn framing(request: &httparse::Request<'_, '_>) -> Next {
     let mut chunked = false;
     let mut length = None;
-    let mut upgrade = request.method == Some("CONNECT");
+    // An `Upgrade` request goes on being watched: the upgrade may be
+    // refused (by the gate, or the upstream), and then the next request on
+    // the connection is HTTP again. Once it is accepted, the tunnel's bytes
+    // are not a request head and end the watch at once.
+    let connect = request.method == Some("CONNECT");
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = true;
@@ -251,12 +256,10 @@ fn framing(request: &httparse::Request<'_, '_>) -> Next {
                 return Next::Stop;
             };
             length = Some(n);
-        } else if header.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
         }
     }
-    if upgrade {
-        // After a switch the bytes are another protocol's.
+    if connect {
+        // After a tunnel is set up the bytes are another protocol's.
         return Next::Stop;
     }
     Next::Body {
@@ -331,11 +334,18 @@ GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
     }
 
     #[test]
-    fn upgrades_and_garbage_stop_the_watch() {
-        let upgrade =
+    fn connect_and_garbage_stop_the_watch() {
+        let connect = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\
+POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(connect, 9), (vec![false; 4], 1));
+        assert_eq!(scan(b"\x16\x03\x01 not http\r\n\r\n", 4).0, vec![false; 4]);
+    }
+
+    #[test]
+    fn a_refused_upgrade_is_followed_by_more_requests() {
+        let refused =
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
 POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(scan(upgrade, 9), (vec![false; 4], 1));
-        assert_eq!(scan(b"\x16\x03\x01 not http\r\n\r\n", 4).0, vec![false; 4]);
+        assert_eq!(scan(refused, 9), (vec![false, true, false, false], 2));
     }
 }

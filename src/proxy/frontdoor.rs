@@ -18,7 +18,9 @@ use super::error::ProxyError;
 pub struct Target {
     /// The authority the client addressed (`Host`, or HTTP/2 `:authority`).
     pub authority: Option<Authority>,
-    /// Whether the client asks to switch protocols (WebSocket).
+    /// Whether the client asks to switch to WebSocket, the one upgrade
+    /// that is tunnelled. Any other `Upgrade` (h2c above all) is dropped
+    /// with the hop-by-hop headers and the request goes on as plain HTTP.
     pub upgrade: bool,
 }
 
@@ -64,15 +66,34 @@ pub fn check(
         (None, _) if version == Version::HTTP_10 => None,
         (None, _) => return Err(ProxyError::BadRequest("missing Host header")),
     };
-    let upgrade = version == Version::HTTP_11
-        && headers.contains_key(http::header::UPGRADE)
+    let upgrade = version == Version::HTTP_11 && asks_for_websocket(headers);
+    Ok(Target { authority, upgrade })
+}
+
+/// Whether `headers` ask for a WebSocket upgrade: `Connection` has the
+/// `upgrade` token and `Upgrade` names `websocket` alone.
+///
+/// An h2c upgrade must never be passed on (RFC 9113 §3.1 retired it): an
+/// upstream that accepted it would carry every later request of the
+/// connection inside a tunnel the gate and the routing never see. Other
+/// protocols, or `websocket` offered beside another one, are not
+/// tunnelled either: the request goes on without its `Upgrade`.
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
+    let websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(only), None) => only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket
         && headers
             .get_all(http::header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    Ok(Target { authority, upgrade })
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The request target must be a path (origin form), an absolute `http(s)`
@@ -144,6 +165,47 @@ mod tests {
         assert!(check_h1("GET", "/", &[]).is_err());
         assert!(check_h1("GET", "/", &["a.example", "b.example"]).is_err());
         assert!(check_h1("GET", "http://b.example/", &["a.example"]).is_err());
+    }
+
+    fn upgrade_of(pairs: &[(&str, &str)]) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("a.example"));
+        for (name, value) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let uri: Uri = "/".parse().unwrap();
+        check(&Method::GET, &uri, Version::HTTP_11, &headers)
+            .unwrap()
+            .upgrade
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_tunnelled() {
+        assert!(upgrade_of(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ]));
+        assert!(upgrade_of(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "WebSocket")
+        ]));
+        assert!(!upgrade_of(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c")
+        ]));
+        assert!(!upgrade_of(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket, h2c")
+        ]));
+        assert!(!upgrade_of(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c")
+        ]));
+        assert!(!upgrade_of(&[("upgrade", "websocket")]));
     }
 
     #[test]

@@ -23,10 +23,12 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy
-/// `Keep-Alive`, `Proxy-Connection` and proxy authentication headers.
-static HOP_BY_HOP: [&HeaderName; 9] = [
+/// `Keep-Alive`, `Proxy-Connection` and proxy authentication headers, and
+/// h2c's `HTTP2-Settings` (never passed on: h2c upgrades are not).
+static HOP_BY_HOP: [&HeaderName; 10] = [
     &CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
@@ -36,6 +38,7 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &TRAILER,
     &TRANSFER_ENCODING,
     &UPGRADE,
+    &HTTP2_SETTINGS,
 ];
 
 /// Removes hop-by-hop headers and those named in `Connection`. With
