@@ -63,6 +63,7 @@ pub mod headers;
 mod keepalive;
 mod park;
 mod sniff;
+mod unread;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -632,15 +633,34 @@ impl Proxy {
         let started = Instant::now();
         let version = request.version();
         let response = match self.route(&request, conn) {
-            Ok(Routing::Answered(response)) => response,
+            Ok(Routing::Answered(response)) if http_body::Body::is_end_stream(request.body()) => {
+                response
+            }
+            Ok(Routing::Answered(response)) => {
+                // Boxed: only requests with a body pay for its state.
+                let budget = self.state.load().config.timeouts.header;
+                Box::pin(unread::answer(request, response, budget)).await
+            }
             Ok(Routing::Forward(forward)) => {
+                let has_body = !http_body::Body::is_end_stream(request.body());
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once (see
                 // `boxed_forward` for why boxing takes a function).
                 let response = match self.boxed_forward(request, conn, &forward).await {
                     Ok(response) => response,
-                    Err(error) => self.failed(error, version, conn),
+                    Err(error) => {
+                        let mut response = self.failed(error, version, conn);
+                        // Part of the body may be unread: the client must
+                        // not send its next request on this connection.
+                        if has_body && version < Version::HTTP_2 {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        response
+                    }
                 };
                 forward.pool.requests.count(response.status());
                 response
@@ -756,7 +776,9 @@ impl Proxy {
         );
         let body = match Body::read_ahead(incoming, timeouts.header).await {
             ReadAhead::Ready(body) => body,
-            ReadAhead::Failed(error) => return Err(ProxyError::BadRequestBody(error)),
+            ReadAhead::Failed(error) => {
+                return Err(ProxyError::BadRequestBody(forward::error_chain(&error)))
+            }
             ReadAhead::TimedOut(_) => return Err(ProxyError::ClientBodyTimeout(timeouts.header)),
         };
         let head = Outgoing {

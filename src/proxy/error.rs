@@ -18,9 +18,10 @@ pub enum ProxyError {
     /// The request is malformed; the reason is safe to show the client.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The request body's first chunk was malformed or cut off.
-    #[error("malformed request body: {0}")]
-    BadRequestBody(#[source] hyper::Error),
+    /// The request body was malformed, cut off or reset by the client:
+    /// the client's fault, never counted against an upstream.
+    #[error("malformed or incomplete request body: {0}")]
+    BadRequestBody(String),
     /// `CONNECT`: forward proxying is not what switchyard does.
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,

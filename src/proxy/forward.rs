@@ -123,6 +123,13 @@ pub struct Answer {
 }
 
 /// Sends `head` and `body` to an upstream of `pool`.
+///
+/// Who a failure is blamed on decides what follows (see [`Origin`]): only
+/// the upstream's own failures count against its health; a client's
+/// broken body is the client's `400`; a kept-alive connection that the
+/// upstream closed just as it was reused is tried once more on a new
+/// connection when the request can be sent again (an idempotent method
+/// without a body).
 pub async fn send(
     pool: &Pool,
     head: Outgoing,
@@ -134,30 +141,39 @@ pub async fn send(
         pool: pool.name.clone(),
     };
     let mut in_flight = pool.pick(None).ok_or_else(no_upstream)?;
-    let mut may_retry = pool.has_alternative();
+    // An empty body needs no way back: a retry sends a new empty one.
+    let empty = http_body::Body::is_end_stream(&body);
+    // After a failed connect, once, on another upstream.
+    let mut may_move = pool.has_alternative();
+    // After a reused connection died under the request, once, on a new one.
+    let mut may_resend = empty && is_idempotent(&head.method);
+    let mut fresh = false;
     let mut head = Some(head);
     loop {
         let upstream = in_flight.upstream().clone();
-        // An empty body needs no way back: a retry sends a new empty one.
-        let empty = http_body::Body::is_end_stream(&body);
-        let returned = (may_retry && !empty).then(|| body.returnable());
+        let may_retry = may_move || may_resend;
+        let returned = (may_move && !empty).then(|| body.returnable());
         // The head is copied only while a second attempt may need it.
         let attempt = if may_retry { head.clone() } else { head.take() };
         let attempt = attempt.expect("the head is kept while a retry is possible");
         let exchange = async {
             match pool.tls_client.as_deref() {
-                // A TLS pool has a client of its own (its CA, its server name).
+                // A TLS pool has a client of its own (its CA, its server
+                // name), which retries a reused connection by itself.
                 Some(client) => client
                     .request(attempt.into_tls_request(&upstream.authority, body))
                     .await
                     .map(|response| (response, None))
                     .map_err(Failed::from),
-                None => {
-                    keepalive::exchange(&upstream, attempt.into_request(body), timeouts.connect)
-                        .await
-                        .map(|(response, connection)| (response, Some(connection)))
-                        .map_err(Failed::from)
-                }
+                None => keepalive::exchange(
+                    &upstream,
+                    attempt.into_request(body),
+                    timeouts.connect,
+                    fresh,
+                )
+                .await
+                .map(|(response, connection)| (response, Some(connection)))
+                .map_err(Failed::from),
             }
         };
         let failed = match tokio::time::timeout_at(deadline, exchange).await {
@@ -178,6 +194,22 @@ pub async fn send(
             }
             Ok(Err(failed)) => failed,
         };
+        match failed.origin {
+            Origin::Client => {
+                return Err(ProxyError::BadRequestBody(error_chain(&*failed.error)));
+            }
+            Origin::StaleConnection if may_resend => {
+                debug!(upstream = %upstream.authority, error = %error_chain(&*failed.error), "reused connection closed under the request; resending on a new one");
+                may_resend = false;
+                may_move = false;
+                fresh = true;
+                body = Body::empty();
+                continue;
+            }
+            // Not the upstream's health: its keep-alive timeout met ours.
+            Origin::StaleConnection => return Err(classify(&upstream.authority, &*failed.error)),
+            Origin::Connect | Origin::Upstream => {}
+        }
         let failure = classify(&upstream.authority, &*failed.error);
         if let ProxyError::UpstreamUnreachable { reason, .. }
         | ProxyError::UpstreamTls { reason, .. } = &failure
@@ -191,7 +223,7 @@ pub async fn send(
         // Only a failed connect guarantees the upstream saw nothing; the
         // body comes back only if it was never polled.
         let body_back = match returned {
-            _ if !may_retry || !failed.nothing_sent => None,
+            _ if !may_move || failed.origin != Origin::Connect => None,
             Some(mut rx) => rx.try_recv().ok(),
             None => Some(Body::empty()),
         };
@@ -199,24 +231,56 @@ pub async fn send(
             return Err(failure);
         };
         debug!(%failure, "retrying on another upstream");
-        may_retry = false;
+        may_move = false;
+        may_resend = false;
         body = returned_body;
         in_flight = pool.pick(Some(&upstream)).ok_or(failure)?;
     }
 }
 
+/// Whether a request with `method` may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// A failed attempt, from either kind of client.
 struct Failed {
     error: Box<dyn std::error::Error + Send + Sync>,
-    /// Whether the upstream certainly saw nothing of the request.
-    nothing_sent: bool,
+    origin: Origin,
+}
+
+/// Whose failure an attempt was: the boundary where it arose says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// No connection could be opened (refused, timed out, TLS handshake):
+    /// the upstream's, and it saw nothing of the request.
+    Connect,
+    /// A kept-alive connection closed under the request before any byte
+    /// of an answer: the ordinary race of two keep-alive timeouts, nobody's
+    /// fault.
+    StaleConnection,
+    /// The upstream reset, closed or broke its answer on a connection that
+    /// was its own to keep.
+    Upstream,
+    /// The client's request body failed (cut off, reset, malformed).
+    Client,
 }
 
 impl From<hyper_util::client::legacy::Error> for Failed {
     fn from(error: hyper_util::client::legacy::Error) -> Failed {
+        let origin = if error.is_connect() {
+            Origin::Connect
+        } else if is_client_body_failure(&error) {
+            Origin::Client
+        } else {
+            Origin::Upstream
+        };
         Failed {
-            nothing_sent: error.is_connect(),
             error: Box::new(error),
+            origin,
         }
     }
 }
@@ -226,14 +290,53 @@ impl From<keepalive::Failure> for Failed {
         match failure {
             keepalive::Failure::Connect(error) => Failed {
                 error: Box::new(error),
-                nothing_sent: true,
+                origin: Origin::Connect,
             },
-            keepalive::Failure::Exchange(error) => Failed {
-                error: Box::new(error),
-                nothing_sent: false,
-            },
+            keepalive::Failure::Exchange { error, reused } => {
+                let origin = if is_client_body_failure(&error) {
+                    Origin::Client
+                } else if reused && is_cut_short(&error) {
+                    Origin::StaleConnection
+                } else {
+                    Origin::Upstream
+                };
+                Failed {
+                    error: Box::new(error),
+                    origin,
+                }
+            }
         }
     }
+}
+
+/// Whether the request body the proxy was sending failed: hyper reports
+/// an error of the body it was given as a "user" error whose source is
+/// that body's own error (the client's connection or stream broke).
+fn is_client_body_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|e| {
+            e.is_user()
+                && std::error::Error::source(e).is_some_and(|inner| inner.is::<hyper::Error>())
+        })
+}
+
+/// Whether the connection ended before an answer began: closed (hyper's
+/// "incomplete message"), or reset or broken while the request was written.
+fn is_cut_short(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let source: &(dyn std::error::Error + 'static) = error;
+    std::iter::successors(Some(source), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+            )
+        })
 }
 
 /// Sorts a client error into what the client is told.
@@ -280,7 +383,7 @@ fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// An error and its sources on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -125,11 +125,19 @@ pub enum Failure {
     /// request, so it may go to another upstream.
     Connect(std::io::Error),
     /// The connection failed once the request was handed to it.
-    Exchange(hyper::Error),
+    Exchange {
+        /// What hyper said.
+        error: hyper::Error,
+        /// Whether the connection had served an earlier request: one the
+        /// upstream closed just as it was reused fails this way too, and
+        /// that says nothing about the upstream's health.
+        reused: bool,
+    },
 }
 
 /// Sends `request` to `upstream` on an idle connection, or on a new one,
-/// and returns the response head with the connection it came on.
+/// and returns the response head with the connection it came on. With
+/// `fresh`, a new connection is opened whatever is idle.
 ///
 /// An idle connection that turns out closed before the request was written
 /// (the upstream closed it while it was idle) costs nothing but a try on
@@ -138,9 +146,11 @@ pub async fn exchange(
     upstream: &Upstream,
     mut request: Request<Body>,
     connect_timeout: Duration,
+    fresh: bool,
 ) -> Result<(Response<Incoming>, Connection), Failure> {
     loop {
-        let (mut connection, reused) = match upstream.idle.take() {
+        let idle = if fresh { None } else { upstream.idle.take() };
+        let (mut connection, reused) = match idle {
             Some(connection) => (connection, true),
             None => (connect(&upstream.authority, connect_timeout).await?, false),
         };
@@ -157,7 +167,12 @@ pub async fn exchange(
             Err(mut error) => match error.take_message() {
                 Some(unsent) if reused => request = unsent,
                 Some(_) => return Err(Failure::Connect(std::io::Error::other(error.into_error()))),
-                None => return Err(Failure::Exchange(error.into_error())),
+                None => {
+                    return Err(Failure::Exchange {
+                        error: error.into_error(),
+                        reused,
+                    })
+                }
             },
         }
     }

@@ -5,6 +5,8 @@
 //!   streaming bodies, keep-alive, h2c, WebSocket, headers, balancing.
 //! - `failures`: upstreams that are down, slow or malformed.
 //! - `front_door`: malformed and hostile requests, sent as raw bytes.
+//! - `hostile`: clients that misbehave must cost nobody else anything and
+//!   must not get past the gate.
 //! - `idle`: parking idle HTTP/1 connections, and what must not be parked.
 //! - `lifecycle`: the binary itself: `check`, and SIGTERM's drain.
 //! - `maintenance`: the gate, through the admin socket.
@@ -22,6 +24,7 @@ mod ctl;
 mod durability;
 mod failures;
 mod front_door;
+mod hostile;
 mod idle;
 mod lifecycle;
 mod maintenance;

@@ -1,0 +1,310 @@
+//! Clients that misbehave, on purpose or not, must cost nobody else
+//! anything and must not get past the gate: aborted uploads and broken
+//! bodies are the client's fault, never an upstream's; an h2c upgrade is
+//! never passed on; a refused upgrade leaves the connection watched; an
+//! upstream's keep-alive race costs no request; the proxy's own answers
+//! keep a client's connection in step with its body.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// No probe runs during these tests after the first: only live traffic
+/// could change an upstream's health.
+const NO_PROBES: &str = "[health]\ninterval = \"1h\"\ntimeout = \"5s\"\n";
+
+/// An upstream that reads every request body to its end before
+/// answering, counting the bodies that broke on the way.
+async fn reader(broken: Arc<AtomicUsize>) -> Upstream {
+    Upstream::start(move |request| {
+        let broken = broken.clone();
+        async move {
+            if request.into_body().collect().await.is_err() {
+                broken.fetch_add(1, Ordering::SeqCst);
+            }
+            text("read")
+        }
+    })
+    .await
+}
+
+async fn healthy(proxy: &Proxy, pool: &str) -> Vec<bool> {
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    doc["pools"][pool]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["healthy"] == true)
+        .collect()
+}
+
+/// Sends a head announcing 1 MiB, 100 KiB of it, and leaves: with a FIN,
+/// or with a reset.
+async fn abandon_upload(addr: std::net::SocketAddr, reset: bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1048576\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&vec![b'x'; 100 * 1024]).await.unwrap();
+    // Give the proxy time to start passing the body on.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    if reset {
+        // A zero linger makes the close a reset; it never blocks.
+        #[allow(deprecated)]
+        stream.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    }
+    drop(stream);
+}
+
+#[tokio::test]
+async fn clients_abandoning_uploads_never_take_the_pool_down() {
+    let broken = Arc::new(AtomicUsize::new(0));
+    let one = reader(broken.clone()).await;
+    let two = reader(broken.clone()).await;
+    let proxy =
+        Proxy::with_config(&config_text(&[one.addr, two.addr], &[one.addr], NO_PROBES)).await;
+    for reset in [false, true, false, true, false, true] {
+        abandon_upload(proxy.addr, reset).await;
+    }
+    // Each abandoned upload reached an upstream and broke there.
+    eventually("every abandoned upload reached an upstream", || {
+        broken.load(Ordering::SeqCst) == 6
+    })
+    .await;
+    until("the aborts were answered as the clients' fault", || async {
+        metric(
+            &proxy,
+            "switchyard_requests_total{pool=\"blue\",class=\"4xx\"}",
+        )
+        .await
+            == 6
+    })
+    .await;
+    assert_eq!(healthy(&proxy, "blue").await, [true, true]);
+    assert_eq!(
+        metric(
+            &proxy,
+            "switchyard_requests_total{pool=\"blue\",class=\"5xx\"}"
+        )
+        .await,
+        0
+    );
+    for _ in 0..4 {
+        assert_eq!(get(&proxy.url("/")).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_body_broken_after_its_first_chunk_is_the_clients_400() {
+    let broken = Arc::new(AtomicUsize::new(0));
+    let upstream = reader(broken.clone()).await;
+    let proxy =
+        Proxy::with_config(&config_text(&[upstream.addr], &[upstream.addr], NO_PROBES)).await;
+    // A malformed second chunk, then a chunk longer than its size line.
+    let shapes: [&[u8]; 2] = [
+        b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n3\r\nlonger than three\r\n0\r\n\r\n",
+    ];
+    for body in shapes {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        // The first chunk alone, so the proxy commits to the upstream.
+        stream.write_all(&body[..10]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stream.write_all(&body[10..]).await.unwrap();
+        let answer = read_to_close(&mut stream).await;
+        assert_eq!(status_of(&answer), 400, "{answer}");
+    }
+    assert_eq!(healthy(&proxy, "blue").await, [true]);
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+}
+
+/// A raw upstream that answers the first request of each connection and
+/// closes the connection when a second one arrives on it: the race of an
+/// upstream's keep-alive timeout with the proxy reusing the connection.
+async fn closes_on_reuse() -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn({
+        let answered = answered.clone();
+        async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let answered = answered.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    // The next request, if any, finds the connection closing.
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        }
+    });
+    (addr, answered, task)
+}
+
+#[tokio::test]
+async fn an_upstream_closing_a_reused_connection_costs_no_request_and_no_health() {
+    let (addr, answered, _task) = closes_on_reuse().await;
+    let proxy = Proxy::with_config(&config_text(&[addr], &[addr], NO_PROBES)).await;
+    for round in 0..5 {
+        let (status, _, body) = get(&proxy.url("/")).await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "GET {round}");
+    }
+    assert!(answered.load(Ordering::SeqCst) >= 5);
+    // A POST with a body cannot be sent twice: it fails, but the upstream
+    // is not blamed for the race.
+    let post = http::Request::post(proxy.url("/"))
+        .body(full("payload"))
+        .unwrap();
+    let _ = send(post).await;
+    assert_eq!(healthy(&proxy, "blue").await, [true]);
+    let (status, _, _) = get(&proxy.url("/")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_never_reaches_the_upstream() {
+    // An upstream that would take the connection over to h2c if asked.
+    let upstream = Upstream::start(|request| async move {
+        if request.headers().contains_key("upgrade") {
+            return http::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "h2c")
+                .body(full(""))
+                .unwrap();
+        }
+        text("plain")
+    })
+    .await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let upgrade = b"GET /health HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    for maintenance in [false, true] {
+        if maintenance {
+            proxy
+                .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+                .await;
+        }
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(upgrade).await.unwrap();
+        let answer = read_answer(&mut stream, "plain").await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+    }
+    for seen in upstream.seen() {
+        assert!(
+            !seen.headers.contains_key("upgrade") && !seen.headers.contains_key("http2-settings"),
+            "the upstream was asked to upgrade: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn after_a_refused_upgrade_the_connection_is_still_checked_for_smuggling() {
+    let upstream = Upstream::named("no upgrade here").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_answer(&mut stream, "no upgrade here").await;
+    assert_eq!(status_of(&first), 200, "{first}");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX")
+        .await
+        .unwrap();
+    let second = read_to_close(&mut stream).await;
+    assert_eq!(status_of(&second), 400, "{second}");
+    assert_eq!(upstream.hits(), 1);
+}
+
+/// Maintenance on, through the admin socket.
+async fn gate_on(proxy: &Proxy) {
+    let (status, _) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_gated_post_sent_in_two_writes_keeps_its_connection() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    gate_on(&proxy).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for round in 0..3 {
+        // As http.client, urllib3 and requests send it: the head, then the body.
+        stream
+            .write_all(b"POST /orders HTTP/1.1\r\nHost: a.example\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stream.write_all(b"{\"item\": 42}\n").await.unwrap();
+        let answer = read_answer(&mut stream, "}").await;
+        assert_eq!(status_of(&answer), 503, "round {round}: {answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "round {round}: {answer}"
+        );
+    }
+    // The body was never read as a request: the next one is answered.
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": false}"#))
+        .await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream, "app").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_gated_upload_too_large_to_discard_is_answered_with_connection_close() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    gate_on(&proxy).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 8388608\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
