@@ -216,8 +216,40 @@ impl Control {
         &self.state
     }
 
+    /// Runs `change` on a task of its own and waits for its outcome.
+    ///
+    /// # Cancel safety
+    ///
+    /// The caller's future may be dropped at any await (an admin client
+    /// that hangs up, a `ctl` killed by its timeout); the change is not.
+    /// Once begun, it is written, applied and audited to the end, so the
+    /// state file and the running state never part.
+    async fn run_to_end<F, T>(&self, change: impl FnOnce(Arc<Control>) -> F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self
+            .me
+            .upgrade()
+            .expect("a Control is only reached through its Arc");
+        match tokio::spawn(change(me)).await {
+            Ok(outcome) => outcome,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+
     /// Turns the gate on or off.
     pub async fn set_maintenance(
+        &self,
+        change: MaintenanceChange,
+        via: Via,
+    ) -> Result<Arc<Snapshot>, ControlError> {
+        self.run_to_end(move |me| async move { me.change_maintenance(change, via).await })
+            .await
+    }
+
+    async fn change_maintenance(
         &self,
         change: MaintenanceChange,
         via: Via,
@@ -275,6 +307,17 @@ impl Control {
         force: bool,
         via: Via,
     ) -> Result<Arc<Snapshot>, ControlError> {
+        let to = to.to_owned();
+        self.run_to_end(move |me| async move { me.switch_now(&to, force, via).await })
+            .await
+    }
+
+    async fn switch_now(
+        &self,
+        to: &str,
+        force: bool,
+        via: Via,
+    ) -> Result<Arc<Snapshot>, ControlError> {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         if !current.pools.contains_key(to) {
@@ -290,6 +333,11 @@ impl Control {
     /// Makes the previous pool live again (and the live one previous),
     /// probing it first unless `force`.
     pub async fn rollback(&self, force: bool, via: Via) -> Result<Arc<Snapshot>, ControlError> {
+        self.run_to_end(move |me| async move { me.rollback_now(force, via).await })
+            .await
+    }
+
+    async fn rollback_now(&self, force: bool, via: Via) -> Result<Arc<Snapshot>, ControlError> {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         let Some(to) = current.decisions.previous_pool.clone() else {
@@ -372,6 +420,11 @@ impl Control {
     /// Re-reads the config file and applies it if it is valid; otherwise
     /// keeps the old one and records the error for the status document.
     pub async fn reload(&self, via: Via) -> Result<Arc<Snapshot>, ControlError> {
+        self.run_to_end(move |me| async move { me.reload_now(via).await })
+            .await
+    }
+
+    async fn reload_now(&self, via: Via) -> Result<Arc<Snapshot>, ControlError> {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         let path = current.config.path.clone();
@@ -445,6 +498,11 @@ impl Control {
     /// probed first, and if none of its upstreams passes, nothing changes
     /// and `auto_rollback_refused` is recorded. `reason` says why.
     pub(crate) async fn auto_rollback(&self, id: u64, reason: String) {
+        self.run_to_end(move |me| async move { me.auto_rollback_now(id, reason).await })
+            .await
+    }
+
+    async fn auto_rollback_now(&self, id: u64, reason: String) {
         let _writer = self.writer.lock().await;
         // A manual switch may have cancelled this watch while it waited.
         let Some(watch) = self.activity().watch.take_if(|w| w.id() == id) else {
@@ -539,9 +597,33 @@ impl Control {
             .with_decisions(decisions.clone())
             .expect("changes only name pools of the config");
         let path = self.state_file.clone();
-        tokio::task::spawn_blocking(move || persist::save(&path, &decisions))
-            .await
-            .expect("saving the state file does not panic")?;
+        let old = current.decisions.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let saved = persist::save(&path, &decisions);
+            // A failure after the rename leaves the new decisions in the
+            // file: put the old ones back, so that file and running state
+            // stay the same, whichever it is.
+            let restored = match &saved {
+                Err(error) if error.replaced_the_file() => Some(persist::save(&path, &old)),
+                _ => None,
+            };
+            (saved, restored)
+        })
+        .await
+        .expect("saving the state file does not panic");
+        match saved {
+            (Ok(()), _) => {}
+            (Err(error), None) => return Err(error.into()),
+            (Err(error), Some(Ok(()))) => return Err(error.into()),
+            (Err(error), Some(Err(restore))) if restore.replaced_the_file() => {
+                return Err(error.into())
+            }
+            (Err(error), Some(Err(restore))) => {
+                // The new decisions are what the file holds and what a
+                // restart would apply: apply them now too, and say so.
+                warn!(%error, restore_error = %restore, "the state file holds the new decisions but may not be durable; applying them");
+            }
+        }
         self.state.store(snapshot);
         Ok(Some(self.state.load_full()))
     }
