@@ -70,6 +70,14 @@ pub enum AdminStartError {
         source: std::io::Error,
     },
     /// The TCP listener could not be bound.
+    /// The socket's directory does not exist.
+    #[error("the directory {} of admin socket {} does not exist; create it (or mount its volume)", dir.display(), path.display())]
+    NoDirectory {
+        /// The socket path.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
     #[error("cannot listen on {addr} (admin): {source}")]
     Bind {
         /// Its address.
@@ -186,7 +194,14 @@ fn bind_socket(path: &Path) -> Result<UnixListener, AdminStartError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
+    // Never created here: a missing directory is a config mistake or a
+    // volume that is not mounted, and either needs a person.
+    if !dir.is_dir() {
+        return Err(AdminStartError::NoDirectory {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
     let name = path
         .file_name()
         .unwrap_or(path.as_os_str())

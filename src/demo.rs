@@ -40,7 +40,9 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
     ];
     let green = [start_app("green", 1, 1).await?];
     let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // `run/` holds the admin socket and the state file.
+    std::fs::create_dir_all(dir.join("run"))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config_path = dir.join("switchyard.toml");
     let config_text = demo_config(listen, &blue, &green);
     std::fs::write(&config_path, config_text)

@@ -58,6 +58,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     listeners: Vec<(Route, TcpListener)>,
     admin: AdminListeners,
+    /// This process's hold on the state file, released when `run` ends.
+    state_lock: persist::StateLock,
 }
 
 impl Server {
@@ -65,6 +67,7 @@ impl Server {
     /// `initial_pool` when there is none) and binds every listener.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let state_file = config.state.file.clone();
+        let state_lock = persist::lock(&state_file)?;
         let decisions = match persist::load(&state_file)? {
             Some(decisions) => {
                 info!(
@@ -77,7 +80,6 @@ impl Server {
                 decisions
             }
             None => {
-                persist::prepare_dir(&state_file)?;
                 info!(
                     file = %state_file.display(),
                     live_pool = %config.state.initial_pool,
@@ -111,6 +113,7 @@ impl Server {
             metrics,
             listeners,
             admin,
+            state_lock,
         })
     }
 
@@ -183,6 +186,7 @@ impl Server {
         } else {
             info!("drained");
         }
+        drop(self.state_lock);
     }
 }
 

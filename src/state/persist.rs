@@ -54,7 +54,40 @@ pub enum PersistError {
         /// The version it records.
         found: u32,
     },
-    /// Writing, syncing or renaming failed; the old file is untouched.
+    /// The path is a symbolic link to nothing: most likely a volume that
+    /// is not mounted. Not a first start.
+    #[error("state file {} is a symbolic link to {}, which does not exist (is its volume mounted?)", path.display(), target.display())]
+    Dangling {
+        /// The state file.
+        path: PathBuf,
+        /// Where the link points.
+        target: PathBuf,
+    },
+    /// The path is a directory, a FIFO, a device or a socket.
+    #[error("state file {} is not a regular file", path.display())]
+    NotAFile {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// The directory the file belongs in is missing: a first start needs
+    /// it to exist, so an unmounted volume is not taken for a new one.
+    #[error("the directory {} of state file {} does not exist; create it (or mount its volume)", dir.display(), path.display())]
+    NoDirectory {
+        /// The state file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// Another process holds the state file.
+    #[error("state file {} is in use by another switchyard process (it holds {}); two processes on one state file would lose each other's decisions", path.display(), lock.display())]
+    Locked {
+        /// The state file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// Writing, syncing or renaming failed; the old file is untouched
+    /// unless only the last step failed (see [`PersistError::replaced_the_file`]).
     #[error("cannot write state file {}: {step}: {source}", path.display())]
     Write {
         /// The state file.
@@ -65,6 +98,18 @@ pub enum PersistError {
         source: std::io::Error,
     },
 }
+
+impl PersistError {
+    /// Whether the failed write had already put its new contents in place
+    /// (only the directory's fsync failed after the rename): the file then
+    /// holds the new decisions, though a crash might still lose them.
+    pub fn replaced_the_file(&self) -> bool {
+        matches!(self, PersistError::Write { step, .. } if *step == FSYNC_DIRECTORY)
+    }
+}
+
+/// The last step of [`save`], after the new file is in place.
+const FSYNC_DIRECTORY: &str = "fsync directory";
 
 /// The file's shape; field names are the status document's.
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,18 +138,48 @@ struct VersionOnly {
     version: u32,
 }
 
-/// Reads the decisions from `path`; `Ok(None)` if the file does not exist.
+/// Reads the decisions from `path`; `Ok(None)` on a first start: nothing
+/// at all at `path`, in a directory that exists. Anything else that is not
+/// a readable state file (a dangling link, a FIFO, a missing directory) is
+/// an error, never a first start.
 pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(PersistError::Read {
+    let read_error = |source| PersistError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = directory(path);
+            return match fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() => Ok(None),
+                _ => Err(PersistError::NoDirectory {
+                    path: path.to_owned(),
+                    dir: dir.to_owned(),
+                }),
+            };
+        }
+        Err(source) => return Err(read_error(source)),
+        Ok(_) => {}
+    }
+    // Whatever a link points to must be there: a link to nothing is an
+    // unmounted volume, not a first start.
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PersistError::Dangling {
                 path: path.to_owned(),
-                source,
+                target: fs::read_link(path).unwrap_or_default(),
             })
         }
+        Err(source) => return Err(read_error(source)),
     };
+    // A FIFO would block startup forever.
+    if !meta.is_file() {
+        return Err(PersistError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let text = fs::read_to_string(path).map_err(read_error)?;
     let corrupt = |reason: String| PersistError::Corrupt {
         path: path.to_owned(),
         reason,
@@ -142,7 +217,8 @@ pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
 
 /// Writes `decisions` to `path` atomically and durably: a temp file in the
 /// same directory, fsync, rename over `path`, fsync of the directory. On
-/// error the old file is left as it was.
+/// error the old file is left as it was, except when only the directory's
+/// fsync failed ([`PersistError::replaced_the_file`]).
 ///
 /// Blocking: call it from `spawn_blocking`.
 pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
@@ -167,20 +243,20 @@ pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
             source,
         }
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .unwrap_or(path.as_os_str())
-        .to_string_lossy();
-    let temp = dir.join(format!(".{name}.tmp"));
+    let dir = directory(path);
+    let temp = dir.join(format!(".{}.tmp", file_name(path)));
     let result = (|| {
+        // A file (or a link planted there) left at the temp path is removed,
+        // and the temp file created anew: never opened through a link.
+        match fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(fail("remove old temp file")(e))
+            }
+            _ => {}
+        }
         let mut out = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&temp)
             .map_err(fail("create temp file"))?;
         out.write_all(&text).map_err(fail("write temp file"))?;
@@ -188,7 +264,7 @@ pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
         fs::rename(&temp, path).map_err(fail("rename temp file"))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(fail("fsync directory"))
+            .map_err(fail(FSYNC_DIRECTORY))
     })();
     if result.is_err() {
         // Best effort: a leftover temp file is harmless but untidy.
@@ -197,18 +273,61 @@ pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
     result
 }
 
-/// Creates the state file's directory if it is missing, so that the first
-/// change can be written.
-pub fn prepare_dir(path: &Path) -> Result<(), PersistError> {
+/// The state file's directory.
+fn directory(path: &Path) -> &Path {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => {
-            fs::create_dir_all(dir).map_err(|source| PersistError::Write {
-                path: path.to_owned(),
-                step: "create directory",
-                source,
-            })
-        }
-        _ => Ok(()),
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+fn file_name(path: &Path) -> std::borrow::Cow<'_, str> {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+}
+
+/// Holds the state file for this process until dropped; see [`lock`].
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Takes the state file for this process, through an advisory lock on a
+/// lock file beside it (`.NAME.lock`; the state file itself is replaced at
+/// every write, so it cannot carry the lock). A second process pointed at
+/// the same file is refused instead of silently losing the first one's
+/// decisions. The lock goes with the process, however it ends.
+pub fn lock(path: &Path) -> Result<StateLock, PersistError> {
+    let dir = directory(path);
+    if !dir.is_dir() {
+        return Err(PersistError::NoDirectory {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    let lock = dir.join(format!(".{}.lock", file_name(path)));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|source| PersistError::Write {
+            path: path.to_owned(),
+            step: "open lock file",
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(StateLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(PersistError::Locked {
+            path: path.to_owned(),
+            lock,
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(PersistError::Write {
+            path: path.to_owned(),
+            step: "lock",
+            source,
+        }),
     }
 }
 

@@ -249,7 +249,9 @@ impl TempDir {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
-        std::fs::create_dir_all(&dir).unwrap();
+        // `run/`, for the admin socket and state file: serving never
+        // creates a missing directory.
+        std::fs::create_dir_all(dir.join("run")).unwrap();
         TempDir(dir)
     }
 
@@ -258,7 +260,6 @@ impl TempDir {
     pub fn with_config(text: &str) -> TempDir {
         let dir = TempDir::new();
         dir.write("switchyard.toml", text);
-        std::fs::create_dir_all(dir.path().join("run")).unwrap();
         dir
     }
 
