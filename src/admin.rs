@@ -35,16 +35,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Admin as AdminConfig;
 use crate::control::Via;
 use api::AdminError;
-use auth::{Token, TokenError};
 pub use routes::Router;
 
 /// How long an admin client has to send a request head.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections the TCP admin listener keeps open at once; more
+/// are closed as they arrive. Operators and pipelines need a handful.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +73,6 @@ pub enum AdminStartError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The TCP listener could not be bound.
     /// The socket's directory does not exist.
     #[error("the directory {} of admin socket {} does not exist; create it (or mount its volume)", dir.display(), path.display())]
     NoDirectory {
@@ -78,6 +81,7 @@ pub enum AdminStartError {
         /// Its directory.
         dir: PathBuf,
     },
+    /// The TCP listener could not be bound.
     #[error("cannot listen on {addr} (admin): {source}")]
     Bind {
         /// Its address.
@@ -85,9 +89,6 @@ pub enum AdminStartError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The token could not be read.
-    #[error(transparent)]
-    Token(#[from] TokenError),
 }
 
 /// The admin API's bound listeners.
@@ -95,23 +96,22 @@ pub enum AdminStartError {
 pub struct AdminListeners {
     socket_path: PathBuf,
     socket: UnixListener,
-    tcp: Option<(TcpListener, Token)>,
+    tcp: Option<TcpListener>,
 }
 
 impl AdminListeners {
     /// Binds the unix socket and, if configured, the TCP listener.
     pub async fn bind(config: &AdminConfig) -> Result<AdminListeners, AdminStartError> {
         let socket = bind_socket(&config.socket)?;
-        let tcp = match (config.bind, &config.token_file) {
-            (Some(addr), Some(token_file)) => {
-                let token = Token::load(token_file)?;
-                let listener = TcpListener::bind(addr)
+        // Validation requires a token with `bind`; each request is checked
+        // against the token of the config in force when it arrives.
+        let tcp = match config.bind {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
                     .await
-                    .map_err(|source| AdminStartError::Bind { addr, source })?;
-                Some((listener, token))
-            }
-            // Validation requires token_file with bind.
-            _ => None,
+                    .map_err(|source| AdminStartError::Bind { addr, source })?,
+            ),
+            None => None,
         };
         Ok(AdminListeners {
             socket_path: config.socket.clone(),
@@ -127,7 +127,7 @@ impl AdminListeners {
 
     /// The TCP listener's address, if there is one.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves admin calls until dropped (the accept loops end when the
@@ -135,11 +135,11 @@ impl AdminListeners {
     pub fn serve(self, router: Router) -> AdminServing {
         info!(socket = %self.socket_path.display(), "admin API listening");
         let mut tasks = vec![tokio::spawn(accept_socket(self.socket, router.clone()))];
-        if let Some((listener, token)) = self.tcp {
+        if let Some(listener) = self.tcp {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API listening on TCP (bearer token required)");
             }
-            tasks.push(tokio::spawn(accept_tcp(listener, token, router)));
+            tasks.push(tokio::spawn(accept_tcp(listener, router)));
         }
         AdminServing {
             tasks,
@@ -223,7 +223,7 @@ async fn accept_socket(listener: UnixListener, router: Router) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let uid = stream.peer_cred().ok().map(|cred| cred.uid());
-                tokio::spawn(serve(stream, router.clone(), Via::Socket(uid), None));
+                tokio::spawn(serve(stream, router.clone(), Via::Socket(uid), false));
             }
             Err(error) => {
                 warn!(%error, "admin socket accept failed");
@@ -233,16 +233,26 @@ async fn accept_socket(listener: UnixListener, router: Router) {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, token: Token, router: Router) {
-    let token = Arc::new(token);
+async fn accept_tcp(listener: TcpListener, router: Router) {
+    // Each connection holds a permit: past the cap, a new one is closed at
+    // once, so strangers cannot hold more than a few descriptors and tasks.
+    let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    debug!(client.addr = %peer, "admin connection refused: too many open");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("admin", client.addr = %peer);
+                let router = router.clone();
                 tokio::spawn(
-                    serve(stream, router.clone(), Via::Tcp(peer), Some(token.clone()))
-                        .instrument(span),
+                    async move {
+                        serve(stream, router, Via::Tcp(peer), true).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
                 );
             }
             Err(error) => {
@@ -253,26 +263,24 @@ async fn accept_tcp(listener: TcpListener, token: Token, router: Router) {
     }
 }
 
-/// Serves one admin connection; with a `token`, every request must carry it.
-async fn serve<S>(stream: S, router: Router, via: Via, token: Option<Arc<Token>>)
+async fn serve<S>(stream: S, router: Router, via: Via, needs_token: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
-        let token = token.clone();
         async move {
-            if let Some(token) = token {
-                if !token.admits(request.headers()) {
-                    debug!(%via, "admin call without a valid token");
-                    let error = AdminError::Unauthorized;
-                    let mut response = routes::error_response(&error);
-                    response.headers_mut().insert(
-                        http::header::WWW_AUTHENTICATE,
-                        http::HeaderValue::from_static("Bearer"),
-                    );
-                    return Ok::<_, Infallible>(response);
-                }
+            // The token of the config in force now: a reload after
+            // rotating it takes effect for the next request.
+            if needs_token && !router.admits(request.headers()) {
+                info!(target: "audit", %via, method = %request.method(), path = %request.uri().path(), "admin call refused: no valid bearer token");
+                let error = AdminError::Unauthorized;
+                let mut response = routes::error_response(&error);
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return Ok::<_, Infallible>(response);
             }
             Ok(router.handle(request, via).await)
         }

@@ -34,6 +34,10 @@ pub const DEFAULT_INITIAL_POOL: &str = "blue";
 pub const DEFAULT_MAINTENANCE_MESSAGE: &str = "Service is undergoing maintenance";
 /// Default `Retry-After` of the maintenance answer.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+
+/// The longest `Retry-After` the gate sends: a week. Longer is surely a
+/// typo (`1000000000y`), and no client waits that long anyway.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default paths that pass the maintenance gate.
 pub const DEFAULT_ALLOW_PATHS: &[&str] = &["/health", "/status"];
 /// Default health probe path.
@@ -131,6 +135,33 @@ pub struct Admin {
     pub bind: Option<SocketAddr>,
     /// File holding the bearer token of the TCP listener.
     pub token_file: Option<PathBuf>,
+    /// The token `token_file` held when the config was loaded: a reload
+    /// after rotating it takes the new one at once.
+    pub token: Option<BearerToken>,
+}
+
+/// A bearer token, kept out of logs and debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(Vec<u8>);
+
+impl BearerToken {
+    /// The token read from a file's text, surrounding white space trimmed
+    /// (a trailing newline does not count); `None` if nothing is left.
+    pub fn from_file_text(text: &str) -> Option<BearerToken> {
+        let token = text.trim();
+        (!token.is_empty()).then(|| BearerToken(token.as_bytes().to_vec()))
+    }
+
+    /// The token's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
 }
 
 /// Durable state.

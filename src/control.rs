@@ -81,6 +81,10 @@ pub enum ControlError {
     /// The state file could not be written.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// `generation` is at its largest value and cannot count one more
+    /// change (only a hand-edited state file gets there).
+    #[error("generation is at its maximum ({}); no further change can be counted: reset it in the state file while switchyard is stopped", u64::MAX)]
+    GenerationExhausted,
     /// The config file is invalid; every problem as `PATH:LINE:COL: message`.
     #[error("invalid config: {}", .0.join("; "))]
     InvalidConfig(Vec<String>),
@@ -292,7 +296,8 @@ impl Control {
             change = "maintenance",
             from = on_off(old.enabled),
             to = on_off(m.enabled),
-            message = %m.message(config),
+            // Debug-quoted: a newline in a message must not forge a line.
+            message = ?m.message(config),
             retry_after_s = m.retry_after(config).as_secs(),
             generation = committed.decisions.generation,
             "maintenance {}", on_off(m.enabled)
@@ -592,7 +597,10 @@ impl Control {
         if decisions == current.decisions {
             return Ok(None);
         }
-        decisions.generation += 1;
+        decisions.generation = decisions
+            .generation
+            .checked_add(1)
+            .ok_or(ControlError::GenerationExhausted)?;
         let snapshot = current
             .with_decisions(decisions.clone())
             .expect("changes only name pools of the config");
@@ -644,9 +652,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admin.bind != new.admin.bind {
         keys.push("admin.bind");
-    }
-    if old.admin.token_file != new.admin.token_file {
-        keys.push("admin.token_file");
     }
     if old.state.file != new.state.file {
         keys.push("state.file");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use crate::config::MAX_RETRY_AFTER;
 use crate::control::{Control, ControlError};
 use crate::state::persist::rfc3339;
 use crate::state::Snapshot;
@@ -35,11 +36,18 @@ impl MaintenanceRequest {
         let Some(text) = &self.retry_after else {
             return Ok(None);
         };
-        humantime::parse_duration(text).map(Some).map_err(|e| {
+        let retry_after = humantime::parse_duration(text).map_err(|e| {
             AdminError::BadRequest(format!(
                 "retry_after: `{text}` is not a duration ({e}); write it like \"30s\" or \"10m\""
             ))
-        })
+        })?;
+        if retry_after > MAX_RETRY_AFTER {
+            return Err(AdminError::BadRequest(format!(
+                "retry_after: `{text}` is longer than the most allowed, {}",
+                humantime::format_duration(MAX_RETRY_AFTER)
+            )));
+        }
+        Ok(Some(retry_after))
     }
 }
 
@@ -325,9 +333,9 @@ impl AdminError {
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => StatusCode::NOT_FOUND,
-                ControlError::PoolUnhealthy { .. } | ControlError::NoPreviousPool(_) => {
-                    StatusCode::CONFLICT
-                }
+                ControlError::PoolUnhealthy { .. }
+                | ControlError::NoPreviousPool(_)
+                | ControlError::GenerationExhausted => StatusCode::CONFLICT,
                 ControlError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },
@@ -346,6 +354,7 @@ impl AdminError {
                 ControlError::UnknownPool(_) => "unknown_pool",
                 ControlError::PoolUnhealthy { .. } => "pool_unhealthy",
                 ControlError::NoPreviousPool(_) => "no_previous_pool",
+                ControlError::GenerationExhausted => "generation_exhausted",
                 ControlError::Persist(_) => "state_not_saved",
                 ControlError::InvalidConfig(_) => "invalid_config",
             },

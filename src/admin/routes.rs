@@ -8,7 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::api::{
     AdminError, MaintenanceRequest, RollbackRequest, ServiceContext, StatusDocument, SwitchRequest,
@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 
 /// The largest request body an admin call accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long an admin call's body may take to arrive in full.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics text).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -38,6 +41,18 @@ impl Router {
         Router { control, metrics }
     }
 
+    /// Whether `headers` carry the bearer token of the config in force.
+    /// Without one (a reload removed it), nothing is admitted.
+    pub fn admits(&self, headers: &http::HeaderMap) -> bool {
+        let snapshot = self.control.state().load();
+        snapshot
+            .config
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|token| super::auth::admits(token, headers))
+    }
+
     /// Answers one admin request that arrived `via` a listener.
     pub async fn handle<B>(&self, request: Request<B>, via: Via) -> AdminResponse
     where
@@ -50,7 +65,10 @@ impl Router {
             Ok(response) => response,
             Err(error) => {
                 if error.status().is_server_error() {
-                    warn!(%error, %method, %path, %via, "admin call failed");
+                    warn!(target: "audit", %error, %method, %path, %via, "admin call failed");
+                } else if method != Method::GET {
+                    // A refused change is part of the record, like a made one.
+                    info!(target: "audit", %error, %method, %path, %via, "admin call refused");
                 } else {
                     debug!(%error, %method, %path, %via, "admin call refused");
                 }
@@ -207,7 +225,13 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    let Ok(read) = read.await else {
+        return Err(AdminError::BadRequest(format!(
+            "the request body did not arrive within {BODY_TIMEOUT:?}"
+        )));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(AdminError::TooLarge(MAX_BODY_BYTES))
@@ -224,10 +248,18 @@ fn required<T: DeserializeOwned>(body: Bytes) -> Result<T, AdminError> {
         .ok_or_else(|| AdminError::BadRequest("a JSON request body is required".to_owned()))
 }
 
-/// Parses a JSON body that may be empty.
+/// Parses a JSON body that may be empty. Only an object is a body: serde
+/// would take `[true]` for `{"enabled": true}`, and a caller that sent an
+/// array meant something else.
 fn optional<T: DeserializeOwned>(body: Bytes) -> Result<Option<T>, AdminError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start else {
         return Ok(None);
+    };
+    if body[start] != b'{' {
+        return Err(AdminError::BadRequest(
+            "invalid JSON body: expected an object, like {\"enabled\": true}".to_owned(),
+        ));
     }
     serde_json::from_slice(&body)
         .map(Some)

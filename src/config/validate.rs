@@ -393,17 +393,22 @@ impl Validator<'_> {
         let token_file = section
             .and_then(|s| s.token_file.as_ref())
             .map(|t| (t.span(), self.path("admin.token_file", t)));
+        let mut token = None;
         match (&bind, &token_file) {
             (Some((span, _)), None) => self.problem(
                 Some(span.clone()),
                 "admin.bind: a TCP admin listener needs admin.token_file (the bearer token clients must send)",
             ),
             (_, Some((span, file))) => match std::fs::read_to_string(file) {
-                Ok(token) if token.trim().is_empty() => self.problem(
-                    Some(span.clone()),
-                    format!("admin.token_file: {} is empty", file.display()),
-                ),
-                Ok(_) => {}
+                Ok(text) => {
+                    token = BearerToken::from_file_text(&text);
+                    if token.is_none() {
+                        self.problem(
+                            Some(span.clone()),
+                            format!("admin.token_file: {} is empty", file.display()),
+                        );
+                    }
+                }
                 Err(e) => self.problem(
                     Some(span.clone()),
                     format!("admin.token_file: cannot read {}: {e}", file.display()),
@@ -415,6 +420,7 @@ impl Validator<'_> {
             socket,
             bind: bind.map(|(_, addr)| addr),
             token_file: token_file.map(|(_, file)| file),
+            token,
         }
     }
 
@@ -534,7 +540,19 @@ impl Validator<'_> {
             .map(|m| m.get_ref().clone())
             .unwrap_or_else(|| DEFAULT_MAINTENANCE_MESSAGE.to_owned());
         let retry_after = match section.and_then(|s| s.retry_after.as_ref()) {
-            Some(d) => self.duration("maintenance.retry_after", d, Duration::ZERO),
+            Some(d) => {
+                let retry_after = self.duration("maintenance.retry_after", d, Duration::ZERO);
+                if retry_after > MAX_RETRY_AFTER {
+                    self.problem(
+                        Some(d.span()),
+                        format!(
+                            "maintenance.retry_after: must be at most {}",
+                            humantime::format_duration(MAX_RETRY_AFTER)
+                        ),
+                    );
+                }
+                retry_after
+            }
             None => DEFAULT_RETRY_AFTER,
         };
         let allow_paths = match section.and_then(|s| s.allow_paths.as_ref()) {

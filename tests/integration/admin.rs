@@ -215,3 +215,97 @@ async fn metrics_count_requests_and_decisions() {
         assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
     }
 }
+
+/// A proxy with the TCP admin listener, its token in `admin.token`.
+async fn with_tcp_admin(token: &str) -> (Proxy, std::net::SocketAddr, Upstream) {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write("admin.token", token);
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let addr = proxy.admin_tcp.expect("the TCP admin listener is bound");
+    (proxy, addr, blue)
+}
+
+/// `GET /v1/status` over TCP with `token`: the status code.
+async fn tcp_status(addr: std::net::SocketAddr, token: &str) -> u16 {
+    let request = Request::get("/v1/status")
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(""))
+        .unwrap();
+    exchange(TcpStream::connect(addr).await.unwrap(), request)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn a_rotated_token_takes_effect_at_the_next_reload() {
+    let (proxy, addr, _blue) = with_tcp_admin("first-token\n").await;
+    assert_eq!(tcp_status(addr, "first-token").await, 200);
+    std::fs::write(proxy.dir().join("admin.token"), "second-token\n").unwrap();
+    let (status, _) = proxy.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(tcp_status(addr, "first-token").await, 401);
+    assert_eq!(tcp_status(addr, "second-token").await, 200);
+}
+
+#[tokio::test]
+async fn strangers_cannot_hold_more_than_a_few_admin_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, addr, _blue) = with_tcp_admin("the-token\n").await;
+    let mut strangers = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // Half a head, never finished.
+        stream
+            .write_all(b"GET /v1/status HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        strangers.push(stream);
+    }
+    // Those past the cap are closed at once.
+    let mut closed = 0;
+    for stream in &mut strangers {
+        let mut buf = [0u8; 64];
+        // Closed with the half head unread: an end of stream or a reset.
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(50), stream.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 100 - switchyard::admin::MAX_TCP_CONNECTIONS,
+        "only {closed} closed"
+    );
+    // The data plane and the unix socket carry on.
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+    assert_eq!(proxy.admin("GET", "/v1/status", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn only_a_json_object_is_a_request_body_and_retry_after_is_bounded() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    for body in ["[true]", "true", "\"on\"", "[\"green\"]"] {
+        for (method, path) in [("PUT", "/v1/maintenance"), ("POST", "/v1/switch")] {
+            let (status, doc) = proxy.admin(method, path, Some(body)).await;
+            assert_eq!(status, 400, "{method} {path} {body}: {doc}");
+            assert_eq!(doc["error"]["code"], "bad_request");
+        }
+    }
+    let huge = r#"{"enabled": true, "retry_after": "1000000000y"}"#;
+    let (status, doc) = proxy.admin("PUT", "/v1/maintenance", Some(huge)).await;
+    assert_eq!(status, 400, "{doc}");
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], false);
+    assert_eq!(doc["generation"], 0);
+}

@@ -128,6 +128,12 @@ async fn ctl_refusals_exit_1_with_one_actionable_line() {
     let (code, _, err) = ctl(&["--admin", &admin, "rollback"], &[]).await;
     assert_eq!(code, 1);
     assert!(err.contains("no_previous_pool"), "{err}");
+    // Refusals are in the audit record at the default level, as changes are.
+    eventually("refusals reach the audit log", || {
+        served.logged(&["audit", "admin call refused", "purple"])
+            && served.logged(&["audit", "admin call refused", "no healthy upstream"])
+    })
+    .await;
 
     std::fs::write(&served.config, "[pools.blue]\nupstreams = 7\n").unwrap();
     let (code, _, err) = ctl(&["--admin", &admin, "reload"], &[]).await;
