@@ -62,6 +62,7 @@ mod gate;
 pub mod headers;
 mod keepalive;
 mod park;
+mod path;
 mod sniff;
 mod unread;
 
@@ -629,10 +630,10 @@ async fn tick(ticks: Option<&mut tokio::time::Interval>) {
 impl Proxy {
     /// Answers one request: the upstream's response, or the proxy's own
     /// answer to whatever went wrong (logged once, here).
-    async fn handle(&self, request: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>, conn: &Conn) -> Response<Body> {
         let started = Instant::now();
         let version = request.version();
-        let response = match self.route(&request, conn) {
+        let response = match self.route(&mut request, conn) {
             Ok(Routing::Answered(response)) if http_body::Body::is_end_stream(request.body()) => {
                 response
             }
@@ -704,13 +705,21 @@ impl Proxy {
     /// Checks the request's head and decides, from the one state load of
     /// this request, whether the proxy answers it itself (redirect to
     /// HTTPS, maintenance gate) or which pool it goes to.
-    fn route(&self, request: &Request<Incoming>, conn: &Conn) -> Result<Routing, ProxyError> {
+    ///
+    /// The path is normalized first (see [`path`]), and the request goes on
+    /// with the path the gate read.
+    fn route(&self, request: &mut Request<Incoming>, conn: &Conn) -> Result<Routing, ProxyError> {
         let target = frontdoor::check(
             request.method(),
             request.uri(),
             request.version(),
             request.headers(),
         )?;
+        if let Some(normalized) =
+            path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?
+        {
+            *request.uri_mut() = with_path(request.uri(), &normalized)?;
+        }
         // The gate, the pool and the timeouts all come from
         // this snapshot.
         let snapshot = self.state.load();
@@ -860,6 +869,21 @@ impl Proxy {
         headers::prepare_response(&mut parts.headers, true);
         Response::from_parts(parts, Body::empty())
     }
+}
+
+/// `uri` with its path replaced by `path` (its query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = http::uri::Parts::from(uri.clone());
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+    );
+    http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
 /// Where a request goes, decided by [`Proxy::route`].

@@ -14,6 +14,7 @@ use http::{HeaderMap, Response, StatusCode};
 use ipnet::IpNet;
 
 use super::body::Body;
+use super::path::contains_ignore_case;
 use crate::config::Maintenance;
 use crate::state::MaintenanceState;
 
@@ -86,8 +87,11 @@ impl Gate {
 /// Whether `path` is `prefix` or below it, by whole segments: `/health`
 /// covers `/health`, `/health/` and `/health/db`, not `/healthz`.
 ///
-/// A path with dot segments or encoded dots and slashes never matches:
-/// `/health/../admin` must not pass as a health check.
+/// `path` has been normalized (see `proxy::path`): no dot segments, no
+/// encoded dots. One with an encoded slash never matches: some servers
+/// decode it before routing (`/health/x%2F..%2F..%2Fadmin`), some do not.
+/// Dot segments are checked once more all the same: this is the one place
+/// a wrong answer lets a request through.
 fn path_is_under(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     let Some(rest) = path.strip_prefix(prefix) else {
@@ -101,13 +105,6 @@ fn path_is_under(path: &str, prefix: &str) -> bool {
         .any(|segment| segment == "." || segment == "..")
         && !contains_ignore_case(path, "%2e")
         && !contains_ignore_case(path, "%2f")
-}
-
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Whether `accept` ranks `text/html` above `application/json`. A media
@@ -205,5 +202,7 @@ mod tests {
         assert!(!path_is_under("/", "/health"));
         assert!(!path_is_under("/health/../admin", "/health"));
         assert!(!path_is_under("/health/%2e%2e/admin", "/health"));
+        assert!(!path_is_under("/health/x%2F..%2F..%2Fadmin", "/health"));
+        assert!(!path_is_under("/health;v=1", "/health"));
     }
 }

@@ -308,3 +308,38 @@ async fn a_gated_upload_too_large_to_discard_is_answered_with_connection_close()
     );
     assert_eq!(upstream.hits(), 0);
 }
+
+#[tokio::test]
+async fn allow_paths_cannot_be_walked_out_of() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    gate_on(&proxy).await;
+    for target in [
+        "/health/..;/secret",
+        "/health/.;x/../secret",
+        "/health/..%5csecret",
+        "/health/..\\secret",
+        "/health/%2e%2e/secret",
+        "/health/%2E%2e;/secret",
+        "/health/x%2F..%2F..%2Fsecret",
+        "/health;x/../secret",
+        "/health/./../secret",
+        "/status/%2e./secret",
+        "/health%00/../secret",
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let answer = raw(proxy.addr, request.as_bytes()).await;
+        let status = status_of(&answer);
+        assert!(status == 400 || status == 503, "{target}: {answer}");
+    }
+    assert_eq!(upstream.hits(), 0, "reached the app: {:?}", upstream.seen());
+    // What the gate lets through, the app reads the same way.
+    let answer = raw(
+        proxy.addr,
+        b"GET /health/./db/../live?x=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(upstream.seen()[0].target, "/health/live?x=1");
+}
