@@ -775,6 +775,8 @@ impl Proxy {
         } = forward;
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
+        // Kept for a tunnel, which the gate keeps judging by it.
+        let upgrade_path = target.upgrade.then(|| parts.uri.path().to_owned());
         let mut headers = parts.headers;
         headers::prepare_request(
             &mut headers,
@@ -802,7 +804,15 @@ impl Proxy {
         let answer = forward::send(pool, head, body, timeouts).await?;
         if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match client_upgrade {
-                Some(client_upgrade) => Ok(self.tunnel(answer, client_upgrade, pool, *route)),
+                Some(client_upgrade) => {
+                    let origin = TunnelOrigin {
+                        pool: pool.name.clone(),
+                        route: *route,
+                        path: upgrade_path.unwrap_or_default(),
+                        client: conn.peer.ip(),
+                    };
+                    Ok(self.tunnel(answer, client_upgrade, origin))
+                }
                 None => Err(ProxyError::BadUpstreamResponse {
                     upstream: answer.in_flight.upstream().authority.clone(),
                     reason: "101 Switching Protocols to a request that asked for no upgrade"
@@ -822,14 +832,14 @@ impl Proxy {
 
     /// Passes the upstream's `101` to the client and, once both sides have
     /// switched, copies bytes both ways until either closes, the server
-    /// stops, or (for the public listener) `timeouts.drain` has passed since
-    /// the tunnel's pool stopped being live.
+    /// stops, or `timeouts.drain` has passed since the tunnel stopped being
+    /// wanted: its pool is no longer the one its listener routes to, or the
+    /// gate is on and would not let its request through.
     fn tunnel(
         &self,
         answer: Answer,
         client_upgrade: OnUpgrade,
-        pool: &Pool,
-        route: Route,
+        origin: TunnelOrigin,
     ) -> Response<Body> {
         let Answer {
             mut response,
@@ -838,7 +848,7 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let tracked = self.lifecycle.track();
         let mut phase = self.lifecycle.watch();
-        let retired = retired(self.state.clone(), pool.name.clone(), route);
+        let retired = retired(self.state.clone(), origin);
         tokio::spawn(
             async move {
                 // Both guards live as long as the tunnel.
@@ -860,7 +870,7 @@ impl Proxy {
                     },
                     // Dropping both ends closes them.
                     _ = phase.wait_for(|p| *p == Phase::Closing) => debug!("tunnel closed at shutdown"),
-                    () = retired => info!("tunnel closed: its pool is no longer live and the drain budget is spent"),
+                    () = retired => info!("tunnel closed: its pool is no longer live, or maintenance is on, and the drain budget is spent"),
                 }
             }
             .in_current_span(),
@@ -901,18 +911,45 @@ struct Forward {
     timeouts: Timeouts,
 }
 
-/// Resolves once `pool` has not been live for `timeouts.drain` in a row:
-/// the end of a tunnel to a pool that was switched away from. A switch back
-/// within the budget lets the tunnel live on. Tunnels of the preview
-/// listener are to the pool that is not live by design, and never retire.
-async fn retired(state: Arc<SharedState>, pool: String, route: Route) {
-    if route == Route::Preview {
-        return std::future::pending().await;
+/// What a tunnel was opened for: enough to tell, at every later change,
+/// whether it would still be let through.
+struct TunnelOrigin {
+    pool: String,
+    route: Route,
+    path: String,
+    client: std::net::IpAddr,
+}
+
+impl TunnelOrigin {
+    /// Whether `state` would still send this tunnel's request where it
+    /// went: its pool is still the one its listener routes to, and the
+    /// gate (if on) still admits it. Preview tunnels go to the pool that
+    /// is not live by design.
+    fn still_wanted(&self, state: &SharedState) -> bool {
+        let snapshot = state.load();
+        let preview = snapshot.config.preview.as_ref();
+        let routed_here = match self.route {
+            Route::Live => snapshot.decisions.live_pool == self.pool,
+            Route::Preview => true,
+        };
+        let bypass = self.route == Route::Preview && preview.is_some_and(|p| p.bypass_maintenance);
+        let gated = !bypass
+            && snapshot
+                .gate
+                .as_ref()
+                .is_some_and(|gate| !gate.admits(&self.path, self.client));
+        routed_here && !gated
     }
+}
+
+/// Resolves once the tunnel of `origin` has not been wanted (see
+/// [`TunnelOrigin::still_wanted`]) for `timeouts.drain` in a row: after a
+/// switch away from its pool, or once the gate is on. A change back within
+/// the budget lets the tunnel live on.
+async fn retired(state: Arc<SharedState>, origin: TunnelOrigin) {
     let mut changes = state.subscribe();
-    let is_live = |state: &SharedState| state.load().decisions.live_pool == pool;
     loop {
-        while is_live(&state) {
+        while origin.still_wanted(&state) {
             if changes.changed().await.is_err() {
                 return std::future::pending().await;
             }
@@ -925,7 +962,7 @@ async fn retired(state: Arc<SharedState>, pool: String, route: Route) {
                     if changed.is_err() {
                         return std::future::pending().await;
                     }
-                    if is_live(&state) {
+                    if origin.still_wanted(&state) {
                         break;
                     }
                 }

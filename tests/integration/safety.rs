@@ -214,6 +214,39 @@ async fn a_websocket_on_the_old_pool_lives_until_the_drain_budget_then_closes() 
 }
 
 #[tokio::test]
+async fn turning_the_gate_on_closes_tunnels_after_the_drain_budget() {
+    let blue = Upstream::websocket_echo().await;
+    let extra = "[timeouts]\ndrain = \"1s\"\n";
+    let proxy = Proxy::with_config(&config_text(&[blue.addr], &[blue.addr], extra)).await;
+    let (mut socket, head) = open_websocket(proxy.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(websocket_echoes(&mut socket).await);
+
+    let (code, _) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(code, 200);
+    let gated = Instant::now();
+    assert!(
+        websocket_echoes(&mut socket).await,
+        "the tunnel closed at once, not after the drain budget"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while websocket_echoes(&mut socket).await {
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel kept carrying traffic to the app during maintenance"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gated.elapsed() >= Duration::from_millis(900));
+    until("the tunnel count is back to 0", || async {
+        status(&proxy).await["pools"]["blue"]["tunnels"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_switch_back_within_the_budget_spares_the_tunnel() {
     let blue = Upstream::websocket_echo().await;
     let green = Upstream::named("green").await;
