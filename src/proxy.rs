@@ -108,6 +108,9 @@ use sniff::{Protocol, SniffError};
 /// descriptors (or memory), so that finishing connections can free some.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The answer to plain HTTP sent to a TLS listener.
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 96\r\n\r\n{\"error\": {\"code\": \"bad_request\", \"message\": \"plain HTTP was sent to a port that speaks HTTPS\"}}";
+
 /// Why a request with both `Content-Length` and `Transfer-Encoding` is refused.
 const AMBIGUOUS_LENGTH: &str =
     "both Content-Length and Transfer-Encoding: the body length is ambiguous";
@@ -281,6 +284,28 @@ async fn serve_tls(
 ) {
     let header_timeout = limits.0;
     let deadline = Instant::now() + header_timeout;
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
+        _ = phase.wait_for(|p| *p != Phase::Serving) => return,
+    };
+    match peeked {
+        Ok(Ok(1..)) if first[0].is_ascii_uppercase() => {
+            // A request line where a TLS handshake was due: say so in
+            // HTTP, as nginx does, rather than close without a word.
+            debug!("plain HTTP on a TLS listener; answering 400");
+            let mut stream = stream;
+            let _ = stream.write_all(PLAIN_HTTP_ON_TLS).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Ok(Ok(1..)) => {}
+        Ok(Ok(_)) | Ok(Err(_)) => return,
+        Err(_) => {
+            debug!(timeout = ?header_timeout, "no TLS handshake in time; closing");
+            return;
+        }
+    }
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let accepted = tokio::select! {
         accepted = tokio::time::timeout_at(deadline, accept) => accepted,

@@ -41,6 +41,14 @@ pub fn check(
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     let host = match host {
+        // `user@host` parses as an authority, but a Host has no userinfo
+        // (RFC 9110 §7.2): a server that reads the part after `@` and one
+        // that reads the whole disagree on where the request goes.
+        Some(value) if value.as_bytes().contains(&b'@') => {
+            return Err(ProxyError::BadRequest(
+                "invalid Host header: userinfo is not allowed",
+            ))
+        }
         Some(value) => Some(
             value
                 .to_str()
@@ -50,6 +58,11 @@ pub fn check(
         ),
         None => None,
     };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ProxyError::BadRequest(
+            "invalid request target: userinfo is not allowed",
+        ));
+    }
     let authority = match (host, uri.authority()) {
         (Some(host), Some(target)) => {
             // An absolute-form target (HTTP/1) or `:authority` (HTTP/2)
@@ -165,6 +178,8 @@ mod tests {
         assert!(check_h1("GET", "/", &[]).is_err());
         assert!(check_h1("GET", "/", &["a.example", "b.example"]).is_err());
         assert!(check_h1("GET", "http://b.example/", &["a.example"]).is_err());
+        assert!(check_h1("GET", "/", &["user@a.example"]).is_err());
+        assert!(check_h1("GET", "http://user@a.example/", &["user@a.example"]).is_err());
     }
 
     fn upgrade_of(pairs: &[(&str, &str)]) -> bool {

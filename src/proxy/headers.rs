@@ -122,6 +122,8 @@ pub fn prepare_request(
     strip_hop_by_hop(headers, upgrade);
     // The proxy answers `100-continue` itself when it reads the body.
     headers.remove(EXPECT);
+    strip_rewrites(headers);
+    canonical_content_length(headers);
     if !headers.contains_key(HOST) {
         if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(HOST, value);
@@ -135,6 +137,52 @@ pub fn prepare_request(
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Headers with which a client could make the application read another
+/// URL or method than the one the gate judged: IIS's and Symfony's
+/// `X-Original-URL` and `X-Rewrite-URL`, and `X-HTTP-Method-Override`.
+/// Only a proxy in front may set them, and switchyard sets none.
+static REWRITES: [HeaderName; 3] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+];
+
+/// Removes [`REWRITES`] from a client's request.
+fn strip_rewrites(headers: &mut HeaderMap) {
+    // One pass over the names: most requests carry none of them.
+    if headers
+        .keys()
+        .any(|name| REWRITES.iter().any(|r| r == name))
+    {
+        for name in &REWRITES {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Rewrites `Content-Length: 0005` as `5`, so that the upstream reads the
+/// length hyper read. (hyper has refused anything but digits, and two
+/// different values.)
+fn canonical_content_length(headers: &mut HeaderMap) {
+    let Some(value) = headers.get(CONTENT_LENGTH) else {
+        return;
+    };
+    let bytes = value.as_bytes();
+    if (bytes.len() > 1 && bytes[0] == b'0') || bytes.iter().any(|b| !b.is_ascii_digit()) {
+        let length = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match length {
+            Some(length) => {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            None => {
+                headers.remove(CONTENT_LENGTH);
+            }
         }
     }
 }
@@ -233,6 +281,29 @@ mod tests {
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "app.example");
         assert!(!headers.contains_key("expect"));
+    }
+
+    #[test]
+    fn rewrite_headers_go_and_lengths_are_canonical() {
+        let mut headers = map(&[
+            ("x-original-url", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("content-length", "0005"),
+            ("x-kept", "yes"),
+        ]);
+        prepare_request(
+            &mut headers,
+            None,
+            &forwarded_for("127.0.0.1".parse().unwrap()),
+            "http",
+            false,
+        );
+        assert!(!headers.contains_key("x-original-url"));
+        assert!(!headers.contains_key("x-rewrite-url"));
+        assert!(!headers.contains_key("x-http-method-override"));
+        assert_eq!(headers["content-length"], "5");
+        assert_eq!(headers["x-kept"], "yes");
     }
 
     #[test]

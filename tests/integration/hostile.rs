@@ -343,3 +343,40 @@ async fn allow_paths_cannot_be_walked_out_of() {
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert_eq!(upstream.seen()[0].target, "/health/live?x=1");
 }
+
+#[tokio::test]
+async fn odd_heads_are_normalized_or_refused_before_the_upstream() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    // A Host with userinfo: servers disagree on which host it names.
+    let answer = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert_eq!(upstream.hits(), 0);
+
+    // A length with leading zeros goes on as the length hyper read.
+    let answer = raw(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0005\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(upstream.seen()[0].headers["content-length"], "5");
+
+    // Headers that make an application read another URL or method do not
+    // reach it, on an allowed path during maintenance least of all.
+    gate_on(&proxy).await;
+    let answer = raw(
+        proxy.addr,
+        b"GET /health HTTP/1.1\r\nHost: a.example\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = &upstream.seen()[1].headers;
+    for name in ["x-original-url", "x-rewrite-url", "x-http-method-override"] {
+        assert!(!seen.contains_key(name), "{name} reached the upstream");
+    }
+}

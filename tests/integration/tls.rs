@@ -623,3 +623,14 @@ async fn the_preview_listener_terminates_tls_too() {
     // The public listener stays plain.
     assert_eq!(get(&proxy.url("/")).await.2, "blue");
 }
+
+#[tokio::test]
+async fn plain_http_sent_to_a_tls_listener_gets_a_400_in_http() {
+    let pki = Pki::new();
+    let blue = Upstream::named("blue").await;
+    let proxy = serving_a_test(&pki, &blue).await;
+    let answer = raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(answer.contains("HTTPS"), "{answer}");
+    assert_eq!(blue.hits(), 0);
+}
