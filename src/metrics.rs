@@ -4,6 +4,8 @@
 //! |---|---|---|
 //! | `switchyard_requests_total` | counter | `pool`, `class` (`1xx` .. `5xx`) |
 //! | `switchyard_gated_requests_total` | counter | |
+//! | `switchyard_client_resets_total` | counter | |
+//! | `switchyard_abusive_connections_total` | counter | |
 //! | `switchyard_request_duration_seconds` | histogram (to the response head) | |
 //! | `switchyard_maintenance` | gauge, 1 while the gate is on | |
 //! | `switchyard_live_pool` | gauge, 1 for the live pool, 0 for the others | `pool` |
@@ -80,6 +82,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     gated: Counter,
+    client_resets: Counter,
+    abusive: Counter,
     duration: DurationHistogram,
     maintenance: Gauge,
     live_pool: Family<PoolLabel, Gauge>,
@@ -165,6 +169,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let gated = Counter::default();
+        let client_resets = Counter::default();
+        let abusive = Counter::default();
         let duration = DurationHistogram::default();
         let maintenance = Gauge::default();
         let live_pool = Family::<PoolLabel, Gauge>::default();
@@ -200,6 +206,16 @@ impl Metrics {
             "switchyard_gated_requests",
             "Requests answered 503 by the maintenance gate",
             gated.clone(),
+        );
+        registry.register(
+            "switchyard_client_resets",
+            "HTTP/2 streams the client reset before their answer (their upstream work is cancelled)",
+            client_resets.clone(),
+        );
+        registry.register(
+            "switchyard_abusive_connections",
+            "HTTP/2 connections sent GOAWAY for resetting too many streams",
+            abusive.clone(),
         );
         registry.register(
             "switchyard_request_duration_seconds",
@@ -245,6 +261,8 @@ impl Metrics {
             registry,
             requests,
             gated,
+            client_resets,
+            abusive,
             duration,
             maintenance,
             live_pool,
@@ -287,6 +305,16 @@ impl Metrics {
     /// Counts a request the gate answered.
     pub fn count_gated(&self) {
         self.gated.inc();
+    }
+
+    /// Counts an HTTP/2 stream the client reset before its answer.
+    pub fn count_client_reset(&self) {
+        self.client_resets.inc();
+    }
+
+    /// Counts an HTTP/2 connection closed for abusing resets.
+    pub fn count_abusive_connection(&self) {
+        self.abusive.inc();
     }
 
     /// Records how long a request took to its response head.

@@ -63,6 +63,7 @@ pub mod headers;
 mod keepalive;
 mod park;
 mod path;
+mod resets;
 mod sniff;
 mod unread;
 
@@ -100,8 +101,9 @@ use crate::state::SharedState;
 use crate::upstream::Pool;
 use body::ReadAhead;
 use forward::{Answer, Outgoing};
-use framing::Scanned;
+use framing::{Scanned, Verdict};
 use park::{Activity, HeadClock, Resumable, Wait, PARK_AFTER};
+use resets::Resets;
 use sniff::{Protocol, SniffError};
 
 /// How long to pause accepting when the process is out of file
@@ -110,6 +112,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The answer to plain HTTP sent to a TLS listener.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 96\r\n\r\n{\"error\": {\"code\": \"bad_request\", \"message\": \"plain HTTP was sent to a port that speaks HTTPS\"}}";
+
+/// The most streams an HTTP/2 client may have open at once on one
+/// connection; more are refused (`REFUSED_STREAM`) until some finish.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Why a request with both `Content-Length` and `Transfer-Encoding` is refused.
 const AMBIGUOUS_LENGTH: &str =
@@ -349,7 +355,7 @@ async fn serve_http<I>(
         Protocol::Http1 => serve_http1(proxy, io, conn, limits, head_by, phase, held).await,
         // Boxed: an HTTP/2 connection's state is large, and every HTTP/1
         // connection's task would otherwise be as large.
-        Protocol::Http2 => Box::pin(serve_http2(proxy, io, conn, limits.1, phase)).await,
+        Protocol::Http2 => Box::pin(serve_http2(proxy, io, conn, limits, head_by, phase)).await,
     }
 }
 
@@ -358,23 +364,49 @@ async fn serve_http2<I>(
     proxy: Arc<Proxy>,
     io: I,
     conn: Conn,
-    max_header_bytes: usize,
+    (header_timeout, max_header_bytes): (Duration, usize),
+    stream_by: Instant,
     mut phase: watch::Receiver<Phase>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy.handle(request, &conn).await) }
-    });
+    // The same clock as HTTP/1's: a connection with no stream open must
+    // start one within the header timeout (a client that sends the preface,
+    // or half a header block, and then nothing is closed).
+    let activity = Arc::new(Activity::new(Verdict::unscanned()));
+    let resets = Arc::new(Resets::default());
+    let metrics = proxy.metrics.clone();
+    let service = {
+        let (activity, resets, metrics) = (activity.clone(), resets.clone(), metrics.clone());
+        service_fn(move |request| {
+            let (answering, _) = activity.start();
+            let unanswered = resets.start(&metrics);
+            let (proxy, conn) = (proxy.clone(), conn.clone());
+            // Dropped by hyper when the client resets the stream: the
+            // forwarding is cancelled with it, and the reset counted.
+            async move {
+                let response = proxy.handle(request, &conn).await;
+                unanswered.answered();
+                Ok::<_, Infallible>(response.map(|body| body.with_answering(answering)))
+            }
+        })
+    };
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    if let Driven::Ended(Err(error)) =
-        drive(connection, |c| c.graceful_shutdown(), None, &mut phase).await
-    {
+    let watch = Watch {
+        clock: Some((&activity, header_timeout, stream_by)),
+        parks: false,
+        resets: Some(&resets),
+    };
+    let driven = drive(connection, |c| c.graceful_shutdown(), watch, &mut phase).await;
+    if resets.abusive() {
+        metrics.count_abusive_connection();
+    }
+    if let Driven::Ended(Err(error)) = driven {
         debug!(%error, "connection ended with an error");
     }
 }
@@ -528,10 +560,15 @@ where
         .max_header_size(max_header_bytes)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
+    let watch = Watch {
+        clock: Some((activity, header_timeout, head_by)),
+        parks: true,
+        resets: None,
+    };
     let driven = drive(
         Pin::new(&mut connection),
         |c| c.graceful_shutdown(),
-        Some((activity, header_timeout, head_by)),
+        watch,
         phase,
     )
     .await;
@@ -567,70 +604,118 @@ enum Driven {
     Parked,
 }
 
+/// How a connection is watched while [`drive`] runs it.
+#[derive(Clone, Copy, Default)]
+struct Watch<'a> {
+    /// The connection's requests, its header timeout, and when the next
+    /// request must have started: closed when it is late (see [`HeadClock`]).
+    clock: Option<(&'a Activity, Duration, Instant)>,
+    /// Whether it is stopped between two messages once it has been quiet
+    /// for [`PARK_AFTER`] (HTTP/1).
+    parks: bool,
+    /// Its HTTP/2 stream resets: sent GOAWAY and closed once they are
+    /// abuse.
+    resets: Option<&'a Resets>,
+}
+
 /// Runs a connection until it ends, shutting it down gracefully when the
-/// server drains and dropping it when the drain budget is spent. Given an
-/// [`Activity`], a header timeout and when the next head is due (HTTP/1),
-/// also closes it when a request head is late (see [`HeadClock`]), and
-/// stops it between two messages once it has been quiet for
-/// [`PARK_AFTER`].
+/// server drains and dropping it when the drain budget is spent; and as
+/// `watch` says, closes it when its next request is late, parks it when
+/// it is quiet, and shuts it down when it abuses stream resets.
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
-    http1: Option<(&Activity, Duration, Instant)>,
+    watch: Watch<'_>,
     phase: &mut watch::Receiver<Phase>,
 ) -> Driven
 where
     C: Future<Output = hyper::Result<()>>,
 {
-    let activity = http1.map(|(activity, ..)| activity);
+    let activity = watch.clock.map(|(activity, ..)| activity);
     // Not registered with the runtime until the clock first polls it.
-    let deadline = tokio::time::sleep_until(http1.map_or_else(Instant::now, |(.., by)| by));
+    let deadline = tokio::time::sleep_until(watch.clock.map_or_else(Instant::now, |(.., by)| by));
     tokio::pin!(deadline);
-    let mut clock =
-        http1.map(|(activity, timeout, _)| HeadClock::new(activity, timeout, deadline.as_mut()));
-    let mut ticks =
-        activity.map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
+    let mut clock = watch
+        .clock
+        .map(|(activity, timeout, _)| HeadClock::new(activity, timeout, deadline.as_mut()));
+    let mut ticks = activity
+        .filter(|_| watch.parks)
+        .map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
     let mut last_quiet = None;
-    let parking = loop {
+    let stop = loop {
         tokio::select! {
             // In this order: the head clock must see what each poll of the
             // connection answered.
             biased;
             result = connection.as_mut() => return Driven::Ended(result),
             // The connection future is kept and polled again below.
-            _ = phase.wait_for(|p| *p >= Phase::Draining) => break None,
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => break Stop::Drain,
+            () = abused(watch.resets) => {
+                warn!(max = resets::MAX_CLIENT_RESETS, "client reset most of its streams; sending GOAWAY");
+                break Stop::Abuse;
+            }
             _ = tick(ticks.as_mut()) => {
                 let quiet = activity.and_then(Activity::quiet);
                 if quiet.is_some() && quiet == last_quiet {
-                    break activity;
+                    break activity.map_or(Stop::Drain, Stop::Park);
                 }
                 last_quiet = quiet;
             }
             () = overdue(clock.as_mut()) => {
-                debug!("no request head within the header timeout; closing");
+                debug!("no request within the header timeout; closing");
                 return Driven::Ended(Ok(()));
             }
         }
     };
-    if let Some(activity) = parking {
+    if let Stop::Park(activity) = stop {
         activity.set_parking(true);
     }
     // An idle hyper connection ends at once; a busy one after its answer.
     graceful_shutdown(connection.as_mut());
+    // An abusive client gets a moment for the GOAWAY to go out, no more.
+    let grace = async {
+        match stop {
+            Stop::Abuse => tokio::time::sleep(ABUSE_GRACE).await,
+            Stop::Drain | Stop::Park(_) => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         // Dropping the connection closes its socket.
         _ = phase.wait_for(|p| *p == Phase::Closing) => Ok(()),
+        () = grace => Ok(()),
     };
-    match parking {
-        Some(activity) => {
+    match stop {
+        Stop::Park(activity) => {
             activity.set_parking(false);
             match result {
                 Ok(()) => Driven::Parked,
                 Err(error) => Driven::Ended(Err(error)),
             }
         }
-        None => Driven::Ended(result),
+        Stop::Drain | Stop::Abuse => Driven::Ended(result),
+    }
+}
+
+/// Why [`drive`] stopped serving new requests on a connection.
+enum Stop<'a> {
+    /// The server drains.
+    Drain,
+    /// The connection is quiet: park it.
+    Park(&'a Activity),
+    /// The client abused stream resets.
+    Abuse,
+}
+
+/// How long an abusive HTTP/2 connection has, after its GOAWAY, before it
+/// is closed.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Ready once `resets` are abuse; never without them.
+async fn abused(resets: Option<&Resets>) {
+    match resets {
+        Some(resets) => resets.abused().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -42,6 +42,16 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The verdict for a connection nobody scans (HTTP/2, whose framing
+    /// is not ambiguous): never a flagged request, always between
+    /// messages.
+    pub fn unscanned() -> Arc<Verdict> {
+        Arc::new(Verdict {
+            first_ambiguous: AtomicU64::new(NONE),
+            between_messages: AtomicBool::new(true),
+        })
+    }
+
     /// Whether the bytes read so far end exactly where a message ended: no
     /// head, body or chunk is partly read. False once not watching.
     pub fn between_messages(&self) -> bool {

@@ -380,3 +380,92 @@ async fn odd_heads_are_normalized_or_refused_before_the_upstream() {
         assert!(!seen.contains_key(name), "{name} reached the upstream");
     }
 }
+
+#[tokio::test]
+async fn an_http2_client_resetting_its_streams_gets_goaway() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let upstream = Upstream::start({
+        let started = started.clone();
+        move |_| {
+            started.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                text("slow")
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = within(client.ready()).await.unwrap();
+    // Batches of streams, each reset once the proxy has started on it (a
+    // stream reset before that is refused by the HTTP/2 library itself).
+    let mut opened = 0;
+    'attack: for batch in 0..40 {
+        let mut streams = Vec::new();
+        for i in 0..50 {
+            let request = http::Request::get(format!("http://a.example/work/{batch}/{i}"))
+                .body(())
+                .unwrap();
+            let Ok((_, stream)) = client.send_request(request, true) else {
+                break 'attack;
+            };
+            streams.push(stream);
+            opened += 1;
+            client = match within(client.ready()).await {
+                Ok(client) => client,
+                Err(_) => break 'attack,
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        for mut stream in streams {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    // The proxy ends the connection: the client's driver finishes.
+    within(connection).await.unwrap().ok();
+    assert!(opened < 2000, "all {opened} streams were accepted");
+    until("the abuse is counted", || async {
+        metric(&proxy, "switchyard_abusive_connections_total").await == 1
+    })
+    .await;
+    assert!(metric(&proxy, "switchyard_client_resets_total").await >= 100);
+    // Others are served as before.
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+    assert!(
+        started.load(Ordering::SeqCst) < 400,
+        "{} upstream requests for reset streams",
+        started.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_goes_quiet_after_its_preface_is_closed() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::with_config(&config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nheader = \"1s\"\n",
+    ))
+    .await;
+    let opened = tokio::time::Instant::now();
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // Half a header block: HEADERS without END_HEADERS, and no CONTINUATION.
+    stream
+        .write_all(b"\x00\x00\x01\x01\x01\x00\x00\x00\x01\x82")
+        .await
+        .unwrap();
+    read_to_close(&mut stream).await;
+    let elapsed = opened.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(900),
+        "closed after {elapsed:?}"
+    );
+    assert_eq!(upstream.hits(), 0);
+}
