@@ -66,6 +66,16 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// long an idle keep-alive connection is kept.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default longest pause in a request body (between two reads): a client
+/// that stops sending its body mid-way holds an upstream connection no
+/// longer than this.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default longest time a client may take no byte of an answer before its
+/// connection is closed: a client that does not read cannot hold the
+/// answer's buffers and its upstream connection for longer.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A validated configuration. Paths are already resolved against the
 /// directory of the config file.
 #[derive(Debug, Clone)]
@@ -267,6 +277,10 @@ pub struct Timeouts {
     pub drain: Duration,
     /// A client's complete request head; also the keep-alive idle limit.
     pub header: Duration,
+    /// The longest a request body may pause between two reads.
+    pub client_body: Duration,
+    /// The longest a client may take no byte of an answer.
+    pub send: Duration,
 }
 
 /// One problem in a config file, with its position (1-based).

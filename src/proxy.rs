@@ -65,6 +65,7 @@ mod park;
 mod path;
 mod resets;
 mod sniff;
+mod stall;
 mod unread;
 
 use std::convert::Infallible;
@@ -105,6 +106,7 @@ use framing::{Scanned, Verdict};
 use park::{Activity, HeadClock, Resumable, Wait, PARK_AFTER};
 use resets::Resets;
 use sniff::{Protocol, SniffError};
+use stall::{Sending, Stall};
 
 /// How long to pause accepting when the process is out of file
 /// descriptors (or memory), so that finishing connections can free some.
@@ -112,6 +114,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The answer to plain HTTP sent to a TLS listener.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 96\r\n\r\n{\"error\": {\"code\": \"bad_request\", \"message\": \"plain HTTP was sent to a port that speaks HTTPS\"}}";
+
+/// The most bytes hyper buffers for one HTTP/1 connection in each
+/// direction (a head larger than this may still be read, up to
+/// `listener.max_header_bytes`).
+pub const MAX_BUFFERED: usize = 64 * 1024;
 
 /// The most streams an HTTP/2 client may have open at once on one
 /// connection; more are refused (`REFUSED_STREAM`) until some finish.
@@ -202,6 +209,17 @@ struct Held {
     _tracked: Tracked,
 }
 
+/// A listener's limits on one connection, as of when it was accepted.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// `timeouts.header`.
+    header_timeout: Duration,
+    /// `listener.max_header_bytes`.
+    max_header_bytes: usize,
+    /// `timeouts.send`.
+    send_timeout: Duration,
+}
+
 /// Who a connection is with, and how it arrived.
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -230,19 +248,21 @@ async fn serve_connection(
     };
     // The listener's settings as of this connection: a reload changes them
     // for the next one (new certificates for the next handshake).
-    let (header_timeout, max_header_bytes, tls) = {
+    let (limits, tls) = {
         let snapshot = proxy.state.load();
         let config = &snapshot.config;
         let tls = match route {
             Route::Live => config.listener.tls.as_ref(),
             Route::Preview => config.preview.as_ref().and_then(|p| p.tls.as_ref()),
         };
-        (
-            config.timeouts.header,
-            config.listener.max_header_bytes,
-            tls.map(|t| t.server.clone()),
-        )
+        let limits = Limits {
+            header_timeout: config.timeouts.header,
+            max_header_bytes: config.listener.max_header_bytes,
+            send_timeout: config.timeouts.send,
+        };
+        (limits, tls.map(|t| t.server.clone()))
     };
+    let header_timeout = limits.header_timeout;
     let mut phase = proxy.lifecycle.watch();
     let conn = Conn {
         peer,
@@ -250,7 +270,6 @@ async fn serve_connection(
         route,
         https: tls.is_some(),
     };
-    let limits = (header_timeout, max_header_bytes);
     let Some(server) = tls else {
         let deadline = Instant::now() + header_timeout;
         let sniffed = tokio::select! {
@@ -284,11 +303,11 @@ async fn serve_tls(
     stream: tokio::net::TcpStream,
     server: Arc<rustls::ServerConfig>,
     conn: Conn,
-    limits: (Duration, usize),
+    limits: Limits,
     mut phase: watch::Receiver<Phase>,
     held: Held,
 ) {
-    let header_timeout = limits.0;
+    let header_timeout = limits.header_timeout;
     let deadline = Instant::now() + header_timeout;
     let mut first = [0u8; 1];
     let peeked = tokio::select! {
@@ -344,13 +363,14 @@ async fn serve_http<I>(
     io: I,
     protocol: Protocol,
     conn: Conn,
-    limits: (Duration, usize),
+    limits: Limits,
     head_by: Instant,
     phase: watch::Receiver<Phase>,
     held: Held,
 ) where
     I: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
+    let io = Sending::new(io);
     match protocol {
         Protocol::Http1 => serve_http1(proxy, io, conn, limits, head_by, phase, held).await,
         // Boxed: an HTTP/2 connection's state is large, and every HTTP/1
@@ -362,9 +382,9 @@ async fn serve_http<I>(
 /// Serves HTTP/2 on `io` until it closes.
 async fn serve_http2<I>(
     proxy: Arc<Proxy>,
-    io: I,
+    io: Sending<I>,
     conn: Conn,
-    (header_timeout, max_header_bytes): (Duration, usize),
+    limits: Limits,
     stream_by: Instant,
     mut phase: watch::Receiver<Phase>,
 ) where
@@ -373,7 +393,7 @@ async fn serve_http2<I>(
     // The same clock as HTTP/1's: a connection with no stream open must
     // start one within the header timeout (a client that sends the preface,
     // or half a header block, and then nothing is closed).
-    let activity = Arc::new(Activity::new(Verdict::unscanned()));
+    let activity = Arc::new(Activity::new(Verdict::unscanned(), io.stall().clone()));
     let resets = Arc::new(Resets::default());
     let metrics = proxy.metrics.clone();
     let service = {
@@ -393,14 +413,15 @@ async fn serve_http2<I>(
     };
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let watch = Watch {
-        clock: Some((&activity, header_timeout, stream_by)),
+        clock: Some((&activity, limits.header_timeout, stream_by)),
         parks: false,
         resets: Some(&resets),
+        stall: Some((activity.stall(), limits.send_timeout)),
     };
     let driven = drive(connection, |c| c.graceful_shutdown(), watch, &mut phase).await;
     if resets.abusive() {
@@ -422,17 +443,18 @@ async fn serve_http2<I>(
 /// cut the resident memory of ten thousand idle connections by a quarter.
 async fn serve_http1<I>(
     proxy: Arc<Proxy>,
-    io: I,
+    io: Sending<I>,
     conn: Conn,
-    limits: (Duration, usize),
+    limits: Limits,
     head_by: Instant,
     mut phase: watch::Receiver<Phase>,
     held: Held,
 ) where
     I: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let scanned = Scanned::new(io, limits.1);
-    let activity = Arc::new(Activity::new(scanned.verdict()));
+    let stall = io.stall().clone();
+    let scanned = Scanned::new(io, limits.max_header_bytes);
+    let activity = Arc::new(Activity::new(scanned.verdict(), stall));
     let stream = Resumable::new(scanned, activity.clone());
     let served = serve_until_parked(
         &proxy,
@@ -462,7 +484,7 @@ async fn serve_http1<I>(
 struct Idle {
     proxy: Arc<Proxy>,
     conn: Conn,
-    limits: (Duration, usize),
+    limits: Limits,
     activity: Arc<Activity>,
     phase: watch::Receiver<Phase>,
     _held: Held,
@@ -476,7 +498,7 @@ impl Idle {
     where
         I: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
-        let header_timeout = self.limits.0;
+        let header_timeout = self.limits.header_timeout;
         loop {
             stream.get_mut().shrink();
             debug!("idle connection parked");
@@ -530,7 +552,7 @@ async fn serve_until_parked<I>(
     proxy: &Arc<Proxy>,
     stream: Resumable<Scanned<I>>,
     conn: Conn,
-    (header_timeout, max_header_bytes): (Duration, usize),
+    limits: Limits,
     head_by: Instant,
     activity: &Arc<Activity>,
     phase: &mut watch::Receiver<Phase>,
@@ -557,13 +579,17 @@ where
     // for less (see `HeadClock`).
     let mut connection = http1::Builder::new()
         .header_read_timeout(None)
-        .max_header_size(max_header_bytes)
+        .max_header_size(limits.max_header_bytes)
+        // Backpressure, not buffering: a client that reads slowly holds
+        // this much of its answer, not hundreds of kilobytes.
+        .max_buf_size(MAX_BUFFERED.max(limits.max_header_bytes))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let watch = Watch {
-        clock: Some((activity, header_timeout, head_by)),
+        clock: Some((activity, limits.header_timeout, head_by)),
         parks: true,
         resets: None,
+        stall: Some((activity.stall(), limits.send_timeout)),
     };
     let driven = drive(
         Pin::new(&mut connection),
@@ -616,6 +642,9 @@ struct Watch<'a> {
     /// Its HTTP/2 stream resets: sent GOAWAY and closed once they are
     /// abuse.
     resets: Option<&'a Resets>,
+    /// Its writes to the client, and `timeouts.send`: closed once its
+    /// writes have waited that long (a client that does not read).
+    stall: Option<(&'a Stall, Duration)>,
 }
 
 /// Runs a connection until it ends, shutting it down gracefully when the
@@ -638,9 +667,8 @@ where
     let mut clock = watch
         .clock
         .map(|(activity, timeout, _)| HeadClock::new(activity, timeout, deadline.as_mut()));
-    let mut ticks = activity
-        .filter(|_| watch.parks)
-        .map(|_| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
+    let mut ticks = (watch.parks || watch.stall.is_some())
+        .then(|| tokio::time::interval_at(Instant::now() + PARK_AFTER, PARK_AFTER));
     let mut last_quiet = None;
     let stop = loop {
         tokio::select! {
@@ -654,7 +682,16 @@ where
                 warn!(max = resets::MAX_CLIENT_RESETS, "client reset most of its streams; sending GOAWAY");
                 break Stop::Abuse;
             }
-            _ = tick(ticks.as_mut()) => {
+            now = tick(ticks.as_mut()) => {
+                if let Some((stall, timeout)) = watch.stall {
+                    if stall.waited(now).is_some_and(|waited| waited >= timeout) {
+                        debug!(timeout = ?timeout, "the client took no byte of its answer in time; closing");
+                        return Driven::Ended(Ok(()));
+                    }
+                }
+                if !watch.parks {
+                    continue;
+                }
                 let quiet = activity.and_then(Activity::quiet);
                 if quiet.is_some() && quiet == last_quiet {
                     break activity.map_or(Stop::Drain, Stop::Park);
@@ -728,11 +765,9 @@ async fn overdue(clock: Option<&mut HeadClock<'_>>) {
 }
 
 /// The next tick, or never without an interval.
-async fn tick(ticks: Option<&mut tokio::time::Interval>) {
+async fn tick(ticks: Option<&mut tokio::time::Interval>) -> Instant {
     match ticks {
-        Some(ticks) => {
-            ticks.tick().await;
-        }
+        Some(ticks) => ticks.tick().await,
         None => std::future::pending().await,
     }
 }
@@ -896,7 +931,7 @@ impl Proxy {
             target.upgrade,
         );
         let body = match Body::read_ahead(incoming, timeouts.header).await {
-            ReadAhead::Ready(body) => body,
+            ReadAhead::Ready(body) => body.with_pause_limit(timeouts.client_body),
             ReadAhead::Failed(error) => {
                 return Err(ProxyError::BadRequestBody(forward::error_chain(&error)))
             }

@@ -120,6 +120,8 @@ pub struct TimeoutsSection {
     pub upstream: Option<SpannedDuration>,
     pub drain: Option<SpannedDuration>,
     pub header: Option<SpannedDuration>,
+    pub client_body: Option<SpannedDuration>,
+    pub send: Option<SpannedDuration>,
 }
 
 /// The whole file, section by section; `None` where a section is absent or

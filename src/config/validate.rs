@@ -726,6 +726,16 @@ impl Validator<'_> {
                 section.and_then(|s| s.header.as_ref()),
                 DEFAULT_HEADER_TIMEOUT,
             ),
+            client_body: pick(
+                "timeouts.client_body",
+                section.and_then(|s| s.client_body.as_ref()),
+                DEFAULT_CLIENT_BODY_TIMEOUT,
+            ),
+            send: pick(
+                "timeouts.send",
+                section.and_then(|s| s.send.as_ref()),
+                DEFAULT_SEND_TIMEOUT,
+            ),
         }
     }
 

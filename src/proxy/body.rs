@@ -14,6 +14,7 @@
 //! is dropped before it was ever polled (the upstream could not be
 //! reached), it returns its contents so the request can be retried.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use super::park::Answering;
 use crate::upstream::InFlight;
@@ -37,6 +39,49 @@ pub struct Body {
     answering: Option<Answering>,
     /// Where to return the contents if dropped unpolled.
     give_back: Option<oneshot::Sender<Body>>,
+    /// For a client's request body: how long it may pause.
+    pause: Option<Pause>,
+}
+
+/// The longest a body may pause, and the timer of the pause under way.
+#[derive(Debug)]
+struct Pause {
+    limit: Duration,
+    /// Allocated at the first pause, reset at the next ones.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the pause under way.
+    running: bool,
+}
+
+impl Pause {
+    /// Ready when the pause under way has lasted `limit`; a `pending`
+    /// poll of the body starts a pause, a frame ends it.
+    fn poll_over(&mut self, pending: bool, cx: &mut Context<'_>) -> Poll<()> {
+        if !pending {
+            self.running = false;
+            return Poll::Pending;
+        }
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.running {
+            timer.as_mut().reset(deadline);
+            self.running = true;
+        }
+        timer.as_mut().poll(cx)
+    }
+}
+
+/// Why reading a body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The peer's stream failed: cut off, reset, or malformed.
+    #[error(transparent)]
+    Broken(#[from] hyper::Error),
+    /// The client sent no byte of its body for this long.
+    #[error("the request body paused for longer than {0:?}")]
+    Stalled(Duration),
 }
 
 /// What reading ahead found.
@@ -58,6 +103,7 @@ impl Body {
             in_flight: None,
             answering: None,
             give_back: None,
+            pause: None,
         }
     }
 
@@ -97,6 +143,17 @@ impl Body {
                 ReadAhead::Ready(body)
             }
         }
+    }
+
+    /// Fails the body once it has sent nothing for `limit` (a client's
+    /// request body: `timeouts.client_body`).
+    pub fn with_pause_limit(mut self, limit: Duration) -> Body {
+        self.pause = Some(Pause {
+            limit,
+            timer: None,
+            running: false,
+        });
+        self
     }
 
     /// Keeps `guard` alive for as long as this body is.
@@ -151,21 +208,28 @@ impl Drop for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // Once polled, part of the body may be gone: no retry with it.
         self.give_back = None;
         if let Some(frame) = self.head.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        let Some(rest) = self.rest.as_mut() else {
+        let this = &mut *self;
+        let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(&mut *rest).poll_frame(cx);
+        if let Some(pause) = &mut this.pause {
+            if pause.poll_over(polled.is_pending(), cx).is_ready() {
+                return Poll::Ready(Some(Err(BodyError::Stalled(pause.limit))));
+            }
+        }
+        let polled = polled.map(|frame| frame.map(|frame| frame.map_err(BodyError::Broken)));
         // Released as soon as the upstream has sent it all, rather than when
         // hyper drops the body, so the connection can serve the next request.
         let done = match &polled {

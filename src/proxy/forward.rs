@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::body::{Body, ReadAhead};
+use super::body::{Body, BodyError, ReadAhead};
 use super::error::ProxyError;
 use super::keepalive;
 use crate::config::tls::UpstreamTls;
@@ -195,9 +195,7 @@ pub async fn send(
             Ok(Err(failed)) => failed,
         };
         match failed.origin {
-            Origin::Client => {
-                return Err(ProxyError::BadRequestBody(error_chain(&*failed.error)));
-            }
+            Origin::Client => return Err(client_failure(&*failed.error)),
             Origin::StaleConnection if may_resend => {
                 debug!(upstream = %upstream.authority, error = %error_chain(&*failed.error), "reused connection closed under the request; resending on a new one");
                 may_resend = false;
@@ -309,16 +307,27 @@ impl From<keepalive::Failure> for Failed {
     }
 }
 
-/// Whether the request body the proxy was sending failed: hyper reports
-/// an error of the body it was given as a "user" error whose source is
-/// that body's own error (the client's connection or stream broke).
-fn is_client_body_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The request body the proxy was sending, if that is what failed: hyper
+/// reports an error of the body it was given as a "user" error whose
+/// source is that body's own error (the client's connection or stream
+/// broke, or it paused too long).
+fn client_body_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
     std::iter::successors(Some(error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<hyper::Error>())
-        .any(|e| {
-            e.is_user()
-                && std::error::Error::source(e).is_some_and(|inner| inner.is::<hyper::Error>())
-        })
+        .filter(|e| e.is_user())
+        .find_map(|e| std::error::Error::source(e)?.downcast_ref::<BodyError>())
+}
+
+fn is_client_body_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    client_body_failure(error).is_some()
+}
+
+/// What the client is told when its own body failed.
+fn client_failure(error: &(dyn std::error::Error + 'static)) -> ProxyError {
+    match client_body_failure(error) {
+        Some(BodyError::Stalled(limit)) => ProxyError::ClientBodyTimeout(*limit),
+        _ => ProxyError::BadRequestBody(error_chain(error)),
+    }
 }
 
 /// Whether the connection ended before an answer began: closed (hyper's

@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::framing::{Scanned, Verdict};
 use super::sniff::Prefixed;
+use super::stall::Stall;
 
 /// How long an HTTP/1 connection must have been idle, with every request
 /// answered, before it is parked. It is parked within twice this.
@@ -44,17 +45,26 @@ pub struct Activity {
     parking: AtomicBool,
     /// Where the scanner is in the byte stream.
     verdict: Arc<Verdict>,
+    /// Whether writes to the client are waiting, and since when.
+    stall: Arc<Stall>,
 }
 
 impl Activity {
-    /// Activity on a connection whose bytes `verdict`'s scanner follows.
-    pub fn new(verdict: Arc<Verdict>) -> Activity {
+    /// Activity on a connection whose bytes `verdict`'s scanner follows
+    /// and whose writes `stall` records.
+    pub fn new(verdict: Arc<Verdict>, stall: Arc<Stall>) -> Activity {
         Activity {
             started: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             parking: AtomicBool::new(false),
             verdict,
+            stall,
         }
+    }
+
+    /// The record of the connection's waiting writes.
+    pub fn stall(&self) -> &Stall {
+        &self.stall
     }
 
     /// Counts a request as started; it is answered when the returned guard

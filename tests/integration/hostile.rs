@@ -469,3 +469,60 @@ async fn an_http2_connection_that_goes_quiet_after_its_preface_is_closed() {
     );
     assert_eq!(upstream.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_its_answer_is_let_go_after_the_send_timeout() {
+    let upstream = Upstream::start(|_| async { text(vec![b'x'; 16 * 1024 * 1024]) }).await;
+    let proxy = Proxy::with_config(&config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nsend = \"1s\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the answer stalls in the sockets.
+    until("the connection is open", || async {
+        metric(&proxy, "switchyard_client_connections").await == 1
+    })
+    .await;
+    let stalled = tokio::time::Instant::now();
+    until("the stalled connection is closed", || async {
+        metric(&proxy, "switchyard_client_connections").await == 0
+    })
+    .await;
+    assert!(stalled.elapsed() >= std::time::Duration::from_millis(500));
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_midway_is_cut_off_after_the_client_body_timeout() {
+    let broken = Arc::new(AtomicUsize::new(0));
+    let upstream = reader(broken.clone()).await;
+    let proxy = Proxy::with_config(&config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nclient_body = \"1s\"\n[health]\ninterval = \"1h\"\ntimeout = \"5s\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let sent = tokio::time::Instant::now();
+    // And nothing more: the upstream connection is not held for long.
+    let answer = read_to_close(&mut stream).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(sent.elapsed() >= std::time::Duration::from_millis(900));
+    eventually("the upstream saw the body cut off", || {
+        broken.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(healthy(&proxy, "blue").await, [true]);
+}
