@@ -115,11 +115,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The answer to plain HTTP sent to a TLS listener.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 96\r\n\r\n{\"error\": {\"code\": \"bad_request\", \"message\": \"plain HTTP was sent to a port that speaks HTTPS\"}}";
 
-/// The most bytes hyper buffers for one HTTP/1 connection in each
-/// direction (a head larger than this may still be read, up to
-/// `listener.max_header_bytes`).
-pub const MAX_BUFFERED: usize = 64 * 1024;
-
 /// The most streams an HTTP/2 client may have open at once on one
 /// connection; more are refused (`REFUSED_STREAM`) until some finish.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -580,9 +575,6 @@ where
     let mut connection = http1::Builder::new()
         .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
-        // Backpressure, not buffering: a client that reads slowly holds
-        // this much of its answer, not hundreds of kilobytes.
-        .max_buf_size(MAX_BUFFERED.max(limits.max_header_bytes))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let watch = Watch {

@@ -199,9 +199,6 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Connection,
     // Requests and answers are small and latency-bound: no Nagle delay.
     stream.set_nodelay(true).map_err(Failure::Connect)?;
     let (connection, task) = http1::Builder::new()
-        // Backpressure, not buffering: an answer its client does not take
-        // waits in the upstream's socket, not in the proxy's memory.
-        .max_buf_size(super::MAX_BUFFERED)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|error| Failure::Connect(std::io::Error::other(error)))?;
