@@ -138,13 +138,48 @@ impl Validator<'_> {
         name: &str,
         value: Spanned<DeValue<'_>>,
     ) -> Option<Spanned<T>> {
-        let span = value.span();
-        match Spanned::<T>::deserialize(ValueDeserializer::from(value)) {
-            Ok(section) => Some(section),
-            Err(error) => {
-                let at = error.span().unwrap_or(span);
+        // serde stops at a section's first bad value. To name every one,
+        // and by its key, a bad key is dropped and the section read again
+        // (at most once per key), until it reads or fails as a whole.
+        let mut value = value;
+        let mut dropped: Vec<String> = Vec::new();
+        loop {
+            let span = value.span();
+            let error = match Spanned::<T>::deserialize(ValueDeserializer::from(value.clone())) {
+                // With bad keys dropped, the rest is still checked (their
+                // problems recorded; the config is refused all the same).
+                Ok(section) => return Some(section),
+                Err(error) => error,
+            };
+            let at = error.span().unwrap_or(span);
+            let DeValue::Table(table) = value.get_mut() else {
                 self.problem(Some(at), format!("[{name}]: {}", error.message()));
-                None
+                return None;
+            };
+            let culprit = table
+                .iter()
+                .find(|(key, value)| {
+                    key.span().contains(&at.start) || value.span().contains(&at.start)
+                })
+                .map(|(key, _)| key.clone());
+            match culprit {
+                Some(key) => {
+                    table.remove(&key);
+                    let key = key.into_inner().to_string();
+                    self.problem(Some(at), format!("{name}.{key}: {}", error.message()));
+                    dropped.push(key);
+                }
+                None => {
+                    // A required key dropped above is reported already.
+                    let message = error.message();
+                    if !dropped
+                        .iter()
+                        .any(|key| message.contains(&format!("`{key}`")))
+                    {
+                        self.problem(Some(at), format!("[{name}]: {message}"));
+                    }
+                    return None;
+                }
             }
         }
     }
@@ -870,9 +905,34 @@ mod tests {
             found,
             [
                 "2:8: listener.bind: `nope` is not an address like 127.0.0.1:8080",
-                "5:11: [timeouts]: invalid value: string \"fast\", expected a duration",
+                "5:11: timeouts.connect: invalid value: string \"fast\", expected a duration",
                 "8:14: pools.blue.upstreams: `127.0.0.1` needs a port, like 127.0.0.1:9001",
             ]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_hides_no_other_problem_of_its_section() {
+        let text = format!(
+            "{MINIMAL}[maintenance]\nretry_after = \"ten minutes\"\nbypass_cidrs = [\"10.0.0.0/33\"]\nallow_paths = [\"health\"]\nmessage = 5\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            found[0].starts_with("4:15: maintenance.retry_after: "),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("5:17: maintenance.bypass_cidrs: "),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("6:16: maintenance.allow_paths: "),
+            "{found:?}"
+        );
+        assert!(
+            found[3].starts_with("7:11: maintenance.message: "),
+            "{found:?}"
         );
     }
 
@@ -896,7 +956,7 @@ mod tests {
         let found = problems(&text);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(
-            found[0].starts_with("4:1: [listener]: unknown field `bnid`"),
+            found[0].starts_with("4:1: listener.bnid: unknown field `bnid`"),
             "{found:?}"
         );
         assert!(

@@ -198,8 +198,9 @@ pub async fn send(
             Origin::Client => return Err(client_failure(&*failed.error)),
             Origin::StaleConnection if may_resend => {
                 debug!(upstream = %upstream.authority, error = %error_chain(&*failed.error), "reused connection closed under the request; resending on a new one");
+                // A new connection that is refused still moves the request
+                // to another upstream: the upstream may have just died.
                 may_resend = false;
-                may_move = false;
                 fresh = true;
                 body = Body::empty();
                 continue;

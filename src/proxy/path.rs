@@ -39,6 +39,7 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
         return Err("an encoded NUL in the path");
     }
     let decoded = decode_unreserved(path)?;
+    let changed = decoded.is_some();
     let decoded = decoded.as_deref().unwrap_or(path);
     let mut dot_segments = false;
     for segment in decoded.split('/') {
@@ -55,10 +56,11 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
             dot_segments = true;
         }
     }
-    let normalized = if dot_segments {
-        remove_dot_segments(decoded)
-    } else {
-        decoded.to_owned()
+    // A dot inside a name (`/app.js`) changes nothing: no copy is made.
+    let normalized = match (dot_segments, changed) {
+        (true, _) => remove_dot_segments(decoded),
+        (false, true) => decoded.to_owned(),
+        (false, false) => return Ok(None),
     };
     Ok((normalized != path).then_some(normalized))
 }

@@ -65,8 +65,9 @@ colour = \"red\"
         format!(
             "{p}:2:8: listener.bind: `localhost` is not an address like 127.0.0.1:8080\n\
              {p}:5:13: pools.blue.upstreams: a pool needs at least one upstream\n\
-             {p}:8:9: [timeouts]: invalid value: string \"soon\", expected a duration\n\
-             {p}:12:1: [state]: unknown field `colour`, expected `file` or `initial_pool`\n"
+             {p}:8:9: timeouts.drain: invalid value: string \"soon\", expected a duration\n\
+             {p}:11:16: state.initial_pool: `purple` is not a pool; expected one of: blue\n\
+             {p}:12:1: state.colour: unknown field `colour`, expected `file` or `initial_pool`\n"
         )
     );
 }
