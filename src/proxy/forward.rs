@@ -127,9 +127,9 @@ pub struct Answer {
 /// Who a failure is blamed on decides what follows (see [`Origin`]): only
 /// the upstream's own failures count against its health; a client's
 /// broken body is the client's `400`; a kept-alive connection that the
-/// upstream closed just as it was reused is tried once more on a new
-/// connection when the request can be sent again (an idempotent method
-/// without a body).
+/// upstream closed just as it was reused is nobody's fault, and a request
+/// that can be sent again (an idempotent method without a body) is, on a
+/// new connection (see [`keepalive::exchange`]).
 pub async fn send(
     pool: &Pool,
     head: Outgoing,
@@ -145,16 +145,14 @@ pub async fn send(
     let empty = http_body::Body::is_end_stream(&body);
     // After a failed connect, once, on another upstream.
     let mut may_move = pool.has_alternative();
-    // After a reused connection died under the request, once, on a new one.
-    let mut may_resend = empty && is_idempotent(&head.method);
-    let mut fresh = false;
+    // After a reused connection died under it, it may go again on a new one.
+    let resendable = empty && is_idempotent(&head.method);
     let mut head = Some(head);
     loop {
         let upstream = in_flight.upstream().clone();
-        let may_retry = may_move || may_resend;
         let returned = (may_move && !empty).then(|| body.returnable());
         // The head is copied only while a second attempt may need it.
-        let attempt = if may_retry { head.clone() } else { head.take() };
+        let attempt = if may_move { head.clone() } else { head.take() };
         let attempt = attempt.expect("the head is kept while a retry is possible");
         let exchange = async {
             match pool.tls_client.as_deref() {
@@ -169,7 +167,7 @@ pub async fn send(
                     &upstream,
                     attempt.into_request(body),
                     timeouts.connect,
-                    fresh,
+                    resendable,
                 )
                 .await
                 .map(|(response, connection)| (response, Some(connection)))
@@ -196,16 +194,8 @@ pub async fn send(
         };
         match failed.origin {
             Origin::Client => return Err(client_failure(&*failed.error)),
-            Origin::StaleConnection if may_resend => {
-                debug!(upstream = %upstream.authority, error = %error_chain(&*failed.error), "reused connection closed under the request; resending on a new one");
-                // A new connection that is refused still moves the request
-                // to another upstream: the upstream may have just died.
-                may_resend = false;
-                fresh = true;
-                body = Body::empty();
-                continue;
-            }
-            // Not the upstream's health: its keep-alive timeout met ours.
+            // Not the upstream's health: its keep-alive timeout met ours
+            // (and the request could not be sent again).
             Origin::StaleConnection => return Err(classify(&upstream.authority, &*failed.error)),
             Origin::Connect | Origin::Upstream => {}
         }
@@ -231,7 +221,6 @@ pub async fn send(
         };
         debug!(%failure, "retrying on another upstream");
         may_move = false;
-        may_resend = false;
         body = returned_body;
         in_flight = pool.pick(Some(&upstream)).ok_or(failure)?;
     }
@@ -294,7 +283,7 @@ impl From<keepalive::Failure> for Failed {
             keepalive::Failure::Exchange { error, reused } => {
                 let origin = if is_client_body_failure(&error) {
                     Origin::Client
-                } else if reused && is_cut_short(&error) {
+                } else if reused && keepalive::is_cut_short(&error) {
                     Origin::StaleConnection
                 } else {
                     Origin::Upstream
@@ -329,24 +318,6 @@ fn client_failure(error: &(dyn std::error::Error + 'static)) -> ProxyError {
         Some(BodyError::Stalled(limit)) => ProxyError::ClientBodyTimeout(*limit),
         _ => ProxyError::BadRequestBody(error_chain(error)),
     }
-}
-
-/// Whether the connection ended before an answer began: closed (hyper's
-/// "incomplete message"), or reset or broken while the request was written.
-fn is_cut_short(error: &hyper::Error) -> bool {
-    use std::io::ErrorKind;
-    if error.is_incomplete_message() {
-        return true;
-    }
-    let source: &(dyn std::error::Error + 'static) = error;
-    std::iter::successors(Some(source), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| {
-            matches!(
-                e.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
-            )
-        })
 }
 
 /// Sorts a client error into what the client is told.

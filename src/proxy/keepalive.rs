@@ -60,12 +60,13 @@ struct Idle {
 }
 
 impl IdleConnections {
-    /// The most recently used idle connection that is still open.
-    fn take(&self) -> Option<Connection> {
+    /// The most recently used idle connection that is still open, and
+    /// since when it has been idle.
+    fn take(&self) -> Option<(Connection, Instant)> {
         loop {
             let idle = self.lock().pop()?;
             if !idle.connection.is_closed() {
-                return Some(idle.connection);
+                return Some((idle.connection, idle.since));
             }
         }
     }
@@ -135,25 +136,35 @@ pub enum Failure {
     },
 }
 
+/// A connection idle for this long may have met the upstream's own
+/// keep-alive timeout by the time it is reused: a request that can be sent
+/// twice keeps a copy while it goes out on one. (Under load connections are
+/// reused within milliseconds, and no copy is made.)
+const STALE_AFTER: Duration = Duration::from_millis(100);
+
 /// Sends `request` to `upstream` on an idle connection, or on a new one,
-/// and returns the response head with the connection it came on. With
-/// `fresh`, a new connection is opened whatever is idle.
+/// and returns the response head with the connection it came on.
 ///
 /// An idle connection that turns out closed before the request was written
 /// (the upstream closed it while it was idle) costs nothing but a try on
-/// the next one.
+/// the next one. One the upstream closes just as the request is written on
+/// it (the race of two keep-alive timeouts) costs nothing either when the
+/// request is `resendable` (an idempotent method without a body): it is
+/// sent once more, on a new connection.
 pub async fn exchange(
     upstream: &Upstream,
     mut request: Request<Body>,
     connect_timeout: Duration,
-    fresh: bool,
+    resendable: bool,
 ) -> Result<(Response<Incoming>, Connection), Failure> {
+    let mut resent = false;
     loop {
-        let idle = if fresh { None } else { upstream.idle.take() };
-        let (mut connection, reused) = match idle {
-            Some(connection) => (connection, true),
-            None => (connect(&upstream.authority, connect_timeout).await?, false),
+        let idle = if resent { None } else { upstream.idle.take() };
+        let (mut connection, idle_since) = match idle {
+            Some((connection, since)) => (connection, Some(since)),
+            None => (connect(&upstream.authority, connect_timeout).await?, None),
         };
+        let reused = idle_since.is_some();
         // A new connection is ready once its task has started; a reused
         // one once its task has finished with the previous response.
         if let Err(error) = connection.ready().await {
@@ -162,20 +173,59 @@ pub async fn exchange(
             }
             return Err(Failure::Connect(std::io::Error::other(error)));
         }
+        let copy = match idle_since {
+            Some(since) if resendable && !resent && since.elapsed() >= STALE_AFTER => {
+                Some(copy_of(&request))
+            }
+            _ => None,
+        };
         match connection.try_send_request(request).await {
             Ok(response) => return Ok((response, connection)),
             Err(mut error) => match error.take_message() {
                 Some(unsent) if reused => request = unsent,
                 Some(_) => return Err(Failure::Connect(std::io::Error::other(error.into_error()))),
                 None => {
-                    return Err(Failure::Exchange {
-                        error: error.into_error(),
-                        reused,
-                    })
+                    let error = error.into_error();
+                    match copy {
+                        Some(copy) if is_cut_short(&error) => {
+                            debug!(upstream = %upstream.authority, %error, "reused connection closed under the request; sending it again on a new one");
+                            request = copy;
+                            resent = true;
+                        }
+                        _ => return Err(Failure::Exchange { error, reused }),
+                    }
                 }
             },
         }
     }
+}
+
+/// A bodiless request again, for a second try.
+fn copy_of(request: &Request<Body>) -> Request<Body> {
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether the connection ended before an answer began: closed (hyper's
+/// "incomplete message"), or reset or broken while the request was written.
+pub fn is_cut_short(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let source: &(dyn std::error::Error + 'static) = error;
+    std::iter::successors(Some(source), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+            )
+        })
 }
 
 /// Opens a connection to `authority` and starts its task.
@@ -253,7 +303,7 @@ mod tests {
         idle.put(first);
         idle.put(second);
         assert_eq!(idle.len(), 2);
-        let mut taken = idle.take().unwrap();
+        let (mut taken, _) = idle.take().unwrap();
         assert_eq!(idle.len(), 1);
         taken.ready().await.unwrap();
         let sent = taken.send_request(Request::new(Body::empty()));

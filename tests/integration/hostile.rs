@@ -175,6 +175,9 @@ async fn an_upstream_closing_a_reused_connection_costs_no_request_and_no_health(
     let (addr, answered, _task) = closes_on_reuse().await;
     let proxy = Proxy::with_config(&config_text(&[addr], &[addr], NO_PROBES)).await;
     for round in 0..5 {
+        // Long enough apart for the idle connection to be suspect (under
+        // load, connections are reused at once and never copied).
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         let (status, _, body) = get(&proxy.url("/")).await;
         assert_eq!((status, body.as_str()), (200, "ok"), "GET {round}");
     }
