@@ -148,13 +148,8 @@ async fn closes_on_reuse() -> (
                 };
                 let answered = answered.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut stream).await {
+                        return;
                     }
                     answered.fetch_add(1, Ordering::SeqCst);
                     let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -162,7 +157,7 @@ async fn closes_on_reuse() -> (
                         return;
                     }
                     // The next request, if any, finds the connection closing.
-                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.read(&mut [0u8; 1024]).await;
                 });
             }
         }

@@ -211,6 +211,20 @@ pub async fn dead_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// Reads from `stream` until a whole request head has arrived (and
+/// whatever came with it); `false` if the stream ended first.
+pub async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A raw TCP upstream that answers each connection's first request with
 /// `reply` bytes, verbatim, then closes.
 pub async fn raw_upstream(reply: &'static [u8]) -> (SocketAddr, JoinHandle<()>) {
@@ -222,13 +236,8 @@ pub async fn raw_upstream(reply: &'static [u8]) -> (SocketAddr, JoinHandle<()>) 
                 continue;
             };
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream.write_all(reply).await;
                 let _ = stream.shutdown().await;
