@@ -66,6 +66,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// long an idle keep-alive connection is kept.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default cap on the connections open to one upstream at once: what a
+/// flood of slow requests can make the proxy open, whatever the timeouts.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// Default longest pause in a request body (between two reads): a client
 /// that stops sending its body mid-way holds an upstream connection no
 /// longer than this.
@@ -214,6 +218,8 @@ pub struct PoolConfig {
     pub upstreams: Vec<Authority>,
     /// How requests are spread over them.
     pub balance: Balance,
+    /// The most connections open to each upstream at once (tunnels aside).
+    pub max_connections: usize,
     /// TLS to the upstreams, if `tls = true`.
     pub tls: Option<tls::UpstreamTls>,
 }

@@ -10,7 +10,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
 
 use http::uri::Authority;
 
@@ -35,11 +37,17 @@ pub struct Upstream {
     probes: Mutex<ProbeRecord>,
     /// Kept-alive connections waiting for a request (plain pools only).
     pub idle: IdleConnections,
+    /// One permit per connection that may be open to it (plain pools
+    /// only); each open connection holds one until it closes.
+    pub slots: Arc<Semaphore>,
+    /// How many permits `slots` was given: `max_connections`.
+    max_connections: AtomicUsize,
 }
 
 impl Upstream {
-    /// An upstream with nothing in flight.
-    pub fn new(authority: Authority) -> Upstream {
+    /// An upstream with nothing in flight, to which at most
+    /// `max_connections` connections may be open at once.
+    pub fn new(authority: Authority, max_connections: usize) -> Upstream {
         Upstream {
             authority,
             in_flight: AtomicUsize::new(0),
@@ -47,6 +55,37 @@ impl Upstream {
             healthy: AtomicBool::new(true),
             probes: Mutex::new(ProbeRecord::default()),
             idle: IdleConnections::default(),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections: AtomicUsize::new(max_connections),
+        }
+    }
+
+    /// The most connections that may be open to it at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Moves the cap to `max_connections` (a reload). A lower cap takes
+    /// the permits that are free now, and the rest as connections close.
+    fn set_max_connections(&self, max_connections: usize) {
+        let old = self
+            .max_connections
+            .swap(max_connections, Ordering::Relaxed);
+        if max_connections > old {
+            self.slots.add_permits(max_connections - old);
+        } else {
+            let fewer = old - max_connections;
+            let forgotten = self.slots.forget_permits(fewer);
+            if forgotten < fewer {
+                let slots = self.slots.clone();
+                let owed = u32::try_from(fewer - forgotten).unwrap_or(u32::MAX);
+                // Taken as connections close, then never given back.
+                tokio::spawn(async move {
+                    if let Ok(permits) = slots.acquire_many(owed).await {
+                        permits.forget();
+                    }
+                });
+            }
         }
     }
 
@@ -217,7 +256,7 @@ impl Pool {
             upstreams: config
                 .upstreams
                 .iter()
-                .map(|a| Arc::new(Upstream::new(a.clone())))
+                .map(|a| Arc::new(Upstream::new(a.clone(), config.max_connections)))
                 .collect(),
             balance: config.balance,
             next: AtomicUsize::new(0),
@@ -247,6 +286,7 @@ impl Pool {
                     .iter()
                     .find(|u| u.authority == upstream.authority)
                 {
+                    kept.set_max_connections(config.max_connections);
                     *upstream = kept.clone();
                 }
             }
@@ -313,6 +353,7 @@ mod tests {
             &PoolConfig {
                 upstreams,
                 balance,
+                max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
                 tls: None,
             },
             RequestCounters::default(),

@@ -84,6 +84,7 @@ pub struct MaintenanceSection {
 pub struct PoolSection {
     pub upstreams: Spanned<Vec<Spanned<String>>>,
     pub balance: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
     pub tls: Option<Spanned<bool>>,
     pub ca_file: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,

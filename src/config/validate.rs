@@ -39,6 +39,8 @@ const SECTIONS: &[&str] = &[
 
 /// Largest `max_header_bytes` accepted: beyond this a header block is an attack.
 const MAX_HEADER_BYTES_CEILING: i64 = 1024 * 1024;
+/// Largest `max_connections` accepted per upstream.
+const MAX_CONNECTIONS_CEILING: usize = 65_536;
 /// Smallest `max_header_bytes` accepted: below this ordinary browsers break.
 const MAX_HEADER_BYTES_FLOOR: i64 = 1024;
 
@@ -524,12 +526,26 @@ impl Validator<'_> {
                     }
                 },
             };
+            let max_connections = match pool.max_connections.as_ref() {
+                None => DEFAULT_MAX_CONNECTIONS,
+                Some(n) => match usize::try_from(*n.get_ref()) {
+                    Ok(n) if (1..=MAX_CONNECTIONS_CEILING).contains(&n) => n,
+                    _ => {
+                        self.problem(
+                            Some(n.span()),
+                            format!("{key}.max_connections: must be a whole number from 1 to {MAX_CONNECTIONS_CEILING}"),
+                        );
+                        DEFAULT_MAX_CONNECTIONS
+                    }
+                },
+            };
             let tls = self.upstream_tls(&key, pool);
             pools.insert(
                 name.get_ref().clone(),
                 PoolConfig {
                     upstreams,
                     balance,
+                    max_connections,
                     tls,
                 },
             );

@@ -51,6 +51,15 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// Every connection the upstream may have is open and busy
+    /// (`max_connections`), and none came free in time.
+    #[error("all {limit} connections to upstream {upstream} are busy")]
+    UpstreamBusy {
+        /// The upstream.
+        upstream: Authority,
+        /// Its `max_connections`.
+        limit: usize,
+    },
     /// No response head within `timeouts.upstream`.
     #[error("upstream {upstream} sent no response head within {timeout:?}")]
     UpstreamTimeout {
@@ -76,7 +85,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream { .. } | ProxyError::UpstreamBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTls { .. }
             | ProxyError::BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
@@ -91,6 +102,7 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => "method_not_allowed",
             ProxyError::ClientBodyTimeout(_) => "request_timeout",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::UpstreamBusy { .. } => "upstream_busy",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTls { .. } => "upstream_tls_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -106,6 +118,7 @@ impl ProxyError {
             ProxyError::ConnectNotAllowed => "CONNECT is not supported by this server",
             ProxyError::ClientBodyTimeout(_) => "the request body did not arrive in time",
             ProxyError::NoHealthyUpstream { .. } => "no healthy upstream is available",
+            ProxyError::UpstreamBusy { .. } => "the upstream server is too busy; try again",
             ProxyError::UpstreamUnreachable { .. } => "the upstream server could not be reached",
             ProxyError::UpstreamTls { .. } => {
                 "the upstream server's TLS certificate could not be verified"

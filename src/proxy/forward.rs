@@ -197,9 +197,15 @@ pub async fn send(
             // Not the upstream's health: its keep-alive timeout met ours
             // (and the request could not be sent again).
             Origin::StaleConnection => return Err(classify(&upstream.authority, &*failed.error)),
-            Origin::Connect | Origin::Upstream => {}
+            Origin::Connect | Origin::Upstream | Origin::Busy(_) => {}
         }
-        let failure = classify(&upstream.authority, &*failed.error);
+        let failure = match failed.origin {
+            Origin::Busy(limit) => ProxyError::UpstreamBusy {
+                upstream: upstream.authority.clone(),
+                limit,
+            },
+            _ => classify(&upstream.authority, &*failed.error),
+        };
         if let ProxyError::UpstreamUnreachable { reason, .. }
         | ProxyError::UpstreamTls { reason, .. } = &failure
         {
@@ -211,8 +217,9 @@ pub async fn send(
         }
         // Only a failed connect guarantees the upstream saw nothing; the
         // body comes back only if it was never polled.
+        let nothing_sent = matches!(failed.origin, Origin::Connect | Origin::Busy(_));
         let body_back = match returned {
-            _ if !may_move || failed.origin != Origin::Connect => None,
+            _ if !may_move || !nothing_sent => None,
             Some(mut rx) => rx.try_recv().ok(),
             None => Some(Body::empty()),
         };
@@ -255,6 +262,9 @@ enum Origin {
     Upstream,
     /// The client's request body failed (cut off, reset, malformed).
     Client,
+    /// Every connection the upstream may have (this many) is busy: it saw
+    /// nothing of the request, and is not unhealthy for it.
+    Busy(usize),
 }
 
 impl From<hyper_util::client::legacy::Error> for Failed {
@@ -279,6 +289,10 @@ impl From<keepalive::Failure> for Failed {
             keepalive::Failure::Connect(error) => Failed {
                 error: Box::new(error),
                 origin: Origin::Connect,
+            },
+            keepalive::Failure::Busy { limit } => Failed {
+                error: format!("all {limit} connections to the upstream are busy").into(),
+                origin: Origin::Busy(limit),
             },
             keepalive::Failure::Exchange { error, reused } => {
                 let origin = if is_client_body_failure(&error) {

@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -51,6 +52,8 @@ pub type Connection = http1::SendRequest<Body>;
 #[derive(Debug, Default)]
 pub struct IdleConnections {
     stack: Mutex<Vec<Idle>>,
+    /// Wakes a request waiting for a connection (see [`exchange`]).
+    returned: Notify,
 }
 
 #[derive(Debug)]
@@ -81,10 +84,14 @@ impl IdleConnections {
             connection,
             since: Instant::now(),
         };
-        let mut stack = self.lock();
-        if stack.len() < MAX_IDLE {
+        {
+            let mut stack = self.lock();
+            if stack.len() >= MAX_IDLE {
+                return;
+            }
             stack.push(idle);
         }
+        self.returned.notify_one();
     }
 
     /// Closes the connections idle for `IDLE_TIMEOUT` or more as of `now`,
@@ -125,6 +132,13 @@ pub enum Failure {
     /// No connection could be opened: the upstream saw nothing of the
     /// request, so it may go to another upstream.
     Connect(std::io::Error),
+    /// Every connection the upstream may have is open and busy, and none
+    /// came free within the connect timeout. Not a fault of the upstream's
+    /// health; it saw nothing of the request.
+    Busy {
+        /// Its `max_connections`.
+        limit: usize,
+    },
     /// The connection failed once the request was handed to it.
     Exchange {
         /// What hyper said.
@@ -162,7 +176,13 @@ pub async fn exchange(
         let idle = if resent { None } else { upstream.idle.take() };
         let (mut connection, idle_since) = match idle {
             Some((connection, since)) => (connection, Some(since)),
-            None => (connect(&upstream.authority, connect_timeout).await?, None),
+            None => match open_or_wait(upstream, connect_timeout, resent).await? {
+                Opening::Idle(connection, since) => (connection, Some(since)),
+                Opening::Slot(slot) => (
+                    connect(&upstream.authority, connect_timeout, slot).await?,
+                    None,
+                ),
+            },
         };
         let reused = idle_since.is_some();
         // A new connection is ready once its task has started; a reused
@@ -228,8 +248,50 @@ pub fn is_cut_short(error: &hyper::Error) -> bool {
         })
 }
 
-/// Opens a connection to `authority` and starts its task.
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Connection, Failure> {
+/// What a request gets when no idle connection was there.
+enum Opening {
+    /// One came back meanwhile.
+    Idle(Connection, Instant),
+    /// Room for a new one.
+    Slot(OwnedSemaphorePermit),
+}
+
+/// Room for a new connection to `upstream`, or, while every one it may
+/// have is open, the first to come back idle; waits at most `timeout`.
+/// With `fresh_only`, only room for a new one will do.
+async fn open_or_wait(
+    upstream: &Upstream,
+    timeout: Duration,
+    fresh_only: bool,
+) -> Result<Opening, Failure> {
+    if let Ok(slot) = upstream.slots.clone().try_acquire_owned() {
+        return Ok(Opening::Slot(slot));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            slot = upstream.slots.clone().acquire_owned() => {
+                return Ok(Opening::Slot(slot.expect("the slots are never closed")));
+            }
+            () = upstream.idle.returned.notified(), if !fresh_only => {
+                if let Some((connection, since)) = upstream.idle.take() {
+                    return Ok(Opening::Idle(connection, since));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(Failure::Busy { limit: upstream.max_connections() });
+            }
+        }
+    }
+}
+
+/// Opens a connection to `authority` and starts its task, which holds
+/// `slot` for as long as the connection is open.
+async fn connect(
+    authority: &Authority,
+    timeout: Duration,
+    slot: OwnedSemaphorePermit,
+) -> Result<Connection, Failure> {
     // An IPv6 host comes bracketed, as in `[::1]:8080`.
     let host = authority
         .host()
@@ -253,7 +315,9 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Connection,
         .await
         .map_err(|error| Failure::Connect(std::io::Error::other(error)))?;
     tokio::spawn(async move {
-        // Upgrades (WebSocket) take the connection over from hyper.
+        let _slot = slot;
+        // Upgrades (WebSocket) take the connection over from hyper (and
+        // count as tunnels, not against the cap).
         if let Err(error) = task.with_upgrades().await {
             debug!(%error, "upstream connection failed");
         }

@@ -524,3 +524,57 @@ async fn a_body_that_stops_midway_is_cut_off_after_the_client_body_timeout() {
     .await;
     assert_eq!(healthy(&proxy, "blue").await, [true]);
 }
+
+/// An upstream that takes `delay` to answer, counting connections.
+async fn slow(delay: std::time::Duration) -> Upstream {
+    Upstream::start(move |request| async move {
+        if request.uri().path() != "/health" {
+            tokio::time::sleep(delay).await;
+        }
+        text("slow")
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connections_to_an_upstream_are_capped_and_waited_for() {
+    let upstream = slow(std::time::Duration::from_millis(300)).await;
+    let pools = format!(
+        "[listener]\nbind = \"127.0.0.1:0\"\n[pools.blue]\nupstreams = [\"{a}\"]\nmax_connections = 1\n[pools.green]\nupstreams = [\"{a}\"]\n[health]\ninterval = \"1h\"\ntimeout = \"5s\"\n[timeouts]\nconnect = \"3s\"\n",
+        a = upstream.addr
+    );
+    let proxy = Proxy::with_config(&pools).await;
+    // Two at once on a cap of one: the second waits for the first's
+    // connection to come back, and both are answered on it.
+    let (a, b) = (proxy.url("/a"), proxy.url("/b"));
+    let (first, second) = tokio::join!(get(&a), get(&b));
+    assert_eq!((first.0, second.0), (200, 200));
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_full_upstream_answers_503_busy_and_stays_healthy() {
+    let upstream = slow(std::time::Duration::from_secs(2)).await;
+    let pools = format!(
+        "[listener]\nbind = \"127.0.0.1:0\"\n[pools.blue]\nupstreams = [\"{a}\"]\nmax_connections = 2\n[pools.green]\nupstreams = [\"{a}\"]\n[health]\ninterval = \"1h\"\ntimeout = \"5s\"\n[timeouts]\nconnect = \"200ms\"\n",
+        a = upstream.addr
+    );
+    let proxy = Proxy::with_config(&pools).await;
+    let hold = |path: &'static str| {
+        let url = proxy.url(path);
+        tokio::spawn(async move { get(&url).await })
+    };
+    let (one, two) = (hold("/1"), hold("/2"));
+    eventually("both slow requests reached the upstream", || {
+        upstream.hits() == 2
+    })
+    .await;
+    let (status, _, body) = get(&proxy.url("/3")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("upstream_busy"), "{body}");
+    assert_eq!(upstream.hits(), 2, "a third connection was opened");
+    assert_eq!(healthy(&proxy, "blue").await, [true]);
+    assert_eq!(one.await.unwrap().0, 200);
+    assert_eq!(two.await.unwrap().0, 200);
+    assert_eq!(get(&proxy.url("/4")).await.0, 200);
+}
