@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::health::{self, ProbeResult};
 use crate::metrics::SwitchKind;
 use crate::state::persist::{self, PersistError};
-use crate::state::{Decisions, MaintenanceState, SharedState, Snapshot};
+use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snapshot};
 
 /// Where a change came from, for the audit log.
 #[derive(Debug, Clone, Copy)]
@@ -277,7 +277,9 @@ impl Control {
             maintenance,
             ..current.decisions.clone()
         };
-        let Some(committed) = self.commit(&current, decisions).await? else {
+        // The watch after a switch, if one runs, goes on.
+        let watch = self.pending_watch();
+        let Some(committed) = self.commit(&current, decisions, watch).await? else {
             return Ok(current);
         };
         let m = &committed.decisions.maintenance;
@@ -379,8 +381,17 @@ impl Control {
             previous_pool: Some(from.clone()),
             ..current.decisions.clone()
         };
+        // A switch starts a watch (with `[switch]`), recorded with it; a
+        // rollback ends the one running.
+        let watch = match (kind, current.config.switch) {
+            (SwitchKind::Switch, Some(rules)) => Some(PendingWatch {
+                pool: to.to_owned(),
+                until: SystemTime::now() + rules.watch,
+            }),
+            _ => None,
+        };
         let committed = self
-            .commit(current, decisions)
+            .commit(current, decisions, watch.clone())
             .await?
             .expect("a new live pool is a change");
         current.metrics.count_switch(kind);
@@ -403,8 +414,13 @@ impl Control {
                     format!("switched from {from} to {to}{forced}"),
                 );
                 self.cancel_watch();
-                if let Some(rules) = committed.config.switch {
-                    let watch = watch::ActiveWatch::start(self.me.clone(), &committed, rules);
+                if let (Some(rules), Some(pending)) = (committed.config.switch, watch) {
+                    let watch = watch::ActiveWatch::start(
+                        self.me.clone(),
+                        &committed,
+                        rules,
+                        pending.until,
+                    );
                     self.activity().watch = Some(watch);
                 }
             }
@@ -490,6 +506,31 @@ impl Control {
                 Err(ControlError::InvalidConfig(lines))
             }
         }
+    }
+
+    /// The watch in progress, as the state file records it.
+    fn pending_watch(&self) -> Option<PendingWatch> {
+        self.activity().watch.as_ref().map(|watch| PendingWatch {
+            pool: watch.pool().to_owned(),
+            until: watch.until(),
+        })
+    }
+
+    /// Resumes the watch the state file recorded, if its window is still
+    /// open, its pool is still live and `[switch]` is still configured:
+    /// a restart does not drop an automatic rollback. Its figures start
+    /// from zero.
+    pub fn resume_watch(&self, pending: PendingWatch) {
+        let snapshot = self.state.load_full();
+        let Some(rules) = snapshot.config.switch else {
+            return;
+        };
+        if pending.pool != snapshot.decisions.live_pool || pending.until <= SystemTime::now() {
+            return;
+        }
+        info!(pool = %pending.pool, until = %crate::state::persist::rfc3339(pending.until), "resuming the watch after the switch");
+        let watch = watch::ActiveWatch::start(self.me.clone(), &snapshot, rules, pending.until);
+        self.activity().watch = Some(watch);
     }
 
     /// Stops the watch in progress, if any.
@@ -588,10 +629,12 @@ impl Control {
 
     /// Persists and applies `decisions` if they differ from the current
     /// ones, with the next generation. `None` when nothing changed.
+    /// `watch` is the watch after a switch the file records with them.
     async fn commit(
         &self,
         current: &Snapshot,
         mut decisions: Decisions,
+        watch: Option<PendingWatch>,
     ) -> Result<Option<Arc<Snapshot>>, ControlError> {
         decisions.generation = current.decisions.generation;
         if decisions == current.decisions {
@@ -606,13 +649,16 @@ impl Control {
             .expect("changes only name pools of the config");
         let path = self.state_file.clone();
         let old = current.decisions.clone();
+        let old_watch = self.pending_watch();
         let saved = tokio::task::spawn_blocking(move || {
-            let saved = persist::save(&path, &decisions);
+            let saved = persist::save(&path, &decisions, watch.as_ref());
             // A failure after the rename leaves the new decisions in the
             // file: put the old ones back, so that file and running state
             // stay the same, whichever it is.
             let restored = match &saved {
-                Err(error) if error.replaced_the_file() => Some(persist::save(&path, &old)),
+                Err(error) if error.replaced_the_file() => {
+                    Some(persist::save(&path, &old, old_watch.as_ref()))
+                }
                 _ => None,
             };
             (saved, restored)

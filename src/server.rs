@@ -68,8 +68,8 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let state_file = config.state.file.clone();
         let state_lock = persist::lock(&state_file)?;
-        let decisions = match persist::load(&state_file)? {
-            Some(decisions) => {
+        let (decisions, watch) = match persist::load(&state_file)? {
+            Some((decisions, watch)) => {
                 info!(
                     file = %state_file.display(),
                     live_pool = %decisions.live_pool,
@@ -77,7 +77,7 @@ impl Server {
                     generation = decisions.generation,
                     "decisions restored"
                 );
-                decisions
+                (decisions, watch)
             }
             None => {
                 info!(
@@ -85,7 +85,7 @@ impl Server {
                     live_pool = %config.state.initial_pool,
                     "no state file yet; starting from initial_pool"
                 );
-                Decisions::initial(&config)
+                (Decisions::initial(&config), None)
             }
         };
         let metrics = Arc::new(Metrics::new());
@@ -109,7 +109,13 @@ impl Server {
                 metrics.clone(),
                 Lifecycle::default(),
             )),
-            control: Control::new(state),
+            control: {
+                let control = Control::new(state);
+                if let Some(watch) = watch {
+                    control.resume_watch(watch);
+                }
+                control
+            },
             metrics,
             listeners,
             admin,

@@ -34,6 +34,16 @@ pub struct Decisions {
     pub generation: u64,
 }
 
+/// A watch after a switch, as the state file keeps it, so that a restart
+/// within its window resumes it instead of dropping the automatic rollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWatch {
+    /// The pool switched to, which the watch follows.
+    pub pool: String,
+    /// When the watch ends.
+    pub until: std::time::SystemTime,
+}
+
 /// The maintenance gate as decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceState {

@@ -47,17 +47,22 @@ pub struct WatchStatus {
 
 impl ActiveWatch {
     /// Starts watching the live pool of `snapshot` (just switched to) under
-    /// `rules`; the task calls back into `control` with its verdict.
+    /// `rules` until `until`; the task calls back into `control` with its
+    /// verdict.
     pub(super) fn start(
         control: Weak<Control>,
         snapshot: &Snapshot,
         rules: SwitchWatch,
+        until: SystemTime,
     ) -> ActiveWatch {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pool = snapshot.live.name.clone();
         let counters = snapshot.live.requests.clone();
         let baseline = counters.totals();
+        let left = until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         let task = tokio::spawn(run(
             control,
             id,
@@ -65,11 +70,12 @@ impl ActiveWatch {
             counters.clone(),
             baseline,
             rules,
+            left,
         ));
         ActiveWatch {
             id,
             pool,
-            until: SystemTime::now() + rules.watch,
+            until,
             counters,
             baseline,
             task,
@@ -84,6 +90,11 @@ impl ActiveWatch {
     /// The pool watched.
     pub fn pool(&self) -> &str {
         &self.pool
+    }
+
+    /// When it ends.
+    pub fn until(&self) -> SystemTime {
+        self.until
     }
 
     /// Its figures so far.
@@ -129,8 +140,9 @@ async fn run(
     counters: RequestCounters,
     baseline: (u64, u64),
     rules: SwitchWatch,
+    left: Duration,
 ) {
-    let until = Instant::now() + rules.watch;
+    let until = Instant::now() + left;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;

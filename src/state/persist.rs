@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Decisions, MaintenanceState};
+use super::{Decisions, MaintenanceState, PendingWatch};
 
 /// The format this build writes, and the newest it reads.
 pub const STATE_FILE_VERSION: u32 = 1;
@@ -120,6 +120,16 @@ struct StateFile {
     previous_pool: Option<String>,
     maintenance: MaintenanceFile,
     generation: u64,
+    /// Only while a watch after a switch runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watch: Option<WatchFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchFile {
+    pool: String,
+    until: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,7 +152,7 @@ struct VersionOnly {
 /// at all at `path`, in a directory that exists. Anything else that is not
 /// a readable state file (a dangling link, a FIFO, a missing directory) is
 /// an error, never a first start.
-pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
+pub fn load(path: &Path) -> Result<Option<(Decisions, Option<PendingWatch>)>, PersistError> {
     let read_error = |source| PersistError::Read {
         path: path.to_owned(),
         source,
@@ -202,7 +212,15 @@ pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
     if file.live_pool.is_empty() {
         return Err(corrupt("live_pool is empty".to_owned()));
     }
-    Ok(Some(Decisions {
+    let watch = match file.watch {
+        None => None,
+        Some(watch) => Some(PendingWatch {
+            until: humantime::parse_rfc3339(&watch.until)
+                .map_err(|e| corrupt(format!("watch.until `{}`: {e}", watch.until)))?,
+            pool: watch.pool,
+        }),
+    };
+    let decisions = Decisions {
         live_pool: file.live_pool,
         previous_pool: file.previous_pool,
         maintenance: MaintenanceState {
@@ -212,7 +230,8 @@ pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
             since,
         },
         generation: file.generation,
-    }))
+    };
+    Ok(Some((decisions, watch)))
 }
 
 /// Writes `decisions` to `path` atomically and durably: a temp file in the
@@ -221,7 +240,12 @@ pub fn load(path: &Path) -> Result<Option<Decisions>, PersistError> {
 /// fsync failed ([`PersistError::replaced_the_file`]).
 ///
 /// Blocking: call it from `spawn_blocking`.
-pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
+/// `watch` is the watch after a switch that is running, if any.
+pub fn save(
+    path: &Path,
+    decisions: &Decisions,
+    watch: Option<&PendingWatch>,
+) -> Result<(), PersistError> {
     let file = StateFile {
         version: STATE_FILE_VERSION,
         live_pool: decisions.live_pool.clone(),
@@ -233,6 +257,10 @@ pub fn save(path: &Path, decisions: &Decisions) -> Result<(), PersistError> {
             since: decisions.maintenance.since.map(rfc3339),
         },
         generation: decisions.generation,
+        watch: watch.map(|watch| WatchFile {
+            pool: watch.pool.clone(),
+            until: rfc3339(watch.until),
+        }),
     };
     let mut text = serde_json::to_vec_pretty(&file).expect("the state file serializes");
     text.push(b'\n');
@@ -378,11 +406,19 @@ mod tests {
         let dir = Scratch::new("round-trip");
         let path = dir.0.join("state.json");
         assert!(load(&path).unwrap().is_none());
-        save(&path, &decisions()).unwrap();
-        assert_eq!(load(&path).unwrap(), Some(decisions()));
+        save(&path, &decisions(), None).unwrap();
+        assert_eq!(load(&path).unwrap(), Some((decisions(), None)));
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 1"), "{text}");
         assert!(text.contains("\"retry_after_s\": 600"), "{text}");
+        assert!(!text.contains("watch"), "{text}");
+        // A watch after a switch is kept with the decisions while it runs.
+        let watch = PendingWatch {
+            pool: "green".to_owned(),
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+        };
+        save(&path, &decisions(), Some(&watch)).unwrap();
+        assert_eq!(load(&path).unwrap(), Some((decisions(), Some(watch))));
     }
 
     #[test]

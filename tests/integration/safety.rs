@@ -309,6 +309,36 @@ async fn a_switch_to_a_failing_pool_is_rolled_back_by_itself() {
 }
 
 #[tokio::test]
+async fn a_restart_within_the_watch_resumes_it() {
+    let blue = Upstream::named("blue").await;
+    let green = failing("green").await;
+    let proxy = Proxy::with_config(&watch_config(&blue, &green, "30s")).await;
+    let (code, doc) = proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(code, 200, "{doc}");
+    let watch_until = doc["watch"]["until"].clone();
+    let dir = proxy.stop().await;
+    let proxy = Proxy::in_dir(dir).await;
+    let doc = status(&proxy).await;
+    assert_eq!(doc["watch"]["pool"], "green", "{doc}");
+    assert_eq!(doc["watch"]["until"], watch_until, "{doc}");
+    for _ in 0..10 {
+        assert_eq!(get(&proxy.url("/")).await.0, 500);
+    }
+    until("the resumed watch rolled back to blue", || async {
+        status(&proxy).await["live_pool"] == "blue"
+    })
+    .await;
+    // The rollback ended the watch, in the file too.
+    let dir = proxy.stop().await;
+    let proxy = Proxy::in_dir(dir).await;
+    let doc = status(&proxy).await;
+    assert_eq!(doc["live_pool"], "blue");
+    assert_eq!(doc["watch"], serde_json::Value::Null, "{doc}");
+}
+
+#[tokio::test]
 async fn no_rollback_below_min_requests_nor_after_the_window() {
     let blue = Upstream::named("blue").await;
     let green = failing("green").await;
