@@ -411,16 +411,23 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(path, &text)
+        Config::validate(path, &text, true)
     }
 
     /// Validates `text` as the contents of the config file at `path`
-    /// (which only anchors relative paths and error messages).
+    /// (which anchors relative paths and error messages). Unlike
+    /// [`Config::load`], it does not require the directories of
+    /// `state.file` and `admin.socket` to exist.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config = validate::parse(path, text).map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
+        Config::validate(path, &text, false)
+    }
+
+    fn validate(path: &Path, text: &str, on_disk: bool) -> Result<Config, ConfigError> {
+        let mut config =
+            validate::parse(path, text, on_disk).map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })?;
         config.digest = digest(text.as_bytes());
         Ok(config)
     }

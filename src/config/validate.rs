@@ -45,8 +45,12 @@ const MAX_CONNECTIONS_CEILING: usize = 65_536;
 const MAX_HEADER_BYTES_FLOOR: i64 = 1024;
 
 /// Parses and validates; `Err` holds every problem, sorted by position.
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+/// With `on_disk`, the directories the config names for files switchyard
+/// creates (the state file, the admin socket) must exist: switchyard never
+/// creates one, since a missing one is a mistake or an unmounted volume.
+pub(super) fn parse(path: &Path, text: &str, on_disk: bool) -> Result<Config, Vec<Problem>> {
     let mut v = Validator {
+        on_disk,
         text,
         base: path.parent().map(Path::to_owned).unwrap_or_default(),
         problems: Vec::new(),
@@ -66,6 +70,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
 }
 
 struct Validator<'t> {
+    /// Whether directories named by the config must exist.
+    on_disk: bool,
     text: &'t str,
     /// Directory that relative paths resolve against.
     base: PathBuf,
@@ -420,10 +426,12 @@ impl Validator<'_> {
 
     fn admin(&mut self, section: Option<&Spanned<AdminSection>>) -> Admin {
         let section = section.map(Spanned::get_ref);
-        let socket = match section.and_then(|s| s.socket.as_ref()) {
+        let given = section.and_then(|s| s.socket.as_ref());
+        let socket = match given {
             Some(socket) => self.path("admin.socket", socket),
             None => self.base.join(DEFAULT_ADMIN_SOCKET),
         };
+        self.directory_exists("admin.socket", &socket, given.map(Spanned::span));
         let bind = section
             .and_then(|s| s.bind.as_ref())
             .map(|b| (b.span(), self.socket_addr("admin.bind", b)));
@@ -559,10 +567,12 @@ impl Validator<'_> {
         pools: &BTreeMap<String, PoolConfig>,
     ) -> State {
         let section = section.map(Spanned::get_ref);
-        let file = match section.and_then(|s| s.file.as_ref()) {
+        let given = section.and_then(|s| s.file.as_ref());
+        let file = match given {
             Some(file) => self.path("state.file", file),
             None => self.base.join(DEFAULT_STATE_FILE),
         };
+        self.directory_exists("state.file", &file, given.map(Spanned::span));
         let initial = section.and_then(|s| s.initial_pool.as_ref());
         let initial_pool = initial
             .map(|p| p.get_ref().clone())
@@ -815,6 +825,24 @@ impl Validator<'_> {
         }
     }
 
+    /// With `on_disk`, records a problem unless `file`'s directory exists.
+    fn directory_exists(&mut self, key: &str, file: &Path, span: Option<Range<usize>>) {
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if self.on_disk && !dir.is_dir() {
+            let default = if span.is_none() { " (the default)" } else { "" };
+            self.problem(
+                span,
+                format!(
+                    "{key}: the directory {} does not exist{default}; create it (switchyard does not)",
+                    dir.display()
+                ),
+            );
+        }
+    }
+
     fn duration(&mut self, key: &str, value: &SpannedDuration, min: Duration) -> Duration {
         let duration = **value.get_ref();
         if duration < min {
@@ -892,7 +920,7 @@ mod tests {
     use super::*;
 
     fn problems(text: &str) -> Vec<String> {
-        match parse(Path::new("sy.toml"), text) {
+        match parse(Path::new("sy.toml"), text, false) {
             Ok(_) => Vec::new(),
             Err(problems) => problems.iter().map(ToString::to_string).collect(),
         }
@@ -902,7 +930,7 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let config = parse(Path::new("etc/sy.toml"), MINIMAL).expect("valid");
+        let config = parse(Path::new("etc/sy.toml"), MINIMAL, false).expect("valid");
         assert_eq!(config.listener.bind.to_string(), DEFAULT_LISTENER_BIND);
         assert_eq!(config.listener.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
         assert_eq!(config.state.initial_pool, "blue");
@@ -993,7 +1021,7 @@ mod tests {
     #[test]
     fn switch_rules_are_checked_and_defaulted() {
         let text = format!("{MINIMAL}[switch]\n");
-        let config = parse(Path::new("sy.toml"), &text).unwrap();
+        let config = parse(Path::new("sy.toml"), &text, false).unwrap();
         let rules = config.switch.expect("[switch] enables the watch");
         assert_eq!(rules.watch, DEFAULT_SWITCH_WATCH);
         assert_eq!(rules.min_requests, u64::from(DEFAULT_MIN_REQUESTS));
@@ -1010,7 +1038,7 @@ mod tests {
             "{found:?}"
         );
         assert!(found[2].contains("switch.min_requests"), "{found:?}");
-        let config = parse(Path::new("sy.toml"), MINIMAL).unwrap();
+        let config = parse(Path::new("sy.toml"), MINIMAL, false).unwrap();
         assert!(config.switch.is_none());
     }
 

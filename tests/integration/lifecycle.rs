@@ -168,3 +168,23 @@ async fn demo_serves_blue_and_stops_cleanly() {
     let exit = within(child.wait()).await.unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test]
+async fn check_refuses_directories_that_do_not_exist() {
+    let dir = TempDir::new();
+    let text = "[admin]\nsocket = \"gone/admin.sock\"\n[state]\nfile = \"/nonexistent-volume/state.json\"\n[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n";
+    let path = dir.write("dirs.toml", text);
+    let (code, stdout, stderr) = check(&path).await;
+    assert_eq!(code, 1, "{stdout}");
+    let p = path.display();
+    assert!(
+        stderr.contains(&format!("{p}:2:10: admin.socket: the directory ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{p}:4:8: state.file: the directory /nonexistent-volume does not exist"
+        )),
+        "{stderr}"
+    );
+}
