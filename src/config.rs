@@ -419,7 +419,7 @@ impl Config {
     /// [`Config::load`], it does not require the directories of
     /// `state.file` and `admin.socket` to exist.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        Config::validate(path, &text, false)
+        Config::validate(path, text, false)
     }
 
     fn validate(path: &Path, text: &str, on_disk: bool) -> Result<Config, ConfigError> {
