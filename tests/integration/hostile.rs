@@ -578,3 +578,39 @@ async fn a_full_upstream_answers_503_busy_and_stays_healthy() {
     assert_eq!(two.await.unwrap().0, 200);
     assert_eq!(get(&proxy.url("/4")).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_client_still_uploading_when_the_gate_answers_gets_the_answer_not_a_reset() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    gate_on(&proxy).await;
+    for round in 0..5 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        // Too large to discard: the answer closes the connection while the
+        // body is still coming.
+        writer
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4194304\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let sending = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..32 {
+                if writer.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            writer
+        });
+        // Read only once the client has sent what it was going to.
+        let _writer = within(sending).await.unwrap();
+        let mut answer = Vec::new();
+        let read = within(reader.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "round {round}: {read:?} after {answer:?}");
+        assert_eq!(status_of(&answer), 503, "round {round}: {answer}");
+    }
+}
