@@ -95,6 +95,9 @@ pub struct Metrics {
     cert_expiry: Family<CertLabels, Gauge>,
     connections: Gauge,
     parked: Gauge,
+    /// Each pool's 501 and 505 answers (not exported; kept here so that
+    /// every copy of a pool's counters shares them, across reloads).
+    refusals: Family<PoolLabel, Counter>,
 }
 
 /// One pool's request counters by status class, ready to increment
@@ -102,19 +105,32 @@ pub struct Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct RequestCounters {
     by_class: [Counter; 5],
+    /// Of the 5xx, the `501 Not Implemented` and `505 HTTP Version Not
+    /// Supported`: answers about the client's method or version (not
+    /// exported; see [`RequestCounters::totals`]).
+    refusals: Counter,
 }
 
 impl RequestCounters {
-    /// Answers so far, and how many of them were 5xx.
+    /// Answers so far, and how many of them were errors: 5xx, except 501
+    /// and 505, which a stranger gets by sending a method or version the
+    /// application does not know, and which say nothing of its health.
     pub fn totals(&self) -> (u64, u64) {
         let all = self.by_class.iter().map(Counter::get).sum();
-        (all, self.by_class[4].get())
+        let errors = self.by_class[4].get().saturating_sub(self.refusals.get());
+        (all, errors)
     }
 
     /// Counts one answer with `status`.
     pub fn count(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
+        if matches!(
+            status,
+            StatusCode::NOT_IMPLEMENTED | StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        ) {
+            self.refusals.inc();
+        }
     }
 }
 
@@ -274,6 +290,7 @@ impl Metrics {
             cert_expiry,
             connections,
             parked,
+            refusals: Family::default(),
         }
     }
 
@@ -299,6 +316,12 @@ impl Metrics {
                     })
                     .clone()
             }),
+            refusals: self
+                .refusals
+                .get_or_create(&PoolLabel {
+                    pool: pool.to_owned(),
+                })
+                .clone(),
         }
     }
 

@@ -39,8 +39,18 @@ pub struct Body {
     answering: Option<Answering>,
     /// Where to return the contents if dropped unpolled.
     give_back: Option<oneshot::Sender<Body>>,
-    /// For a client's request body: how long it may pause.
+    /// What only a client's upload needs, boxed so that every other body
+    /// (and every response hyper moves) stays small.
+    upload: Option<Box<Upload>>,
+}
+
+/// What a client's upload carries besides its bytes.
+#[derive(Debug, Default)]
+struct Upload {
+    /// How long it may pause.
     pause: Option<Pause>,
+    /// Told once it has been read to its end.
+    on_end: Option<oneshot::Sender<()>>,
 }
 
 /// The longest a body may pause, and the timer of the pause under way.
@@ -103,7 +113,7 @@ impl Body {
             in_flight: None,
             answering: None,
             give_back: None,
-            pause: None,
+            upload: None,
         }
     }
 
@@ -148,12 +158,18 @@ impl Body {
     /// Fails the body once it has sent nothing for `limit` (a client's
     /// request body: `timeouts.client_body`).
     pub fn with_pause_limit(mut self, limit: Duration) -> Body {
-        self.pause = Some(Pause {
-            limit,
-            timer: None,
-            running: false,
-        });
+        if !http_body::Body::is_end_stream(&self) {
+            self.upload_mut().pause = Some(Pause {
+                limit,
+                timer: None,
+                running: false,
+            });
+        }
         self
+    }
+
+    fn upload_mut(&mut self) -> &mut Upload {
+        self.upload.get_or_insert_with(Box::default)
     }
 
     /// Keeps `guard` alive for as long as this body is.
@@ -166,6 +182,14 @@ impl Body {
     pub fn with_answering(mut self, guard: Answering) -> Body {
         self.answering = Some(guard);
         self
+    }
+
+    /// The returned receiver is told once this body has been read to its
+    /// end (and closed if it is dropped before).
+    pub fn on_end(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.upload_mut().on_end = Some(tx);
+        rx
     }
 
     /// Arranges for this body's contents to come back through the returned
@@ -182,6 +206,9 @@ impl Body {
     /// connection.
     fn finished(&mut self) {
         self.rest = None;
+        if let Some(on_end) = self.upload.as_mut().and_then(|u| u.on_end.take()) {
+            let _ = on_end.send(());
+        }
         if let Some(in_flight) = self.in_flight.take() {
             in_flight.finish();
         }
@@ -191,7 +218,10 @@ impl Body {
 impl Drop for Body {
     fn drop(&mut self) {
         if let Some(tx) = self.give_back.take() {
-            let _ = tx.send(Body::new(self.head.take(), self.rest.take()));
+            // Back whole: its pause limit and its end's listener go with it.
+            let mut back = Body::new(self.head.take(), self.rest.take());
+            back.upload = self.upload.take();
+            let _ = tx.send(back);
         }
         // A body with nothing left to read from its upstream (a HEAD answer,
         // an empty one, one whose last frame was read ahead) leaves its
@@ -224,7 +254,7 @@ impl http_body::Body for Body {
             return Poll::Ready(None);
         };
         let polled = Pin::new(&mut *rest).poll_frame(cx);
-        if let Some(pause) = &mut this.pause {
+        if let Some(pause) = this.upload.as_mut().and_then(|u| u.pause.as_mut()) {
             if pause.poll_over(polled.is_pending(), cx).is_ready() {
                 return Poll::Ready(Some(Err(BodyError::Stalled(pause.limit))));
             }

@@ -18,7 +18,6 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::body::{Body, BodyError, ReadAhead};
@@ -136,13 +135,24 @@ pub async fn send(
     mut body: Body,
     timeouts: &Timeouts,
 ) -> Result<Answer, ProxyError> {
-    let deadline = Instant::now() + timeouts.upstream;
     let no_upstream = || ProxyError::NoHealthyUpstream {
         pool: pool.name.clone(),
     };
     let mut in_flight = pool.pick(None).ok_or_else(no_upstream)?;
     // An empty body needs no way back: a retry sends a new empty one.
     let empty = http_body::Body::is_end_stream(&body);
+    // The upstream has `timeouts.upstream` to answer once it has the whole
+    // request: a client's slow upload is not the upstream's slowness (the
+    // client's pauses have `timeouts.client_body`).
+    let sent = (!empty).then(|| body.on_end());
+    let overdue = async {
+        if let Some(sent) = sent {
+            // Dropped unsent: the exchange is failing anyway.
+            let _ = sent.await;
+        }
+        tokio::time::sleep(timeouts.upstream).await;
+    };
+    tokio::pin!(overdue);
     // After a failed connect, once, on another upstream.
     let mut may_move = pool.has_alternative();
     // After a reused connection died under it, it may go again on a new one.
@@ -174,14 +184,17 @@ pub async fn send(
                 .map_err(Failed::from),
             }
         };
-        let failed = match tokio::time::timeout_at(deadline, exchange).await {
-            Err(_elapsed) => {
+        let exchanged = tokio::select! {
+            exchanged = exchange => exchanged,
+            () = overdue.as_mut() => {
                 return Err(ProxyError::UpstreamTimeout {
                     upstream: upstream.authority.clone(),
                     timeout: timeouts.upstream,
                 })
             }
-            Ok(Ok((response, connection))) => {
+        };
+        let failed = match exchanged {
+            Ok((response, connection)) => {
                 if let Some(connection) = connection {
                     in_flight.hold(connection);
                 }
@@ -190,7 +203,7 @@ pub async fn send(
                     in_flight,
                 });
             }
-            Ok(Err(failed)) => failed,
+            Err(failed) => failed,
         };
         match failed.origin {
             Origin::Client => return Err(client_failure(&*failed.error)),

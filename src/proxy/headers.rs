@@ -143,12 +143,15 @@ pub fn prepare_request(
 
 /// Headers with which a client could make the application read another
 /// URL or method than the one the gate judged: IIS's and Symfony's
-/// `X-Original-URL` and `X-Rewrite-URL`, and `X-HTTP-Method-Override`.
-/// Only a proxy in front may set them, and switchyard sets none.
-static REWRITES: [HeaderName; 3] = [
+/// `X-Original-URL` and `X-Rewrite-URL`, and the method overrides of
+/// Rails, Symfony, Express and ASP.NET. Only a proxy in front may set
+/// them, and switchyard sets none.
+static REWRITES: [HeaderName; 5] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// Removes [`REWRITES`] from a client's request.
@@ -289,6 +292,8 @@ mod tests {
             ("x-original-url", "/admin"),
             ("X-Rewrite-URL", "/admin"),
             ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("X-Method-Override", "DELETE"),
             ("content-length", "0005"),
             ("x-kept", "yes"),
         ]);
@@ -302,6 +307,8 @@ mod tests {
         assert!(!headers.contains_key("x-original-url"));
         assert!(!headers.contains_key("x-rewrite-url"));
         assert!(!headers.contains_key("x-http-method-override"));
+        assert!(!headers.contains_key("x-http-method"));
+        assert!(!headers.contains_key("x-method-override"));
         assert_eq!(headers["content-length"], "5");
         assert_eq!(headers["x-kept"], "yes");
     }

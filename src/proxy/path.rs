@@ -28,7 +28,7 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
     // Most paths have nothing to look at twice.
     if !path
         .bytes()
-        .any(|b| matches!(b, b'.' | b'%' | b';' | b'\\'))
+        .any(|b| matches!(b, b'.' | b'%' | b';' | b'\\') || !b.is_ascii())
     {
         return Ok(None);
     }
@@ -37,6 +37,10 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
     }
     if path.contains("%00") {
         return Err("an encoded NUL in the path");
+    }
+    // Never valid UTF-8: only an overlong encoding (`%c0%ae` for `.`) uses them.
+    if contains_ignore_case(path, "%c0") || contains_ignore_case(path, "%c1") {
+        return Err("an overlong UTF-8 encoding in the path");
     }
     let decoded = decode_unreserved(path)?;
     let changed = decoded.is_some();
@@ -54,6 +58,10 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
                 );
             }
             dot_segments = true;
+        } else if reads_as_dots(segment) {
+            return Err(
+                "a segment that some servers read as `.` or `..` (encoded twice, with `%3B`, or padded)",
+            );
         }
     }
     // A dot inside a name (`/app.js`) changes nothing: no copy is made.
@@ -65,6 +73,53 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
     Ok((normalized != path).then_some(normalized))
 }
 
+/// Whether a lenient server could read `segment` as a dot segment: after
+/// decoding it again (and again), cutting its `;` parameters, trimming
+/// white space and reading full-width dots as dots. (A segment that is
+/// plainly `.` or `..` is not asked: it is removed.)
+fn reads_as_dots(segment: &str) -> bool {
+    if !segment.contains(['.', '%', '\u{ff0e}']) {
+        return false;
+    }
+    let mut text = segment.to_owned();
+    for _ in 0..3 {
+        match percent_decode(&text) {
+            Some(decoded) if decoded != text => text = decoded,
+            _ => break,
+        }
+    }
+    let bare = text.split(';').next().unwrap_or("");
+    let bare = bare
+        .trim_matches(|c: char| c.is_whitespace())
+        .replace('\u{ff0e}', ".");
+    bare == "." || bare == ".."
+}
+
+/// Every percent-encoding of `text` decoded; `None` if that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// `path` with its percent-encoded unreserved characters decoded, or
 /// `None` if it has none.
 fn decode_unreserved(path: &str) -> Result<Option<String>, Refusal> {
@@ -72,7 +127,7 @@ fn decode_unreserved(path: &str) -> Result<Option<String>, Refusal> {
         return Ok(None);
     }
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    let mut out = Vec::with_capacity(path.len());
     let mut changed = false;
     let mut i = 0;
     while i < bytes.len() {
@@ -83,18 +138,19 @@ fn decode_unreserved(path: &str) -> Result<Option<String>, Refusal> {
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or("a malformed percent-encoding in the path")?;
             if hex.is_ascii_alphanumeric() || matches!(hex, b'-' | b'.' | b'_' | b'~') {
-                out.push(char::from(hex));
+                out.push(hex);
                 changed = true;
             } else {
-                out.push_str(&path[i..i + 3]);
+                out.extend_from_slice(&bytes[i..i + 3]);
             }
             i += 3;
         } else {
-            // Paths are ASCII: the URI parser refused anything else.
-            out.push(char::from(bytes[i]));
+            out.push(bytes[i]);
             i += 1;
         }
     }
+    // Only ASCII characters were decoded into a string that was UTF-8.
+    let out = String::from_utf8(out).expect("decoding unreserved characters keeps UTF-8");
     Ok(changed.then_some(out))
 }
 
@@ -189,6 +245,14 @@ mod tests {
             "/health%00/x",
             "/bad%zz",
             "/bad%2",
+            "/health/..%3b/secret",
+            "/health/.%3B/secret",
+            "/health/%252e%252e/secret",
+            "/health/%c0%ae%c0%ae/secret",
+            "/health/..%20/secret",
+            "/health/..%09/secret",
+            "/health/%EF%BC%8E%EF%BC%8E/secret",
+            "/health/\u{ff0e}\u{ff0e}/secret",
         ] {
             assert!(normalize(path).is_err(), "{path}");
         }

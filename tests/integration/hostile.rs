@@ -324,6 +324,10 @@ async fn allow_paths_cannot_be_walked_out_of() {
         "/health/./../secret",
         "/status/%2e./secret",
         "/health%00/../secret",
+        "/health/..%3b/secret",
+        "/health/%252e%252e/secret",
+        "/health/%c0%ae%c0%ae/secret",
+        "/health/..%20/secret",
     ] {
         let request =
             format!("GET {target} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
@@ -613,4 +617,37 @@ async fn a_client_still_uploading_when_the_gate_answers_gets_the_answer_not_a_re
         assert!(read.is_ok(), "round {round}: {read:?} after {answer:?}");
         assert_eq!(status_of(&answer), 503, "round {round}: {answer}");
     }
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_upload_is_not_the_upstreams_timeout() {
+    let broken = Arc::new(AtomicUsize::new(0));
+    let upstream = reader(broken.clone()).await;
+    let proxy = Proxy::with_config(&config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nupstream = \"1s\"\nclient_body = \"1s\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 8\r\n\r\n")
+        .await
+        .unwrap();
+    // A byte every 400 ms: never a pause of client_body, 3 s in all, three
+    // times timeouts.upstream.
+    for _ in 0..8 {
+        stream.write_all(b"x").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    let answer = read_answer(&mut stream, "read").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(
+        metric(
+            &proxy,
+            "switchyard_requests_total{pool=\"blue\",class=\"5xx\"}"
+        )
+        .await,
+        0
+    );
 }

@@ -309,6 +309,41 @@ async fn a_switch_to_a_failing_pool_is_rolled_back_by_itself() {
 }
 
 #[tokio::test]
+async fn answers_to_unknown_methods_are_not_errors_of_the_new_pool() {
+    let blue = Upstream::named("blue").await;
+    // An application that answers a method it does not know with 501, as
+    // Python's http.server and Java servlets do.
+    let green = Upstream::start(|request| async move {
+        let mut response = text("green");
+        if request.method().as_str() == "FOO" {
+            *response.status_mut() = StatusCode::NOT_IMPLEMENTED;
+        }
+        response
+    })
+    .await;
+    let proxy = Proxy::with_config(&watch_config(&blue, &green, "30s")).await;
+    let (code, _) = proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(code, 200);
+    for _ in 0..10 {
+        let answer = raw(
+            proxy.addr,
+            b"FOO / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&answer), 501, "{answer}");
+    }
+    until("the watch saw the ten answers", || async {
+        status(&proxy).await["watch"]["requests"] == 10
+    })
+    .await;
+    let doc = status(&proxy).await;
+    assert_eq!(doc["watch"]["errors"], 0, "{doc}");
+    assert_eq!(doc["live_pool"], "green", "{doc}");
+}
+
+#[tokio::test]
 async fn a_restart_within_the_watch_resumes_it() {
     let blue = Upstream::named("blue").await;
     let green = failing("green").await;
