@@ -25,6 +25,11 @@ pub enum ProxyError {
     /// `CONNECT`: forward proxying is not what switchyard does.
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,
+    /// A request body in a transfer coding other than `chunked` alone
+    /// (`gzip, chunked`): hyper would undo the chunking only, and the
+    /// upstream would get the other coding's bytes without knowing.
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
     /// The client announced a body but sent none in time.
     #[error("request body did not start within {0:?}")]
     ClientBodyTimeout(Duration),
@@ -84,6 +89,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoHealthyUpstream { .. } | ProxyError::UpstreamBusy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -100,6 +106,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => "bad_request",
             ProxyError::ConnectNotAllowed => "method_not_allowed",
+            ProxyError::UnsupportedTransferCoding => "not_implemented",
             ProxyError::ClientBodyTimeout(_) => "request_timeout",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::UpstreamBusy { .. } => "upstream_busy",
@@ -116,6 +123,9 @@ impl ProxyError {
             ProxyError::BadRequest(reason) => reason,
             ProxyError::BadRequestBody(_) => "malformed request body",
             ProxyError::ConnectNotAllowed => "CONNECT is not supported by this server",
+            ProxyError::UnsupportedTransferCoding => {
+                "only the chunked transfer coding is supported"
+            }
             ProxyError::ClientBodyTimeout(_) => "the request body did not arrive in time",
             ProxyError::NoHealthyUpstream { .. } => "no healthy upstream is available",
             ProxyError::UpstreamBusy { .. } => "the upstream server is too busy; try again",
@@ -138,13 +148,14 @@ impl ProxyError {
             ProxyError::BadRequest(_)
                 | ProxyError::BadRequestBody(_)
                 | ProxyError::ConnectNotAllowed
+                | ProxyError::UnsupportedTransferCoding
                 | ProxyError::ClientBodyTimeout(_)
         )
     }
 
     /// Whether this is the client's fault (logged at debug, not warn).
     pub fn is_client_error(&self) -> bool {
-        self.status().is_client_error()
+        self.status().is_client_error() || matches!(self, ProxyError::UnsupportedTransferCoding)
     }
 
     /// The answer, shaped for a client speaking `version`.

@@ -35,6 +35,16 @@ pub fn check(
         return Err(ProxyError::ConnectNotAllowed);
     }
     check_target(method, uri)?;
+    // `chunked` alone: hyper undoes it, and the body goes on as it was sent.
+    for coding in headers.get_all(http::header::TRANSFER_ENCODING) {
+        if !coding
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(ProxyError::UnsupportedTransferCoding);
+        }
+    }
     let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {

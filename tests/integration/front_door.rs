@@ -67,6 +67,17 @@ async fn content_length_with_transfer_encoding_is_refused() {
 }
 
 #[tokio::test]
+async fn transfer_codings_other_than_chunked_get_501() {
+    // hyper would undo the chunking and let the gzip bytes through as if
+    // they were the body.
+    refused(
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        501,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn oversized_header_block_gets_431() {
     let big = format!(
         "GET / HTTP/1.1\r\nHost: a.example\r\nX-Big: {}\r\n\r\n",
