@@ -670,7 +670,8 @@ where
             result = connection.as_mut() => return Driven::Ended(result),
             // The connection future is kept and polled again below.
             _ = phase.wait_for(|p| *p >= Phase::Draining) => break Stop::Drain,
-            () = abused(watch.resets) => {
+            // Not polled at all without resets to watch (HTTP/1).
+            () = abused(watch.resets), if watch.resets.is_some() => {
                 warn!(max = resets::MAX_CLIENT_RESETS, "client reset most of its streams; sending GOAWAY");
                 break Stop::Abuse;
             }
@@ -852,6 +853,10 @@ impl Proxy {
             request.version(),
             request.headers(),
         )?;
+        // Only a request with a body can have a transfer coding.
+        if !http_body::Body::is_end_stream(request.body()) {
+            frontdoor::check_transfer_coding(request.headers())?;
+        }
         if let Some(normalized) =
             path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?
         {
@@ -922,13 +927,14 @@ impl Proxy {
             if *https { "https" } else { "http" },
             target.upgrade,
         );
-        let body = match Body::read_ahead(incoming, timeouts.header).await {
-            ReadAhead::Ready(body) => body.with_pause_limit(timeouts.client_body),
+        let mut body = match Body::read_ahead(incoming, timeouts.header).await {
+            ReadAhead::Ready(body) => body,
             ReadAhead::Failed(error) => {
                 return Err(ProxyError::BadRequestBody(forward::error_chain(&error)))
             }
             ReadAhead::TimedOut(_) => return Err(ProxyError::ClientBodyTimeout(timeouts.header)),
         };
+        body.limit_pauses(timeouts.client_body);
         let head = Outgoing {
             method: parts.method,
             path: parts

@@ -157,15 +157,14 @@ impl Body {
 
     /// Fails the body once it has sent nothing for `limit` (a client's
     /// request body: `timeouts.client_body`).
-    pub fn with_pause_limit(mut self, limit: Duration) -> Body {
-        if !http_body::Body::is_end_stream(&self) {
+    pub fn limit_pauses(&mut self, limit: Duration) {
+        if !http_body::Body::is_end_stream(self) {
             self.upload_mut().pause = Some(Pause {
                 limit,
                 timer: None,
                 running: false,
             });
         }
-        self
     }
 
     fn upload_mut(&mut self) -> &mut Upload {

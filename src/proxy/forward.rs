@@ -185,6 +185,8 @@ pub async fn send(
             }
         };
         let exchanged = tokio::select! {
+            // In order: no random draw per request.
+            biased;
             exchanged = exchange => exchanged,
             () = overdue.as_mut() => {
                 return Err(ProxyError::UpstreamTimeout {

@@ -35,16 +35,6 @@ pub fn check(
         return Err(ProxyError::ConnectNotAllowed);
     }
     check_target(method, uri)?;
-    // `chunked` alone: hyper undoes it, and the body goes on as it was sent.
-    for coding in headers.get_all(http::header::TRANSFER_ENCODING) {
-        if !coding
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked")
-        {
-            return Err(ProxyError::UnsupportedTransferCoding);
-        }
-    }
     let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -102,6 +92,10 @@ pub fn check(
 /// protocols, or `websocket` offered beside another one, are not
 /// tunnelled either: the request goes on without its `Upgrade`.
 fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    // The usual request has no `Upgrade`: one lookup, no iterator.
+    if !headers.contains_key(http::header::UPGRADE) {
+        return false;
+    }
     let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
     let websocket = match (upgrades.next(), upgrades.next()) {
         (Some(only), None) => only
@@ -117,6 +111,23 @@ fn asks_for_websocket(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Checks the transfer coding of a request that has a body: `chunked`
+/// alone, which hyper undoes, so the body goes on as it was sent. (hyper
+/// would undo the chunking of `gzip, chunked` too, and the upstream would
+/// get gzip bytes as if they were the body.)
+pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for coding in headers.get_all(http::header::TRANSFER_ENCODING) {
+        if !coding
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(ProxyError::UnsupportedTransferCoding);
+        }
+    }
+    Ok(())
 }
 
 /// The request target must be a path (origin form), an absolute `http(s)`

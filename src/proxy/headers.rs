@@ -45,13 +45,34 @@ static HOP_BY_HOP: [&HeaderName; 10] = [
 /// `upgrade`, the `Upgrade` header survives and `Connection: upgrade` is
 /// set, so that the next hop sees the upgrade request (or its acceptance).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    strip(headers, upgrade, false);
+}
+
+/// [`strip_hop_by_hop`]; for a client's `request`, also removes
+/// [`REWRITES`] and makes `Content-Length` canonical.
+fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) {
     // One pass over the names finds which are there: a message carries one
     // or two of them, or none, and removing is a hash lookup each.
     let mut present = [false; HOP_BY_HOP.len()];
+    let (mut rewrites, mut length) = (false, false);
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
             present[i] = true;
+        } else if request {
+            if name == CONTENT_LENGTH {
+                length = true;
+            } else if REWRITES.iter().any(|r| r == name) {
+                rewrites = true;
+            }
         }
+    }
+    if rewrites {
+        for name in &REWRITES {
+            headers.remove(name);
+        }
+    }
+    if length {
+        canonical_content_length(headers);
     }
     if !present.contains(&true) {
         return;
@@ -119,11 +140,9 @@ pub fn prepare_request(
     proto: &'static str,
     upgrade: bool,
 ) {
-    strip_hop_by_hop(headers, upgrade);
+    strip(headers, upgrade, true);
     // The proxy answers `100-continue` itself when it reads the body.
     headers.remove(EXPECT);
-    strip_rewrites(headers);
-    canonical_content_length(headers);
     if !headers.contains_key(HOST) {
         if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(HOST, value);
@@ -153,19 +172,6 @@ static REWRITES: [HeaderName; 5] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
-
-/// Removes [`REWRITES`] from a client's request.
-fn strip_rewrites(headers: &mut HeaderMap) {
-    // One pass over the names: most requests carry none of them.
-    if headers
-        .keys()
-        .any(|name| REWRITES.iter().any(|r| r == name))
-    {
-        for name in &REWRITES {
-            headers.remove(name);
-        }
-    }
-}
 
 /// Rewrites `Content-Length: 0005` as `5`, so that the upstream reads the
 /// length hyper read. (hyper has refused anything but digits, and two
