@@ -19,7 +19,7 @@ use http::uri::Authority;
 use crate::config::tls::UpstreamTls;
 use crate::config::{Balance, Health, PoolConfig};
 use crate::metrics::RequestCounters;
-use crate::proxy::{Connection, IdleConnections, UpstreamClient};
+use crate::proxy::{Connection, Ended, IdleConnections, UpstreamClient};
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -176,6 +176,8 @@ pub struct ProbeRecord {
 pub struct InFlight {
     upstream: Arc<Upstream>,
     connection: Option<Connection>,
+    /// Whether the request's body has all been sent (none: no body).
+    sent: Option<Arc<Ended>>,
 }
 
 impl InFlight {
@@ -184,16 +186,24 @@ impl InFlight {
         &self.upstream
     }
 
-    /// Holds `connection`, which this request's answer is coming on.
-    pub fn hold(&mut self, connection: Connection) {
+    /// Holds `connection`, which this request's answer is coming on, and
+    /// what tells whether its body (if it has one) has all been sent.
+    pub fn hold(&mut self, connection: Connection, sent: Option<Arc<Ended>>) {
         self.connection = Some(connection);
+        self.sent = sent;
     }
 
     /// The answer has been read to its end: its connection may serve the
-    /// next request. (Dropping the guard instead closes the connection.)
+    /// next request, if the request's body has all gone out on it too. An
+    /// upstream may answer before it has read the body (an early 413, a
+    /// gate of its own); a connection still carrying a client's slow upload
+    /// would hold the next request until that upload ends. (Dropping the
+    /// guard closes the connection.)
     pub fn finish(mut self) {
         if let Some(connection) = self.connection.take() {
-            self.upstream.idle.put(connection);
+            if self.sent.as_ref().is_none_or(|sent| sent.is_done()) {
+                self.upstream.idle.put(connection);
+            }
         }
     }
 
@@ -321,6 +331,7 @@ impl Pool {
         Some(InFlight {
             upstream: chosen.clone(),
             connection: None,
+            sent: None,
         })
     }
 

@@ -23,7 +23,10 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Sleep;
 
 use super::park::Answering;
@@ -50,7 +53,35 @@ struct Upload {
     /// How long it may pause.
     pause: Option<Pause>,
     /// Told once it has been read to its end.
-    on_end: Option<oneshot::Sender<()>>,
+    ended: Option<Arc<Ended>>,
+}
+
+/// Whether an upload has been read to its end, for whoever waits on it.
+#[derive(Debug, Default)]
+pub struct Ended {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Ended {
+    /// Whether the body has been read to its end.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the body has been read to its end (never if it is
+    /// dropped before).
+    pub async fn wait(&self) {
+        while !self.is_done() {
+            // One waiter: `notify_one` keeps a permit if it comes first.
+            self.notify.notified().await;
+        }
+    }
+
+    fn set(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
 }
 
 /// The longest a body may pause, and the timer of the pause under way.
@@ -183,12 +214,9 @@ impl Body {
         self
     }
 
-    /// The returned receiver is told once this body has been read to its
-    /// end (and closed if it is dropped before).
-    pub fn on_end(&mut self) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        self.upload_mut().on_end = Some(tx);
-        rx
+    /// Sets `ended` once this body has been read to its end.
+    pub fn tell_end(&mut self, ended: Arc<Ended>) {
+        self.upload_mut().ended = Some(ended);
     }
 
     /// Arranges for this body's contents to come back through the returned
@@ -205,8 +233,8 @@ impl Body {
     /// connection.
     fn finished(&mut self) {
         self.rest = None;
-        if let Some(on_end) = self.upload.as_mut().and_then(|u| u.on_end.take()) {
-            let _ = on_end.send(());
+        if let Some(ended) = self.upload.as_mut().and_then(|u| u.ended.take()) {
+            ended.set();
         }
         if let Some(in_flight) = self.in_flight.take() {
             in_flight.finish();

@@ -8,6 +8,7 @@
 //! on it. The whole exchange, up to the response head, is bounded by
 //! `timeouts.upstream`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -20,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
-use super::body::{Body, BodyError, ReadAhead};
+use super::body::{Body, BodyError, Ended, ReadAhead};
 use super::error::ProxyError;
 use super::keepalive;
 use crate::config::tls::UpstreamTls;
@@ -144,11 +145,15 @@ pub async fn send(
     // The upstream has `timeouts.upstream` to answer once it has the whole
     // request: a client's slow upload is not the upstream's slowness (the
     // client's pauses have `timeouts.client_body`).
-    let sent = (!empty).then(|| body.on_end());
+    let sent = (!empty).then(|| {
+        let ended = Arc::new(Ended::default());
+        body.tell_end(ended.clone());
+        ended
+    });
     let overdue = async {
-        if let Some(sent) = sent {
-            // Dropped unsent: the exchange is failing anyway.
-            let _ = sent.await;
+        if let Some(sent) = &sent {
+            // Never, if the body is dropped unsent: then the exchange fails.
+            sent.wait().await;
         }
         tokio::time::sleep(timeouts.upstream).await;
     };
@@ -198,7 +203,7 @@ pub async fn send(
         let failed = match exchanged {
             Ok((response, connection)) => {
                 if let Some(connection) = connection {
-                    in_flight.hold(connection);
+                    in_flight.hold(connection, sent.clone());
                 }
                 return Ok(Answer {
                     response,

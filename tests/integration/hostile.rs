@@ -651,3 +651,38 @@ async fn a_slow_but_steady_upload_is_not_the_upstreams_timeout() {
         0
     );
 }
+
+#[tokio::test]
+async fn an_upload_answered_early_does_not_hold_its_connection_for_the_next_request() {
+    // An upstream that answers at once and reads the body in the
+    // background, as nginx does with `return`: the connection stays busy
+    // with the upload after the answer.
+    let upstream = Upstream::start(|request| async move {
+        let body = request.into_body();
+        tokio::spawn(async move {
+            let _ = body.collect().await;
+        });
+        text("early")
+    })
+    .await;
+    let proxy =
+        Proxy::with_config(&config_text(&[upstream.addr], &[upstream.addr], NO_PROBES)).await;
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut slow, "early").await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    // The upload goes on (slowly); another client is not held behind it.
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = get(&proxy.url("/next")).await;
+    assert_eq!((status, body.as_str()), (200, "early"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "waited {:?} behind another client's upload",
+        started.elapsed()
+    );
+    drop(slow);
+}
