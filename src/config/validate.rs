@@ -981,6 +981,19 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_at_most_a_week() {
+        let text = format!("{MINIMAL}[maintenance]\nretry_after = \"1000000000y\"\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("4:15: maintenance.retry_after: must be at most 7days"),
+            "{found:?}"
+        );
+        let text = format!("{MINIMAL}[maintenance]\nretry_after = \"7d\"\n");
+        assert!(problems(&text).is_empty());
+    }
+
+    #[test]
     fn semantic_errors_point_at_the_offending_value() {
         let text = "[listener]\nbind = \"nope\"\n[pools.blue]\nupstreams = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n[state]\ninitial_pool = \"red\"\n";
         let found = problems(text);

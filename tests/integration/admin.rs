@@ -309,3 +309,26 @@ async fn only_a_json_object_is_a_request_body_and_retry_after_is_bounded() {
     assert_eq!(doc["maintenance"]["enabled"], false);
     assert_eq!(doc["generation"], 0);
 }
+
+#[tokio::test]
+async fn an_admin_body_that_stalls_is_refused_after_its_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let mut stream = tokio::net::UnixStream::connect(&proxy.admin).await.unwrap();
+    stream
+        .write_all(b"PUT /v1/maintenance HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"ena")
+        .await
+        .unwrap();
+    let waited = switchyard::admin::routes::BODY_TIMEOUT + std::time::Duration::from_secs(5);
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(waited, stream.read(&mut answer))
+        .await
+        .expect("the stalled call was held past its deadline")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], false);
+}
