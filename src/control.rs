@@ -474,6 +474,15 @@ impl Control {
                     );
                 }
                 self.state.store(snapshot);
+                // Upstreams the reload kept take their new caps now that it
+                // is applied (a refused one changes nothing).
+                for (name, pool) in &self.state.load().pools {
+                    if let Some(pool_config) = config.pools.get(name) {
+                        for upstream in &pool.upstreams {
+                            upstream.set_max_connections(pool_config.max_connections);
+                        }
+                    }
+                }
                 current.metrics.count_reload(true);
                 self.record(
                     EventKind::Reload,
@@ -567,6 +576,7 @@ impl Control {
                 EventKind::AutoRollbackRefused,
                 format!("{reason}; no previous pool to return to"),
             );
+            self.forget_watch(&current).await;
             return;
         };
         if let Err(error) = self.require_healthy(&current, &to).await {
@@ -575,6 +585,7 @@ impl Control {
                 EventKind::AutoRollbackRefused,
                 format!("{reason}; stayed on {from}: {error}"),
             );
+            self.forget_watch(&current).await;
             return;
         }
         // Probed just now; make_live need not probe again.
@@ -601,7 +612,22 @@ impl Control {
                     EventKind::AutoRollbackRefused,
                     format!("{reason}; rollback to {to} failed: {error}"),
                 );
+                self.forget_watch(&current).await;
             }
+        }
+    }
+
+    /// A watch ended with its verdict refused: the state file stops
+    /// recording it, or a restart within its window would resume it. (Best
+    /// effort: the decisions in the file are those in force either way.)
+    async fn forget_watch(&self, current: &Snapshot) {
+        let path = self.state_file.clone();
+        let decisions = current.decisions.clone();
+        let saved = tokio::task::spawn_blocking(move || persist::save(&path, &decisions, None))
+            .await
+            .expect("saving the state file does not panic");
+        if let Err(error) = saved {
+            warn!(%error, "cannot clear the ended watch from the state file");
         }
     }
 

@@ -89,7 +89,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-pub use body::{Body, Ended};
+pub use body::{Body, Progress};
 pub use error::{json_response, ProxyError};
 pub use forward::{tls_client as upstream_tls_client, UpstreamClient};
 pub use gate::Gate;

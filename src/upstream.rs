@@ -19,7 +19,7 @@ use http::uri::Authority;
 use crate::config::tls::UpstreamTls;
 use crate::config::{Balance, Health, PoolConfig};
 use crate::metrics::RequestCounters;
-use crate::proxy::{Connection, Ended, IdleConnections, UpstreamClient};
+use crate::proxy::{Connection, IdleConnections, Progress, UpstreamClient};
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -65,9 +65,10 @@ impl Upstream {
         self.max_connections.load(Ordering::Relaxed)
     }
 
-    /// Moves the cap to `max_connections` (a reload). A lower cap takes
-    /// the permits that are free now, and the rest as connections close.
-    fn set_max_connections(&self, max_connections: usize) {
+    /// Moves the cap to `max_connections` (an applied reload). A lower cap
+    /// takes the permits that are free now, and the rest as connections
+    /// close.
+    pub fn set_max_connections(&self, max_connections: usize) {
         let old = self
             .max_connections
             .swap(max_connections, Ordering::Relaxed);
@@ -177,7 +178,7 @@ pub struct InFlight {
     upstream: Arc<Upstream>,
     connection: Option<Connection>,
     /// Whether the request's body has all been sent (none: no body).
-    sent: Option<Arc<Ended>>,
+    sent: Option<Arc<Progress>>,
 }
 
 impl InFlight {
@@ -188,7 +189,7 @@ impl InFlight {
 
     /// Holds `connection`, which this request's answer is coming on, and
     /// what tells whether its body (if it has one) has all been sent.
-    pub fn hold(&mut self, connection: Connection, sent: Option<Arc<Ended>>) {
+    pub fn hold(&mut self, connection: Connection, sent: Option<Arc<Progress>>) {
         self.connection = Some(connection);
         self.sent = sent;
     }
@@ -296,7 +297,7 @@ impl Pool {
                     .iter()
                     .find(|u| u.authority == upstream.authority)
                 {
-                    kept.set_max_connections(config.max_connections);
+                    // Its cap moves only once the reload is applied.
                     *upstream = kept.clone();
                 }
             }

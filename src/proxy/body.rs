@@ -23,10 +23,11 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio::time::Sleep;
 
 use super::park::Answering;
@@ -52,35 +53,58 @@ pub struct Body {
 struct Upload {
     /// How long it may pause.
     pause: Option<Pause>,
-    /// Told once it has been read to its end.
-    ended: Option<Arc<Ended>>,
+    /// Where it stands, for the upstream's clock and its connection's reuse.
+    progress: Option<Arc<Progress>>,
 }
 
-/// Whether an upload has been read to its end, for whoever waits on it.
-#[derive(Debug, Default)]
-pub struct Ended {
-    done: AtomicBool,
-    notify: Notify,
+/// Where an upload stands: whose turn it is, since when, and whether it is
+/// over. The upstream's `timeouts.upstream` runs only while the turn is
+/// not the client's: a slow client is not a slow upstream, and an upstream
+/// that stops reading is not a slow client.
+#[derive(Debug)]
+pub struct Progress {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last change.
+    since: AtomicU64,
+    /// One of the `TURN_*` values.
+    turn: AtomicU8,
 }
 
-impl Ended {
-    /// Whether the body has been read to its end.
-    pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
+/// The proxy holds the body (hyper is writing it, or has not asked yet).
+const TURN_UPSTREAM: u8 = 0;
+/// The proxy asked for more and the client has not sent it.
+const TURN_CLIENT: u8 = 1;
+/// The body has gone through in full.
+const TURN_DONE: u8 = 2;
 
-    /// Resolves once the body has been read to its end (never if it is
-    /// dropped before).
-    pub async fn wait(&self) {
-        while !self.is_done() {
-            // One waiter: `notify_one` keeps a permit if it comes first.
-            self.notify.notified().await;
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            epoch: Instant::now(),
+            since: AtomicU64::new(0),
+            turn: AtomicU8::new(TURN_UPSTREAM),
         }
     }
+}
 
-    fn set(&self) {
-        self.done.store(true, Ordering::Release);
-        self.notify.notify_one();
+impl Progress {
+    /// Whether the body has gone through in full.
+    pub fn is_done(&self) -> bool {
+        self.turn.load(Ordering::Acquire) == TURN_DONE
+    }
+
+    /// Since when the upload has waited on the upstream side (the
+    /// upstream reading it, or answering it once done); `None` while it
+    /// waits on the client.
+    pub fn upstream_turn_since(&self) -> Option<Instant> {
+        (self.turn.load(Ordering::Acquire) != TURN_CLIENT)
+            .then(|| self.epoch + Duration::from_millis(self.since.load(Ordering::Acquire)))
+    }
+
+    fn mark(&self, turn: u8) {
+        let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.since.store(since, Ordering::Release);
+        self.turn.store(turn, Ordering::Release);
     }
 }
 
@@ -102,15 +126,19 @@ impl Pause {
             self.running = false;
             return Poll::Pending;
         }
-        let deadline = tokio::time::Instant::now() + self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.running {
-            timer.as_mut().reset(deadline);
+            // The clock is read when a pause begins, not at every poll.
+            let deadline = Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             self.running = true;
         }
-        timer.as_mut().poll(cx)
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -214,9 +242,9 @@ impl Body {
         self
     }
 
-    /// Sets `ended` once this body has been read to its end.
-    pub fn tell_end(&mut self, ended: Arc<Ended>) {
-        self.upload_mut().ended = Some(ended);
+    /// Keeps `progress` up to date as this body is read.
+    pub fn report_to(&mut self, progress: Arc<Progress>) {
+        self.upload_mut().progress = Some(progress);
     }
 
     /// Arranges for this body's contents to come back through the returned
@@ -233,8 +261,8 @@ impl Body {
     /// connection.
     fn finished(&mut self) {
         self.rest = None;
-        if let Some(ended) = self.upload.as_mut().and_then(|u| u.ended.take()) {
-            ended.set();
+        if let Some(progress) = self.upload.as_mut().and_then(|u| u.progress.take()) {
+            progress.mark(TURN_DONE);
         }
         if let Some(in_flight) = self.in_flight.take() {
             in_flight.finish();
@@ -249,6 +277,12 @@ impl Drop for Body {
             let mut back = Body::new(self.head.take(), self.rest.take());
             back.upload = self.upload.take();
             let _ = tx.send(back);
+        }
+        // hyper lets go of a body once it has written as many bytes as
+        // its length says, even if the end of the stream (an HTTP/2 client's
+        // empty last frame) has not been read: it has gone through.
+        if let Some(progress) = self.upload.as_mut().and_then(|u| u.progress.take()) {
+            progress.mark(TURN_DONE);
         }
         // A body with nothing left to read from its upstream (a HEAD answer,
         // an empty one, one whose last frame was read ahead) leaves its
@@ -281,9 +315,18 @@ impl http_body::Body for Body {
             return Poll::Ready(None);
         };
         let polled = Pin::new(&mut *rest).poll_frame(cx);
-        if let Some(pause) = this.upload.as_mut().and_then(|u| u.pause.as_mut()) {
-            if pause.poll_over(polled.is_pending(), cx).is_ready() {
-                return Poll::Ready(Some(Err(BodyError::Stalled(pause.limit))));
+        if let Some(upload) = this.upload.as_mut() {
+            if let Some(progress) = &upload.progress {
+                progress.mark(if polled.is_pending() {
+                    TURN_CLIENT
+                } else {
+                    TURN_UPSTREAM
+                });
+            }
+            if let Some(pause) = upload.pause.as_mut() {
+                if pause.poll_over(polled.is_pending(), cx).is_ready() {
+                    return Poll::Ready(Some(Err(BodyError::Stalled(pause.limit))));
+                }
             }
         }
         let polled = polled.map(|frame| frame.map(|frame| frame.map_err(BodyError::Broken)));

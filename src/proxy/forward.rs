@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
@@ -21,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
-use super::body::{Body, BodyError, Ended, ReadAhead};
+use super::body::{Body, BodyError, Progress, ReadAhead};
 use super::error::ProxyError;
 use super::keepalive;
 use crate::config::tls::UpstreamTls;
@@ -33,6 +35,9 @@ use crate::upstream::{InFlight, Pool};
 /// becomes a clean 502; past it (a slow stream, server-sent events), the
 /// head goes to the client and a later failure aborts the connection.
 const RESPONSE_READ_AHEAD: Duration = Duration::from_millis(50);
+
+/// How often an upload's turn is looked at, for the upstream's clock.
+const TURN_CHECK: Duration = Duration::from_secs(1);
 
 /// The pooled HTTP client that talks to a pool's TLS upstreams.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -142,20 +147,28 @@ pub async fn send(
     let mut in_flight = pool.pick(None).ok_or_else(no_upstream)?;
     // An empty body needs no way back: a retry sends a new empty one.
     let empty = http_body::Body::is_end_stream(&body);
-    // The upstream has `timeouts.upstream` to answer once it has the whole
-    // request: a client's slow upload is not the upstream's slowness (the
-    // client's pauses have `timeouts.client_body`).
+    // The upstream has `timeouts.upstream` to answer, counted only while
+    // the upload (if any) is not waiting on its client: a client's slow
+    // upload is not the upstream's slowness (the client's pauses have
+    // `timeouts.client_body`), and an upstream that stops reading one is.
     let sent = (!empty).then(|| {
-        let ended = Arc::new(Ended::default());
-        body.tell_end(ended.clone());
-        ended
+        let progress = Arc::new(Progress::default());
+        body.report_to(progress.clone());
+        progress
     });
     let overdue = async {
-        if let Some(sent) = &sent {
-            // Never, if the body is dropped unsent: then the exchange fails.
-            sent.wait().await;
+        let Some(progress) = &sent else {
+            return tokio::time::sleep(timeouts.upstream).await;
+        };
+        loop {
+            let now = Instant::now();
+            let wake = match progress.upstream_turn_since() {
+                Some(since) if now >= since + timeouts.upstream => return,
+                Some(since) => (since + timeouts.upstream).min(now + TURN_CHECK),
+                None => now + TURN_CHECK,
+            };
+            tokio::time::sleep_until(wake).await;
         }
-        tokio::time::sleep(timeouts.upstream).await;
     };
     tokio::pin!(overdue);
     // After a failed connect, once, on another upstream.

@@ -268,9 +268,13 @@ async fn open_or_wait(
         return Ok(Opening::Slot(slot));
     }
     let deadline = Instant::now() + timeout;
+    // Made once: a waiter keeps its place in the semaphore's queue while
+    // it also looks at the connections that come back.
+    let slot = upstream.slots.clone().acquire_owned();
+    tokio::pin!(slot);
     loop {
         tokio::select! {
-            slot = upstream.slots.clone().acquire_owned() => {
+            slot = slot.as_mut() => {
                 return Ok(Opening::Slot(slot.expect("the slots are never closed")));
             }
             () = upstream.idle.returned.notified(), if !fresh_only => {

@@ -78,8 +78,13 @@ pub fn normalize(path: &str) -> Result<Option<String>, Refusal> {
 /// white space and reading full-width dots as dots. (A segment that is
 /// plainly `.` or `..` is not asked: it is removed.)
 fn reads_as_dots(segment: &str) -> bool {
-    if !segment.contains(['.', '%', '\u{ff0e}']) {
-        return false;
+    let is_dots = |text: &str| {
+        let bare = text.split(';').next().unwrap_or("");
+        matches!(bare.trim_matches(|c: char| c.is_whitespace()), "." | "..")
+    };
+    // The usual segment (`app.js`) needs no copy to be judged.
+    if !segment.contains(['%', '\u{ff0e}']) {
+        return is_dots(segment);
     }
     let mut text = segment.to_owned();
     for _ in 0..3 {
@@ -88,11 +93,7 @@ fn reads_as_dots(segment: &str) -> bool {
             _ => break,
         }
     }
-    let bare = text.split(';').next().unwrap_or("");
-    let bare = bare
-        .trim_matches(|c: char| c.is_whitespace())
-        .replace('\u{ff0e}', ".");
-    bare == "." || bare == ".."
+    is_dots(&text.replace('\u{ff0e}', "."))
 }
 
 /// Every percent-encoding of `text` decoded; `None` if that is not UTF-8.

@@ -24,8 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{Decisions, MaintenanceState, PendingWatch};
 
-/// The format this build writes, and the newest it reads.
-pub const STATE_FILE_VERSION: u32 = 1;
+/// The newest format this build reads. It writes version 2 only while a
+/// watch after a switch runs (the `watch` field), and version 1 otherwise,
+/// so that a build that reads only version 1 refuses a file it would
+/// misread, with a clear error, and reads every other.
+pub const STATE_FILE_VERSION: u32 = 2;
 
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +250,7 @@ pub fn save(
     watch: Option<&PendingWatch>,
 ) -> Result<(), PersistError> {
     let file = StateFile {
-        version: STATE_FILE_VERSION,
+        version: if watch.is_some() { 2 } else { 1 },
         live_pool: decisions.live_pool.clone(),
         previous_pool: decisions.previous_pool.clone(),
         maintenance: MaintenanceFile {
@@ -419,6 +422,8 @@ mod tests {
         };
         save(&path, &decisions(), Some(&watch)).unwrap();
         assert_eq!(load(&path).unwrap(), Some((decisions(), Some(watch))));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
     }
 
     #[test]

@@ -686,3 +686,40 @@ async fn an_upload_answered_early_does_not_hold_its_connection_for_the_next_requ
     );
     drop(slow);
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_times_out() {
+    // Reads nothing and never answers.
+    let upstream = Upstream::start(|request| async move {
+        let _body = request.into_body();
+        std::future::pending::<()>().await;
+        text("never")
+    })
+    .await;
+    let proxy = Proxy::with_config(&config_text(
+        &[upstream.addr],
+        &[upstream.addr],
+        "[timeouts]\nupstream = \"1s\"\n",
+    ))
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let size = 64 * 1024 * 1024;
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: {size}\r\n\r\n");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // The client sends as fast as it may; the upstream's side is stuck.
+    let sending = tokio::spawn(async move {
+        let chunk = vec![b'x'; 256 * 1024];
+        for _ in 0..size / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = within(reader.read(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert_eq!(status_of(&answer), 504, "{answer}");
+    sending.abort();
+}
