@@ -11,6 +11,32 @@
 //! Every failure is answered once, in [`Proxy::handle`], from a
 //! [`ProxyError`]; the inner steps just use `?`.
 
+/// Implements `AsyncRead` and `park::Wait` for a wrapper stream by passing
+/// every call to its `inner` field: for the wrappers that only look at
+/// what is written, or at how it is shut down.
+macro_rules! delegate_read_side {
+    ($wrapper:ident) => {
+        impl<S: $crate::proxy::park::Wait> $crate::proxy::park::Wait for $wrapper<S> {
+            fn poll_client(
+                &self,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.inner.poll_client(cx)
+            }
+        }
+
+        impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for $wrapper<S> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        }
+    };
+}
+
 /// Implements `AsyncWrite` for a wrapper stream by passing every call to
 /// its `inner` field: the wrappers here only look at what is read.
 macro_rules! delegate_async_write {

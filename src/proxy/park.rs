@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -214,21 +214,7 @@ impl<S> Resumable<S> {
     }
 }
 
-impl<S: Wait> Wait for Resumable<S> {
-    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.poll_client(cx)
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Resumable<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+delegate_read_side!(Resumable);
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Resumable<S> {
     fn poll_write(

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
-
-use super::park::Wait;
 
 /// When a connection's writes began to wait, if they are waiting.
 #[derive(Debug)]
@@ -92,21 +90,7 @@ impl<S> Sending<S> {
     }
 }
 
-impl<S: Wait> Wait for Sending<S> {
-    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.poll_client(cx)
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Sending<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+delegate_read_side!(Sending);
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Sending<S> {
     fn poll_write(
