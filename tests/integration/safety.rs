@@ -194,8 +194,18 @@ async fn a_websocket_on_the_old_pool_lives_until_the_drain_budget_then_closes() 
     );
 
     // Once the budget is spent, it is closed.
+    closes_after_the_drain_budget(&proxy, &mut socket, switched).await;
+}
+
+/// Waits for the tunnel on `socket` to close, which must be no sooner than
+/// the 1 s drain budget after `since`, and for blue's tunnel count to say so.
+async fn closes_after_the_drain_budget(
+    proxy: &Proxy,
+    socket: &mut tokio::net::TcpStream,
+    since: Instant,
+) {
     let deadline = Instant::now() + DEADLINE;
-    while websocket_echoes(&mut socket).await {
+    while websocket_echoes(socket).await {
         assert!(
             Instant::now() < deadline,
             "the tunnel outlived the drain budget"
@@ -203,12 +213,12 @@ async fn a_websocket_on_the_old_pool_lives_until_the_drain_budget_then_closes() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        switched.elapsed() >= Duration::from_millis(900),
+        since.elapsed() >= Duration::from_millis(900),
         "closed after {:?}, before the budget",
-        switched.elapsed()
+        since.elapsed()
     );
     until("the tunnel count is back to 0", || async {
-        status(&proxy).await["pools"]["blue"]["tunnels"] == 0
+        status(proxy).await["pools"]["blue"]["tunnels"] == 0
     })
     .await;
 }
@@ -231,19 +241,7 @@ async fn turning_the_gate_on_closes_tunnels_after_the_drain_budget() {
         websocket_echoes(&mut socket).await,
         "the tunnel closed at once, not after the drain budget"
     );
-    let deadline = Instant::now() + DEADLINE;
-    while websocket_echoes(&mut socket).await {
-        assert!(
-            Instant::now() < deadline,
-            "the tunnel kept carrying traffic to the app during maintenance"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gated.elapsed() >= Duration::from_millis(900));
-    until("the tunnel count is back to 0", || async {
-        status(&proxy).await["pools"]["blue"]["tunnels"] == 0
-    })
-    .await;
+    closes_after_the_drain_budget(&proxy, &mut socket, gated).await;
 }
 
 #[tokio::test]
