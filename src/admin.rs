@@ -25,6 +25,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,20 +36,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Admin as AdminConfig;
 use crate::control::Via;
 use api::AdminError;
 pub use routes::Router;
-
-/// How long an admin client has to send a request head.
-const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The most connections the TCP admin listener keeps open at once; more
-/// are closed as they arrive. Operators and pipelines need a handful.
-pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -234,23 +227,27 @@ async fn accept_socket(listener: UnixListener, router: Router) {
 }
 
 async fn accept_tcp(listener: TcpListener, router: Router) {
-    // Each connection holds a permit: past the cap, a new one is closed at
-    // once, so strangers cannot hold more than a few descriptors and tasks.
-    let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    // Each connection holds a slot: past `admin.max_connections`, a new one
+    // is closed at once, so strangers cannot hold more than a few
+    // descriptors and tasks. Operators and pipelines need a handful.
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Only this loop adds to `open`, so nothing can pass the
+                // cap between the check and the increment.
+                if open.load(Ordering::Relaxed) >= router.config().admin.max_connections {
                     debug!(client.addr = %peer, "admin connection refused: too many open");
                     continue;
-                };
+                }
+                let slot = Slot::take(&open);
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("admin", client.addr = %peer);
                 let router = router.clone();
                 tokio::spawn(
                     async move {
                         serve(stream, router, Via::Tcp(peer), true).await;
-                        drop(permit);
+                        drop(slot);
                     }
                     .instrument(span),
                 );
@@ -267,6 +264,8 @@ async fn serve<S>(stream: S, router: Router, via: Via, needs_token: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // As on the public listeners: a request head within `timeouts.header`.
+    let header_timeout = router.config().timeouts.header;
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         async move {
@@ -287,9 +286,25 @@ where
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     if let Err(error) = connection.await {
         debug!(%error, "admin connection ended with an error");
+    }
+}
+
+/// One open TCP admin connection, counted while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

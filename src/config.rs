@@ -24,6 +24,18 @@ use ipnet::IpNet;
 pub const DEFAULT_LISTENER_BIND: &str = "127.0.0.1:8080";
 /// Default limit on a request's header block (request line included), in bytes.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Default most of an unwanted request body (one the proxy answers
+/// without forwarding, such as the gate's) read and discarded to keep its
+/// connection open; a larger one closes the connection after the answer.
+pub const DEFAULT_MAX_DISCARD_BYTES: u64 = 1024 * 1024;
+/// Default most HTTP/2 streams one client connection may have open at once.
+pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 100;
+/// Default number of streams an HTTP/2 client may reset before it is
+/// judged: past it, a connection that reset most of its streams is sent
+/// GOAWAY and closed (the "rapid reset" attack).
+pub const DEFAULT_HTTP2_MAX_RESETS: u64 = 100;
+/// Default most connections the TCP admin listener keeps open at once.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Default admin socket path, relative to the config file.
 pub const DEFAULT_ADMIN_SOCKET: &str = "run/admin.sock";
 /// Default state file path, relative to the config file.
@@ -119,8 +131,17 @@ pub struct Listener {
     /// Address to accept connections on.
     pub bind: SocketAddr,
     /// Largest accepted request head (request line and headers), in bytes;
-    /// larger heads get `431`.
+    /// larger heads get `431`. Applies to the preview listener too, as do
+    /// the limits below.
     pub max_header_bytes: usize,
+    /// Most of an unwanted request body read and discarded to keep its
+    /// connection; `0` closes every such connection instead.
+    pub max_discard_bytes: u64,
+    /// Most HTTP/2 streams open at once on one client connection.
+    pub http2_max_streams: u32,
+    /// Resets after which an HTTP/2 connection that reset most of its
+    /// streams is sent GOAWAY.
+    pub http2_max_resets: u64,
     /// Plain listener only: answer every request with a 308 to https.
     pub redirect_https: bool,
     /// TLS termination, if configured.
@@ -152,6 +173,9 @@ pub struct Admin {
     /// The token `token_file` held when the config was loaded: a reload
     /// after rotating it takes the new one at once.
     pub token: Option<BearerToken>,
+    /// Most connections the TCP listener keeps open at once; more are
+    /// closed as they arrive.
+    pub max_connections: usize,
 }
 
 /// A bearer token, kept out of logs and debug output.

@@ -141,10 +141,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The answer to plain HTTP sent to a TLS listener.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 96\r\n\r\n{\"error\": {\"code\": \"bad_request\", \"message\": \"plain HTTP was sent to a port that speaks HTTPS\"}}";
 
-/// The most streams an HTTP/2 client may have open at once on one
-/// connection; more are refused (`REFUSED_STREAM`) until some finish.
-pub const MAX_CONCURRENT_STREAMS: u32 = 100;
-
 /// Why a request with both `Content-Length` and `Transfer-Encoding` is refused.
 const AMBIGUOUS_LENGTH: &str =
     "both Content-Length and Transfer-Encoding: the body length is ambiguous";
@@ -239,6 +235,11 @@ struct Limits {
     max_header_bytes: usize,
     /// `timeouts.send`.
     send_timeout: Duration,
+    /// `listener.http2_max_streams`: more are refused (`REFUSED_STREAM`)
+    /// until some finish.
+    http2_max_streams: u32,
+    /// `listener.http2_max_resets`.
+    http2_max_resets: u64,
 }
 
 /// Who a connection is with, and how it arrived.
@@ -280,6 +281,8 @@ async fn serve_connection(
             header_timeout: config.timeouts.header,
             max_header_bytes: config.listener.max_header_bytes,
             send_timeout: config.timeouts.send,
+            http2_max_streams: config.listener.http2_max_streams,
+            http2_max_resets: config.listener.http2_max_resets,
         };
         (limits, tls.map(|t| t.server.clone()))
     };
@@ -415,7 +418,7 @@ async fn serve_http2<I>(
     // start one within the header timeout (a client that sends the preface,
     // or half a header block, and then nothing is closed).
     let activity = Arc::new(Activity::new(Verdict::unscanned(), io.stall().clone()));
-    let resets = Arc::new(Resets::default());
+    let resets = Arc::new(Resets::new(limits.http2_max_resets));
     let metrics = proxy.metrics.clone();
     let service = {
         let (activity, resets, metrics) = (activity.clone(), resets.clone(), metrics.clone());
@@ -435,7 +438,7 @@ async fn serve_http2<I>(
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(limits.http2_max_streams)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let watch = Watch {
@@ -698,7 +701,7 @@ where
             _ = phase.wait_for(|p| *p >= Phase::Draining) => break Stop::Drain,
             // Not polled at all without resets to watch (HTTP/1).
             () = abused(watch.resets), if watch.resets.is_some() => {
-                warn!(max = resets::MAX_CLIENT_RESETS, "client reset most of its streams; sending GOAWAY");
+                warn!(max = watch.resets.map(Resets::max), "client reset most of its streams; sending GOAWAY");
                 break Stop::Abuse;
             }
             now = tick(ticks.as_mut()) => {
@@ -803,8 +806,12 @@ impl Proxy {
             }
             Ok(Routing::Answered(response)) => {
                 // Boxed: only requests with a body pay for its state.
-                let budget = self.state.load().config.timeouts.header;
-                Box::pin(unread::answer(request, response, budget)).await
+                let (budget, limit) = {
+                    let snapshot = self.state.load();
+                    let config = &snapshot.config;
+                    (config.timeouts.header, config.listener.max_discard_bytes)
+                };
+                Box::pin(unread::answer(request, response, budget, limit)).await
             }
             Ok(Routing::Forward(forward)) => {
                 let has_body = !http_body::Body::is_end_stream(request.body());

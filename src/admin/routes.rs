@@ -19,9 +19,6 @@ use crate::metrics::Metrics;
 /// The largest request body an admin call accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// How long an admin call's body may take to arrive in full.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics text).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -51,6 +48,38 @@ impl Router {
             .token
             .as_ref()
             .is_some_and(|token| super::auth::admits(token, headers))
+    }
+
+    /// The config in force now: the listeners take their limits from it,
+    /// so a reload changes them for the next connection.
+    pub fn config(&self) -> Arc<crate::config::Config> {
+        self.control.state().load().config.clone()
+    }
+
+    /// Reads a request body of at most [`MAX_BODY_BYTES`], arriving in
+    /// full within `timeouts.client_body`.
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, AdminError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let timeout = self.control.state().load().config.timeouts.client_body;
+        let read = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect());
+        let Ok(read) = read.await else {
+            return Err(AdminError::BadRequest(format!(
+                "the request body did not arrive within {} (timeouts.client_body)",
+                humantime::format_duration(timeout)
+            )));
+        };
+        match read {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                Err(AdminError::TooLarge(MAX_BODY_BYTES))
+            }
+            Err(error) => Err(AdminError::BadRequest(format!(
+                "cannot read the request body: {error}"
+            ))),
+        }
     }
 
     /// Answers one admin request that arrived `via` a listener.
@@ -94,20 +123,21 @@ impl Router {
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/v1/status") => Ok(self.status()),
             (&Method::PUT, "/v1/maintenance") => {
-                self.maintenance(required(read_body(body).await?)?, via)
+                self.maintenance(required(self.read_body(body).await?)?, via)
                     .await
             }
             (&Method::POST, "/v1/switch") => {
-                self.switch(required(read_body(body).await?)?, via).await
+                self.switch(required(self.read_body(body).await?)?, via)
+                    .await
             }
             (&Method::POST, "/v1/rollback") => {
-                let request = optional(read_body(body).await?)?.unwrap_or_default();
+                let request = optional(self.read_body(body).await?)?.unwrap_or_default();
                 self.rollback(request, via).await
             }
             (&Method::POST, "/v1/reload") => self.reload(via).await,
             (&Method::GET, "/metrics") => Ok(self.metrics()),
             (&Method::PATCH, "/service-context") => {
-                self.service_context(required(read_body(body).await?)?, via)
+                self.service_context(required(self.read_body(body).await?)?, via)
                     .await
             }
             (method, path) => Err(match allowed_methods(path) {
@@ -216,29 +246,6 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/switch" | "/v1/rollback" | "/v1/reload" => Some("POST"),
         "/service-context" => Some("PATCH"),
         _ => None,
-    }
-}
-
-/// Reads a request body of at most [`MAX_BODY_BYTES`].
-async fn read_body<B>(body: B) -> Result<Bytes, AdminError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
-    let Ok(read) = read.await else {
-        return Err(AdminError::BadRequest(format!(
-            "the request body did not arrive within {BODY_TIMEOUT:?}"
-        )));
-    };
-    match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(AdminError::TooLarge(MAX_BODY_BYTES))
-        }
-        Err(error) => Err(AdminError::BadRequest(format!(
-            "cannot read the request body: {error}"
-        ))),
     }
 }
 

@@ -20,6 +20,9 @@ pub type SpannedDuration = Spanned<humantime_serde::Serde<Duration>>;
 pub struct ListenerSection {
     pub bind: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_discard_bytes: Option<Spanned<i64>>,
+    pub http2_max_streams: Option<Spanned<i64>>,
+    pub http2_max_resets: Option<Spanned<i64>>,
     pub redirect_https: Option<Spanned<bool>>,
     pub tls: Option<Spanned<TlsSection>>,
 }
@@ -57,6 +60,7 @@ pub struct AdminSection {
     pub socket: Option<Spanned<String>>,
     pub bind: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// `[state]`: where the decisions persist.

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -38,11 +38,20 @@ const SECTIONS: &[&str] = &[
 ];
 
 /// Largest `max_header_bytes` accepted: beyond this a header block is an attack.
-const MAX_HEADER_BYTES_CEILING: i64 = 1024 * 1024;
-/// Largest `max_connections` accepted per upstream.
-const MAX_CONNECTIONS_CEILING: usize = 65_536;
+const MAX_HEADER_BYTES_CEILING: u64 = 1024 * 1024;
 /// Smallest `max_header_bytes` accepted: below this ordinary browsers break.
-const MAX_HEADER_BYTES_FLOOR: i64 = 1024;
+const MAX_HEADER_BYTES_FLOOR: u64 = 1024;
+/// Largest `max_connections` accepted per upstream.
+const MAX_CONNECTIONS_CEILING: u64 = 65_536;
+/// Largest `max_discard_bytes` accepted: reading more to save one
+/// connection costs more than the connection.
+const MAX_DISCARD_BYTES_CEILING: u64 = 64 * 1024 * 1024;
+/// Largest `http2_max_streams` accepted.
+const HTTP2_MAX_STREAMS_CEILING: u64 = 10_000;
+/// Largest `http2_max_resets` accepted.
+const HTTP2_MAX_RESETS_CEILING: u64 = 1_000_000;
+/// Largest `admin.max_connections` accepted.
+const ADMIN_MAX_CONNECTIONS_CEILING: u64 = 4096;
 
 /// Parses and validates; `Err` holds every problem, sorted by position.
 /// With `on_disk`, the directories the config names for files switchyard
@@ -243,24 +252,30 @@ impl Validator<'_> {
             Some(bind) => self.socket_addr("listener.bind", bind),
             None => DEFAULT_LISTENER_BIND.parse().expect("default bind parses"),
         };
-        let max_header_bytes = match section.and_then(|s| s.max_header_bytes.as_ref()) {
-            Some(n)
-                if (MAX_HEADER_BYTES_FLOOR..=MAX_HEADER_BYTES_CEILING).contains(n.get_ref()) =>
-            {
-                *n.get_ref() as usize
-            }
-            Some(n) => {
-                self.problem(
-                    Some(n.span()),
-                    format!(
-                        "listener.max_header_bytes: {} is out of range {MAX_HEADER_BYTES_FLOOR}..={MAX_HEADER_BYTES_CEILING}",
-                        n.get_ref()
-                    ),
-                );
-                DEFAULT_MAX_HEADER_BYTES
-            }
-            None => DEFAULT_MAX_HEADER_BYTES,
-        };
+        let max_header_bytes = self.whole_number(
+            "listener.max_header_bytes",
+            section.and_then(|s| s.max_header_bytes.as_ref()),
+            MAX_HEADER_BYTES_FLOOR..=MAX_HEADER_BYTES_CEILING,
+            DEFAULT_MAX_HEADER_BYTES as u64,
+        ) as usize;
+        let max_discard_bytes = self.whole_number(
+            "listener.max_discard_bytes",
+            section.and_then(|s| s.max_discard_bytes.as_ref()),
+            0..=MAX_DISCARD_BYTES_CEILING,
+            DEFAULT_MAX_DISCARD_BYTES,
+        );
+        let http2_max_streams = self.whole_number(
+            "listener.http2_max_streams",
+            section.and_then(|s| s.http2_max_streams.as_ref()),
+            1..=HTTP2_MAX_STREAMS_CEILING,
+            u64::from(DEFAULT_HTTP2_MAX_STREAMS),
+        ) as u32;
+        let http2_max_resets = self.whole_number(
+            "listener.http2_max_resets",
+            section.and_then(|s| s.http2_max_resets.as_ref()),
+            1..=HTTP2_MAX_RESETS_CEILING,
+            DEFAULT_HTTP2_MAX_RESETS,
+        );
         let tls = section
             .and_then(|s| s.tls.as_ref())
             .map(|t| self.tls("listener", t));
@@ -272,6 +287,9 @@ impl Validator<'_> {
         Listener {
             bind,
             max_header_bytes,
+            max_discard_bytes,
+            http2_max_streams,
+            http2_max_resets,
             redirect_https,
             tls: tls.flatten(),
         }
@@ -461,11 +479,18 @@ impl Validator<'_> {
             },
             (None, None) => {}
         }
+        let max_connections = self.whole_number(
+            "admin.max_connections",
+            section.and_then(|s| s.max_connections.as_ref()),
+            1..=ADMIN_MAX_CONNECTIONS_CEILING,
+            DEFAULT_ADMIN_MAX_CONNECTIONS as u64,
+        ) as usize;
         Admin {
             socket,
             bind: bind.map(|(_, addr)| addr),
             token_file: token_file.map(|(_, file)| file),
             token,
+            max_connections,
         }
     }
 
@@ -534,19 +559,12 @@ impl Validator<'_> {
                     }
                 },
             };
-            let max_connections = match pool.max_connections.as_ref() {
-                None => DEFAULT_MAX_CONNECTIONS,
-                Some(n) => match usize::try_from(*n.get_ref()) {
-                    Ok(n) if (1..=MAX_CONNECTIONS_CEILING).contains(&n) => n,
-                    _ => {
-                        self.problem(
-                            Some(n.span()),
-                            format!("{key}.max_connections: must be a whole number from 1 to {MAX_CONNECTIONS_CEILING}"),
-                        );
-                        DEFAULT_MAX_CONNECTIONS
-                    }
-                },
-            };
+            let max_connections = self.whole_number(
+                &format!("{key}.max_connections"),
+                pool.max_connections.as_ref(),
+                1..=MAX_CONNECTIONS_CEILING,
+                DEFAULT_MAX_CONNECTIONS as u64,
+            ) as usize;
             let tls = self.upstream_tls(&key, pool);
             pools.insert(
                 name.get_ref().clone(),
@@ -857,20 +875,34 @@ impl Validator<'_> {
         duration
     }
 
-    fn threshold(&mut self, key: &str, value: Option<&Spanned<i64>>, default: u32) -> u32 {
-        match value {
-            None => default,
-            Some(n) => match u32::try_from(*n.get_ref()) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    self.problem(
-                        Some(n.span()),
-                        format!("{key}: must be a whole number of at least 1"),
-                    );
-                    default
-                }
-            },
+    /// A whole-number key within `range`; `default` where it is absent, or
+    /// (the problem recorded) where it is out of range.
+    fn whole_number(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<i64>>,
+        range: RangeInclusive<u64>,
+        default: u64,
+    ) -> u64 {
+        let Some(n) = value else { return default };
+        match u64::try_from(*n.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                let (low, high) = range.into_inner();
+                let message = if high == u64::from(u32::MAX) {
+                    format!("{key}: must be a whole number of at least {low}")
+                } else {
+                    format!("{key}: must be a whole number from {low} to {high}")
+                };
+                self.problem(Some(n.span()), message);
+                default
+            }
         }
+    }
+
+    fn threshold(&mut self, key: &str, value: Option<&Spanned<i64>>, default: u32) -> u32 {
+        let n = self.whole_number(key, value, 1..=u64::from(u32::MAX), u64::from(default));
+        u32::try_from(n).expect("bounded by the range")
     }
 }
 
@@ -1020,6 +1052,30 @@ mod tests {
             found[1].starts_with("5:2: unknown section `extra`"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn the_limits_are_defaulted_and_bounded() {
+        let config = parse(Path::new("sy.toml"), MINIMAL, false).unwrap();
+        assert_eq!(config.listener.max_discard_bytes, DEFAULT_MAX_DISCARD_BYTES);
+        assert_eq!(config.listener.http2_max_streams, DEFAULT_HTTP2_MAX_STREAMS);
+        assert_eq!(config.listener.http2_max_resets, DEFAULT_HTTP2_MAX_RESETS);
+        assert_eq!(config.admin.max_connections, DEFAULT_ADMIN_MAX_CONNECTIONS);
+        let text = format!(
+            "{MINIMAL}[listener]\nmax_discard_bytes = -1\nhttp2_max_streams = 0\nhttp2_max_resets = 0\n[admin]\nmax_connections = 5000\n"
+        );
+        assert_eq!(
+            problems(&text),
+            [
+                "4:21: listener.max_discard_bytes: must be a whole number from 0 to 67108864",
+                "5:21: listener.http2_max_streams: must be a whole number from 1 to 10000",
+                "6:20: listener.http2_max_resets: must be a whole number from 1 to 1000000",
+                "8:19: admin.max_connections: must be a whole number from 1 to 4096",
+            ]
+        );
+        let text = format!("{MINIMAL}[listener]\nmax_discard_bytes = 0\n");
+        let config = parse(Path::new("sy.toml"), &text, false).unwrap();
+        assert_eq!(config.listener.max_discard_bytes, 0, "0 closes instead");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! streams as fast as it can (the "rapid reset" attack) still has the
 //! proxy start an upstream request for each, faster than any limit on
 //! concurrent streams can stop. So each connection counts its resets, and
-//! one that resets more than [`MAX_CLIENT_RESETS`] streams, and most of
-//! those it opened, is sent GOAWAY and closed.
+//! one that resets more than `listener.http2_max_resets` streams, and most
+//! of those it opened, is sent GOAWAY and closed. (Browsers cancel a stream
+//! now and then, a navigation away or a cancelled fetch; an attack resets
+//! thousands.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,14 +18,11 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
-/// Resets a connection may make before it is judged, and closed if most
-/// of its streams were reset. Browsers cancel a stream now and then (a
-/// navigation away, a cancelled fetch); an attack resets thousands.
-pub const MAX_CLIENT_RESETS: u64 = 100;
-
 /// One HTTP/2 connection's count of streams and resets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Resets {
+    /// Resets the connection may make before it is judged.
+    max: u64,
     started: AtomicU64,
     reset: AtomicU64,
     flagged: AtomicBool,
@@ -31,6 +30,22 @@ pub struct Resets {
 }
 
 impl Resets {
+    /// A connection that is judged once it has reset `max` streams.
+    pub fn new(max: u64) -> Resets {
+        Resets {
+            max,
+            started: AtomicU64::new(0),
+            reset: AtomicU64::new(0),
+            flagged: AtomicBool::new(false),
+            abused: Notify::new(),
+        }
+    }
+
+    /// Resets the connection may make before it is judged.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
     /// Counts a stream as started; see [`Unanswered`].
     pub fn start(self: &Arc<Self>, metrics: &Arc<Metrics>) -> Unanswered {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -53,7 +68,7 @@ impl Resets {
     fn count_reset(&self) {
         let reset = self.reset.fetch_add(1, Ordering::Relaxed) + 1;
         let started = self.started.load(Ordering::Relaxed);
-        let abusive = reset >= MAX_CLIENT_RESETS && reset * 2 > started;
+        let abusive = reset >= self.max && reset * 2 > started;
         // Once: a stored permit wakes the connection's driver.
         if abusive && !self.flagged.swap(true, Ordering::Relaxed) {
             self.abused.notify_one();
@@ -93,7 +108,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_resets_most_of_its_streams_is_flagged_once() {
         let metrics = Arc::new(Metrics::new());
-        let resets = Arc::new(Resets::default());
+        let resets = Arc::new(Resets::new(100));
         // A browser's occasional cancel among many answers: never flagged.
         for i in 0..1000 {
             let stream = resets.start(&metrics);
@@ -109,7 +124,7 @@ mod tests {
             "50 cancels in 1000 streams is not abuse"
         );
 
-        let attacker = Arc::new(Resets::default());
+        let attacker = Arc::new(Resets::new(100));
         for _ in 0..150 {
             drop(attacker.start(&metrics));
         }

@@ -22,18 +22,15 @@ use tracing::debug;
 
 use super::body::Body;
 
-/// The most of an unwanted request body read and discarded to keep its
-/// connection; a larger body closes the connection instead.
-pub const DISCARD_LIMIT: u64 = 1024 * 1024;
-
 /// Answers `request` with `response` without passing the request on,
-/// reading and discarding up to [`DISCARD_LIMIT`] of its body for at most
-/// `budget` first; a body that is larger, slower, broken, or waits for
+/// reading and discarding up to `limit` bytes of its body for at most
+/// `budget` first (`listener.max_discard_bytes`, `timeouts.header`); a body that is larger, slower, broken, or waits for
 /// `100 Continue` gets `Connection: close` instead.
 pub async fn answer(
     request: Request<Incoming>,
     mut response: Response<Body>,
     budget: Duration,
+    limit: u64,
 ) -> Response<Body> {
     use http_body::Body as _;
     let version = request.version();
@@ -45,10 +42,10 @@ pub async fn answer(
     let waits_for_continue = request.headers().contains_key(EXPECT);
     // A `Content-Length` over the limit is known at once; a chunked body
     // is counted as it comes.
-    let too_large = request.body().size_hint().lower() > DISCARD_LIMIT;
+    let too_large = request.body().size_hint().lower() > limit;
     let discarded = !waits_for_continue
         && !too_large
-        && discard(request.into_body(), Instant::now() + budget).await;
+        && discard(request.into_body(), limit, Instant::now() + budget).await;
     if !discarded {
         response
             .headers_mut()
@@ -58,8 +55,8 @@ pub async fn answer(
 }
 
 /// Reads `body` to its end and drops it, unless it is larger than
-/// [`DISCARD_LIMIT`], breaks, or is not done by `deadline`.
-async fn discard(mut body: Incoming, deadline: Instant) -> bool {
+/// `limit`, breaks, or is not done by `deadline`.
+async fn discard(mut body: Incoming, limit: u64, deadline: Instant) -> bool {
     let mut read = 0u64;
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -74,7 +71,7 @@ async fn discard(mut body: Incoming, deadline: Instant) -> bool {
             }
             Ok(Some(Ok(frame))) => {
                 read += frame.data_ref().map_or(0, |d| d.len() as u64);
-                if read > DISCARD_LIMIT {
+                if read > limit {
                     debug!("unwanted request body too large to discard; closing after the answer");
                     return false;
                 }

@@ -89,9 +89,9 @@ async fn oversized_header_block_gets_431() {
 #[tokio::test]
 async fn header_limit_is_configurable() {
     let upstream = Upstream::named("upstream").await;
-    let config = config_text(&[upstream.addr], &[upstream.addr], "").replace(
-        "bind = \"127.0.0.1:0\"",
-        "bind = \"127.0.0.1:0\"\nmax_header_bytes = 2048",
+    let config = with_listener_keys(
+        &config_text(&[upstream.addr], &[upstream.addr], ""),
+        "max_header_bytes = 2048\n",
     );
     let proxy = Proxy::with_config(&config).await;
     let request = format!(

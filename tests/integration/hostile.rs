@@ -308,6 +308,42 @@ async fn a_gated_upload_too_large_to_discard_is_answered_with_connection_close()
 }
 
 #[tokio::test]
+async fn max_discard_bytes_decides_which_gated_uploads_keep_their_connection() {
+    let upstream = Upstream::named("app").await;
+    let proxy = Proxy::with_config(&with_listener_keys(
+        &config_text(&[upstream.addr], &[upstream.addr], ""),
+        "max_discard_bytes = 16\n",
+    ))
+    .await;
+    gate_on(&proxy).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // Within the limit: read, discarded, and the connection kept.
+    stream
+        .write_all(b"POST /a HTTP/1.1\r\nHost: a.example\r\nContent-Length: 16\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 16]).await.unwrap();
+    let answer = read_answer(&mut stream, "}").await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // One byte over, announced or chunked: answered, then closed.
+    for request in [
+        &b"POST /b HTTP/1.1\r\nHost: a.example\r\nContent-Length: 17\r\n\r\nxxxxxxxxxxxxxxxxx"[..],
+        &b"POST /c HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n11\r\nxxxxxxxxxxxxxxxxx\r\n0\r\n\r\n"[..],
+    ] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let answer = read_to_close(&mut stream).await;
+        assert_eq!(status_of(&answer), 503, "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
 async fn allow_paths_cannot_be_walked_out_of() {
     let upstream = Upstream::named("app").await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
@@ -441,6 +477,50 @@ async fn an_http2_client_resetting_its_streams_gets_goaway() {
         "{} upstream requests for reset streams",
         started.load(Ordering::SeqCst)
     );
+}
+
+#[tokio::test]
+async fn the_http2_stream_and_reset_limits_are_the_configured_ones() {
+    let upstream = Upstream::start(|_| async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        text("slow")
+    })
+    .await;
+    let proxy = Proxy::with_config(&with_listener_keys(
+        &config_text(&[upstream.addr], &[upstream.addr], ""),
+        "http2_max_streams = 3\nhttp2_max_resets = 10\n",
+    ))
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = within(client.ready()).await.unwrap();
+    // Once the proxy's SETTINGS have arrived (an answer has), the client
+    // knows how many streams it may open.
+    let request = http::Request::get("http://a.example/").body(()).unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    assert_eq!(within(answer).await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 3);
+    // Twelve resets of twelve streams: past ten, GOAWAY.
+    for i in 0..12 {
+        client = match within(client.ready()).await {
+            Ok(client) => client,
+            Err(_) => break,
+        };
+        let request = http::Request::get(format!("http://a.example/{i}"))
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = client.send_request(request, true) else {
+            break;
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    within(connection).await.unwrap().ok();
+    until("the abuse is counted", || async {
+        metric(&proxy, "switchyard_abusive_connections_total").await == 1
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -316,6 +316,12 @@ pub fn config_text(blue: &[SocketAddr], green: &[SocketAddr], extra: &str) -> St
     )
 }
 
+/// `config` (from [`config_text`]) with more keys in its `[listener]`.
+pub fn with_listener_keys(config: &str, keys: &str) -> String {
+    let bind = "bind = \"127.0.0.1:0\"\n";
+    config.replacen(bind, &format!("{bind}{keys}"), 1)
+}
+
 /// The real proxy, in this process, on an ephemeral port, with its config,
 /// admin socket and state file in its own temporary directory.
 pub struct Proxy {
