@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::health::{self, ProbeResult};
 use crate::metrics::SwitchKind;
-use crate::state::persist::{self, PersistError};
+use crate::state::persist::{self, PersistError, Replaced};
 use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snapshot};
 
 /// Where a change came from, for the audit log.
@@ -58,7 +58,8 @@ impl fmt::Display for Via {
     }
 }
 
-/// Why a change was refused. Nothing changed.
+/// Why a change was refused. Nothing changed, except after
+/// [`ControlError::NotDurable`].
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The named pool is not in the config.
@@ -81,6 +82,11 @@ pub enum ControlError {
     /// The state file could not be written.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// The one error after which something did change: the change is
+    /// applied and the state file holds it, but the disk did not confirm
+    /// that it is durable, and the old decisions could not be put back.
+    #[error("the change is applied and the state file holds it, but its durability is not confirmed ({0}): a crash before the disk settles may undo it")]
+    NotDurable(PersistError),
     /// `generation` is at its largest value and cannot count one more
     /// change (only a hand-edited state file gets there).
     #[error("generation is at its maximum ({}); no further change can be counted: reset it in the state file while switchyard is stopped", u64::MAX)]
@@ -282,8 +288,8 @@ impl Control {
         let Some(committed) = self.commit(&current, decisions, watch).await? else {
             return Ok(current);
         };
-        let m = &committed.decisions.maintenance;
-        let config = &committed.config.maintenance;
+        let m = &committed.snapshot.decisions.maintenance;
+        let config = &committed.snapshot.config.maintenance;
         self.record(
             EventKind::Maintenance,
             if m.enabled {
@@ -301,10 +307,10 @@ impl Control {
             // Debug-quoted: a newline in a message must not forge a line.
             message = ?m.message(config),
             retry_after_s = m.retry_after(config).as_secs(),
-            generation = committed.decisions.generation,
+            generation = committed.snapshot.decisions.generation,
             "maintenance {}", on_off(m.enabled)
         );
-        Ok(committed)
+        committed.answer()
     }
 
     /// Makes `to` live, probing it first unless `force`.
@@ -334,7 +340,8 @@ impl Control {
             return Ok(current);
         }
         self.make_live(&current, to, force, SwitchKind::Switch, via)
-            .await
+            .await?
+            .answer()
     }
 
     /// Makes the previous pool live again (and the live one previous),
@@ -358,7 +365,8 @@ impl Control {
             )));
         }
         self.make_live(&current, &to, force, SwitchKind::Rollback, via)
-            .await
+            .await?
+            .answer()
     }
 
     /// Makes `to` live and the live pool previous, probing `to` first
@@ -371,7 +379,7 @@ impl Control {
         force: bool,
         kind: SwitchKind,
         via: Via,
-    ) -> Result<Arc<Snapshot>, ControlError> {
+    ) -> Result<Committed, ControlError> {
         if !force {
             self.require_healthy(current, to).await?;
         }
@@ -403,7 +411,7 @@ impl Control {
             to = %to,
             // An automatic rollback probes before it gets here.
             forced = force && !matches!(kind, SwitchKind::AutoRollback),
-            generation = committed.decisions.generation,
+            generation = committed.snapshot.decisions.generation,
             "live pool is now {to}"
         );
         let forced = if force { " (forced)" } else { "" };
@@ -414,10 +422,10 @@ impl Control {
                     format!("switched from {from} to {to}{forced}"),
                 );
                 self.cancel_watch();
-                if let (Some(rules), Some(pending)) = (committed.config.switch, watch) {
+                if let (Some(rules), Some(pending)) = (committed.snapshot.config.switch, watch) {
                     let watch = watch::ActiveWatch::start(
                         self.me.clone(),
-                        &committed,
+                        &committed.snapshot,
                         rules,
                         pending.until,
                     );
@@ -656,12 +664,13 @@ impl Control {
     /// Persists and applies `decisions` if they differ from the current
     /// ones, with the next generation. `None` when nothing changed.
     /// `watch` is the watch after a switch the file records with them.
+    /// On `Err`, neither the file nor the running state changed.
     async fn commit(
         &self,
         current: &Snapshot,
         mut decisions: Decisions,
         watch: Option<PendingWatch>,
-    ) -> Result<Option<Arc<Snapshot>>, ControlError> {
+    ) -> Result<Option<Committed>, ControlError> {
         decisions.generation = current.decisions.generation;
         if decisions == current.decisions {
             return Ok(None);
@@ -676,36 +685,49 @@ impl Control {
         let path = self.state_file.clone();
         let old = current.decisions.clone();
         let old_watch = self.pending_watch();
-        let saved = tokio::task::spawn_blocking(move || {
-            let saved = persist::save(&path, &decisions, watch.as_ref());
-            // A failure after the rename leaves the new decisions in the
-            // file: put the old ones back, so that file and running state
-            // stay the same, whichever it is.
-            let restored = match &saved {
-                Err(error) if error.replaced_the_file() => {
-                    Some(persist::save(&path, &old, old_watch.as_ref()))
-                }
-                _ => None,
-            };
-            (saved, restored)
+        let replaced = tokio::task::spawn_blocking(move || {
+            persist::replace(
+                &path,
+                (&decisions, watch.as_ref()),
+                (&old, old_watch.as_ref()),
+            )
         })
         .await
-        .expect("saving the state file does not panic");
-        match saved {
-            (Ok(()), _) => {}
-            (Err(error), None) => return Err(error.into()),
-            (Err(error), Some(Ok(()))) => return Err(error.into()),
-            (Err(error), Some(Err(restore))) if restore.replaced_the_file() => {
-                return Err(error.into())
-            }
-            (Err(error), Some(Err(restore))) => {
+        .expect("saving the state file does not panic")?;
+        let doubt = match replaced {
+            Replaced::Durably => None,
+            Replaced::Unconfirmed { error, restore } => {
                 // The new decisions are what the file holds and what a
                 // restart would apply: apply them now too, and say so.
                 warn!(%error, restore_error = %restore, "the state file holds the new decisions but may not be durable; applying them");
+                Some(error)
             }
-        }
+        };
         self.state.store(snapshot);
-        Ok(Some(self.state.load_full()))
+        Ok(Some(Committed {
+            snapshot: self.state.load_full(),
+            doubt,
+        }))
+    }
+}
+
+/// A change written and applied.
+struct Committed {
+    /// The snapshot in force with it.
+    snapshot: Arc<Snapshot>,
+    /// Set when the state file holds the change but the disk did not
+    /// confirm it is durable (see [`Replaced::Unconfirmed`]).
+    doubt: Option<PersistError>,
+}
+
+impl Committed {
+    /// The answer to the caller: the snapshot, or the error that says the
+    /// change is applied but perhaps not durable.
+    fn answer(self) -> Result<Arc<Snapshot>, ControlError> {
+        match self.doubt {
+            None => Ok(self.snapshot),
+            Some(error) => Err(ControlError::NotDurable(error)),
+        }
     }
 }
 

@@ -336,7 +336,9 @@ impl AdminError {
                 ControlError::PoolUnhealthy { .. }
                 | ControlError::NoPreviousPool(_)
                 | ControlError::GenerationExhausted => StatusCode::CONFLICT,
-                ControlError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ControlError::Persist(_) | ControlError::NotDurable(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
                 ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },
         }
@@ -356,6 +358,7 @@ impl AdminError {
                 ControlError::NoPreviousPool(_) => "no_previous_pool",
                 ControlError::GenerationExhausted => "generation_exhausted",
                 ControlError::Persist(_) => "state_not_saved",
+                ControlError::NotDurable(_) => "state_not_durable",
                 ControlError::InvalidConfig(_) => "invalid_config",
             },
         }

@@ -249,6 +249,69 @@ pub fn save(
     decisions: &Decisions,
     watch: Option<&PendingWatch>,
 ) -> Result<(), PersistError> {
+    save_syncing(path, decisions, watch, &sync_directory)
+}
+
+/// How [`replace`] left the state file when it did not fail.
+#[derive(Debug)]
+pub enum Replaced {
+    /// It holds the new decisions, durably.
+    Durably,
+    /// It holds the new decisions, but the directory's fsync failed and
+    /// so did putting the old ones back: a crash may still undo them.
+    Unconfirmed {
+        /// Why the new decisions' durability is not confirmed.
+        error: PersistError,
+        /// Why the old ones could not be put back.
+        restore: PersistError,
+    },
+}
+
+/// Writes `new` over the file that holds `old`, as [`save`] does, so that
+/// on `Err` the file holds `old` again: when only the directory's fsync
+/// failed, after the rename, `old` is written back. Each is a set of
+/// decisions with the watch the file records beside them.
+///
+/// Blocking: call it from `spawn_blocking`.
+pub fn replace(
+    path: &Path,
+    new: (&Decisions, Option<&PendingWatch>),
+    old: (&Decisions, Option<&PendingWatch>),
+) -> Result<Replaced, PersistError> {
+    replace_syncing(path, new, old, &sync_directory)
+}
+
+/// [`replace`], syncing the directory with `sync_dir`.
+fn replace_syncing(
+    path: &Path,
+    new: (&Decisions, Option<&PendingWatch>),
+    old: (&Decisions, Option<&PendingWatch>),
+    sync_dir: &dyn Fn(&Path) -> std::io::Result<()>,
+) -> Result<Replaced, PersistError> {
+    let error = match save_syncing(path, new.0, new.1, sync_dir) {
+        Ok(()) => return Ok(Replaced::Durably),
+        Err(error) if !error.replaced_the_file() => return Err(error),
+        Err(error) => error,
+    };
+    match save_syncing(path, old.0, old.1, sync_dir) {
+        // Back as it was, if no more durable than before.
+        Ok(()) => Err(error),
+        Err(restore) if restore.replaced_the_file() => Err(error),
+        Err(restore) => Ok(Replaced::Unconfirmed { error, restore }),
+    }
+}
+
+fn sync_directory(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// [`save`], syncing the directory with `sync_dir`.
+fn save_syncing(
+    path: &Path,
+    decisions: &Decisions,
+    watch: Option<&PendingWatch>,
+    sync_dir: &dyn Fn(&Path) -> std::io::Result<()>,
+) -> Result<(), PersistError> {
     let file = StateFile {
         version: if watch.is_some() { 2 } else { 1 },
         live_pool: decisions.live_pool.clone(),
@@ -293,9 +356,7 @@ pub fn save(
         out.write_all(&text).map_err(fail("write temp file"))?;
         out.sync_all().map_err(fail("fsync temp file"))?;
         fs::rename(&temp, path).map_err(fail("rename temp file"))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail(FSYNC_DIRECTORY))
+        sync_dir(dir).map_err(fail(FSYNC_DIRECTORY))
     })();
     if result.is_err() {
         // Best effort: a leftover temp file is harmless but untidy.
@@ -424,6 +485,57 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some((decisions(), Some(watch))));
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 2"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_puts_the_old_decisions_back_or_says_it_could_not() {
+        let dir = Scratch::new("replace");
+        let path = dir.0.join("state.json");
+        let old = Decisions {
+            live_pool: "blue".to_owned(),
+            previous_pool: None,
+            generation: 6,
+            ..decisions()
+        };
+        save(&path, &old, None).unwrap();
+        let failing = |_: &Path| Err(std::io::Error::other("injected"));
+        let replace = |sync_dir: &dyn Fn(&Path) -> std::io::Result<()>| {
+            replace_syncing(&path, (&decisions(), None), (&old, None), sync_dir)
+        };
+
+        // Only the new file's sync fails: the old one is back, durably.
+        let calls = std::cell::Cell::new(0);
+        let once = |dir: &Path| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                failing(dir)
+            } else {
+                sync_directory(dir)
+            }
+        };
+        let error = replace(&once).unwrap_err();
+        assert!(error.replaced_the_file(), "{error}");
+        assert_eq!(load(&path).unwrap(), Some((old.clone(), None)));
+
+        // Every sync fails: the old file is back all the same.
+        assert!(replace(&failing).is_err());
+        assert_eq!(load(&path).unwrap(), Some((old.clone(), None)));
+
+        // Putting it back fails before its rename (something sits at the
+        // temp path): the file holds the new decisions, and says so.
+        let temp = dir.0.join(".state.json.tmp");
+        let blocked = |_: &Path| {
+            let _ = fs::create_dir(&temp);
+            Err(std::io::Error::other("injected"))
+        };
+        match replace(&blocked) {
+            Ok(Replaced::Unconfirmed { error, restore }) => {
+                assert!(error.replaced_the_file(), "{error}");
+                assert!(!restore.replaced_the_file(), "{restore}");
+            }
+            other => panic!("expected Unconfirmed, got {other:?}"),
+        }
+        assert_eq!(load(&path).unwrap(), Some((decisions(), None)));
     }
 
     #[test]

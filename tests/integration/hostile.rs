@@ -664,6 +664,59 @@ async fn a_full_upstream_answers_503_busy_and_stays_healthy() {
 }
 
 #[tokio::test]
+async fn a_refused_reload_leaves_the_connection_caps_as_they_were() {
+    let upstream = slow(std::time::Duration::from_secs(1)).await;
+    // Traffic goes through the preview listener, to green: a reload
+    // refused for removing blue, the live pool, still names green.
+    let config = |blue: bool, cap: u32, extra: &str| {
+        let blue = if blue {
+            format!("[pools.blue]\nupstreams = [\"{}\"]\n", upstream.addr)
+        } else {
+            // Valid on its own, so that only removing the live pool is wrong.
+            "[state]\ninitial_pool = \"green\"\n".to_owned()
+        };
+        format!(
+            "[listener]\nbind = \"127.0.0.1:0\"\n[preview]\nbind = \"127.0.0.1:0\"\n{blue}[pools.green]\nupstreams = [\"{a}\"]\nmax_connections = {cap}\n[health]\ninterval = \"1h\"\ntimeout = \"5s\"\n[timeouts]\nconnect = \"200ms\"\n{extra}",
+            a = upstream.addr
+        )
+    };
+    let proxy = Proxy::with_config(&config(true, 1, "")).await;
+    let preview = proxy.preview.expect("the preview listener is bound");
+    let busy_while_one_is_held = || async {
+        let url = format!("http://{preview}/held");
+        let held = tokio::spawn(async move { get(&url).await });
+        let hits = upstream.hits();
+        eventually("the held request reached the upstream", || {
+            upstream.hits() == hits + 1
+        })
+        .await;
+        let (status, _, body) = get(&format!("http://{preview}/second")).await;
+        assert_eq!(held.await.unwrap().0, 200);
+        status == 503 && body.contains("upstream_busy")
+    };
+    assert!(busy_while_one_is_held().await, "the cap of one holds");
+    // A cap of three in a file that is invalid elsewhere, then in one that
+    // removes the live pool: both refused whole.
+    for refused in [config(true, 3, "send = \"soon\"\n"), config(false, 3, "")] {
+        std::fs::write(&proxy.config, refused).unwrap();
+        let (status, doc) = proxy.admin("POST", "/v1/reload", None).await;
+        assert_eq!(status, 422, "{doc}");
+        assert!(
+            busy_while_one_is_held().await,
+            "a refused reload moved the cap"
+        );
+    }
+    // The same cap in a valid file takes effect.
+    std::fs::write(&proxy.config, config(true, 3, "")).unwrap();
+    let (status, doc) = proxy.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(
+        !busy_while_one_is_held().await,
+        "the valid reload left the cap at one"
+    );
+}
+
+#[tokio::test]
 async fn a_client_still_uploading_when_the_gate_answers_gets_the_answer_not_a_reset() {
     let upstream = Upstream::named("app").await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
