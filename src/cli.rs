@@ -8,17 +8,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::control::{Control, Via};
+use crate::ctl::CtlArgs;
 use crate::server::Server;
-
-/// Where `serve` and `check` look for the config when not told.
-pub const DEFAULT_CONFIG_PATH: &str = "config/switchyard.toml";
 
 /// switchyard: a reverse proxy that holds the maintenance and blue/green
 /// decisions, so database migrations stop being outages.
@@ -41,69 +38,6 @@ pub enum Command {
     Demo(DemoArgs),
     /// Drive a running proxy through its admin API.
     Ctl(CtlArgs),
-}
-
-/// Options of `ctl`.
-#[derive(Debug, Args)]
-pub struct CtlArgs {
-    /// Admin socket path, or `http://HOST:PORT` for the TCP admin listener
-    /// (with `$SWITCHYARD_TOKEN` as bearer token). Default: the
-    /// `admin.socket` of the config.
-    #[arg(long, env = "SWITCHYARD_ADMIN", global = true)]
-    pub admin: Option<String>,
-    /// Config file whose `admin.socket` to use when `--admin` is not given.
-    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG_PATH, global = true)]
-    pub config: PathBuf,
-    /// What to do.
-    #[command(subcommand)]
-    pub action: CtlAction,
-}
-
-/// What `ctl` does.
-#[derive(Debug, Subcommand)]
-pub enum CtlAction {
-    /// Show the live pool, maintenance, upstream health and config state.
-    Status {
-        /// Print the status document as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Turn the maintenance gate on or off.
-    Maintenance {
-        /// `on` or `off`.
-        state: OnOff,
-        /// The 503's message (default: the config's `maintenance.message`).
-        #[arg(long)]
-        message: Option<String>,
-        /// The 503's Retry-After, e.g. `10m` (default: the config's).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        retry_after: Option<Duration>,
-    },
-    /// Make POOL live (after probing it, unless --force).
-    Switch {
-        /// The pool to make live.
-        pool: String,
-        /// Switch even if no upstream of POOL passes a health probe.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Make the previous pool live again.
-    Rollback {
-        /// Roll back even if no upstream of the previous pool passes a probe.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Re-read the config file now.
-    Reload,
-}
-
-/// `on` or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OnOff {
-    /// Gate on.
-    On,
-    /// Gate off.
-    Off,
 }
 
 /// Where the config file is.

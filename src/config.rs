@@ -20,6 +20,8 @@ use bytes::Bytes;
 use http::uri::Authority;
 use ipnet::IpNet;
 
+/// Where `serve`, `check` and `ctl` look for the config when not told.
+pub const DEFAULT_CONFIG_PATH: &str = "config/switchyard.toml";
 /// Default public listener address.
 pub const DEFAULT_LISTENER_BIND: &str = "127.0.0.1:8080";
 /// Default limit on a request's header block (request line included), in bytes.

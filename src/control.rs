@@ -25,7 +25,6 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::health::{self, ProbeResult};
-use crate::metrics::SwitchKind;
 use crate::state::persist::{self, PersistError, Replaced};
 use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snapshot};
 
@@ -402,7 +401,7 @@ impl Control {
             .commit(current, decisions, watch.clone())
             .await?
             .expect("a new live pool is a change");
-        current.metrics.count_switch(kind);
+        current.metrics.count_switch(kind.as_str());
         info!(
             target: "audit",
             via = %via,
@@ -727,6 +726,29 @@ impl Committed {
         match self.doubt {
             None => Ok(self.snapshot),
             Some(error) => Err(ControlError::NotDurable(error)),
+        }
+    }
+}
+
+/// What kind of change of the live pool is made: the audit log's
+/// `change` and the switch counter's `kind`.
+#[derive(Debug, Clone, Copy)]
+enum SwitchKind {
+    /// `POST /v1/switch`.
+    Switch,
+    /// `POST /v1/rollback`.
+    Rollback,
+    /// The watch after a switch rolled it back.
+    AutoRollback,
+}
+
+impl SwitchKind {
+    /// The label value, and the audit log's `change`.
+    fn as_str(self) -> &'static str {
+        match self {
+            SwitchKind::Switch => "switch",
+            SwitchKind::Rollback => "rollback",
+            SwitchKind::AutoRollback => "auto_rollback",
         }
     }
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -22,11 +23,73 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::admin::api::{
     ErrorDocument, MaintenanceRequest, RollbackRequest, StatusDocument, SwitchRequest,
 };
-use crate::cli::{CtlAction, CtlArgs, OnOff};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// How long `ctl` waits for the admin API (a switch probes, so allow some).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options of `ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Admin socket path, or `http://HOST:PORT` for the TCP admin listener
+    /// (with `$SWITCHYARD_TOKEN` as bearer token). Default: the
+    /// `admin.socket` of the config.
+    #[arg(long, env = "SWITCHYARD_ADMIN", global = true)]
+    pub admin: Option<String>,
+    /// Config file whose `admin.socket` to use when `--admin` is not given.
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG_PATH, global = true)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// What `ctl` does.
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// Show the live pool, maintenance, upstream health and config state.
+    Status {
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn the maintenance gate on or off.
+    Maintenance {
+        /// `on` or `off`.
+        state: OnOff,
+        /// The 503's message (default: the config's `maintenance.message`).
+        #[arg(long)]
+        message: Option<String>,
+        /// The 503's Retry-After, e.g. `10m` (default: the config's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retry_after: Option<Duration>,
+    },
+    /// Make POOL live (after probing it, unless --force).
+    Switch {
+        /// The pool to make live.
+        pool: String,
+        /// Switch even if no upstream of POOL passes a health probe.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the previous pool live again.
+    Rollback {
+        /// Roll back even if no upstream of the previous pool passes a probe.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-read the config file now.
+    Reload,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Gate on.
+    On,
+    /// Gate off.
+    Off,
+}
 
 /// Where the admin API is.
 #[derive(Debug, Clone)]

@@ -36,8 +36,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::state::Snapshot;
-
 /// Upper bounds of the duration buckets, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -148,28 +146,6 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// What kind of pool change a switch counter counts.
-#[derive(Debug, Clone, Copy)]
-pub enum SwitchKind {
-    /// `POST /v1/switch`.
-    Switch,
-    /// `POST /v1/rollback`.
-    Rollback,
-    /// The watch after a switch rolled it back.
-    AutoRollback,
-}
-
-impl SwitchKind {
-    /// The label value, and the audit log's `change`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SwitchKind::Switch => "switch",
-            SwitchKind::Rollback => "rollback",
-            SwitchKind::AutoRollback => "auto_rollback",
-        }
     }
 }
 
@@ -345,9 +321,9 @@ impl Metrics {
         self.duration.observe(elapsed);
     }
 
-    /// Counts a change of the live pool.
-    pub fn count_switch(&self, kind: SwitchKind) {
-        let kind = kind.as_str();
+    /// Counts a change of the live pool, by its kind (`switch`,
+    /// `rollback`, `auto_rollback`).
+    pub fn count_switch(&self, kind: &'static str) {
         self.switches.get_or_create(&KindLabel { kind }).inc();
     }
 
@@ -357,44 +333,44 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
-    /// The Prometheus text exposition, with the snapshot's gauges brought
-    /// up to date first.
-    pub fn render(&self, snapshot: &Snapshot) -> String {
-        self.maintenance
-            .set(i64::from(snapshot.decisions.maintenance.enabled));
+    /// The Prometheus text exposition, with the gauges set from `gauges`
+    /// first.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        self.maintenance.set(i64::from(gauges.maintenance));
         self.generation
-            .set(i64::try_from(snapshot.decisions.generation).unwrap_or(i64::MAX));
+            .set(i64::try_from(gauges.generation).unwrap_or(i64::MAX));
         // Pools and upstreams removed by a reload should not linger.
         self.live_pool.clear();
         self.upstream_healthy.clear();
         self.upstream_idle.clear();
-        for (name, pool) in &snapshot.pools {
-            let live = i64::from(name == &snapshot.decisions.live_pool);
+        for pool in &gauges.pools {
             self.live_pool
-                .get_or_create(&PoolLabel { pool: name.clone() })
-                .set(live);
+                .get_or_create(&PoolLabel {
+                    pool: pool.name.clone(),
+                })
+                .set(i64::from(pool.live));
             for upstream in &pool.upstreams {
                 let labels = UpstreamLabels {
-                    pool: name.clone(),
-                    upstream: upstream.authority.to_string(),
+                    pool: pool.name.clone(),
+                    upstream: upstream.authority.clone(),
                 };
                 self.upstream_healthy
                     .get_or_create(&labels)
-                    .set(i64::from(upstream.is_healthy()));
-                let idle = i64::try_from(upstream.idle.len()).unwrap_or(i64::MAX);
+                    .set(i64::from(upstream.healthy));
+                let idle = i64::try_from(upstream.idle_connections).unwrap_or(i64::MAX);
                 self.upstream_idle.get_or_create(&labels).set(idle);
             }
         }
         self.cert_expiry.clear();
-        for (listener, cert) in snapshot.config.certificates() {
+        for cert in &gauges.certificates {
             let at = cert
                 .not_after
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
             self.cert_expiry
                 .get_or_create(&CertLabels {
-                    listener,
-                    cert: cert.cert.display().to_string(),
+                    listener: cert.listener,
+                    cert: cert.path.clone(),
                 })
                 .set(at);
         }
@@ -403,6 +379,54 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// What the decisions, pools and certificates in force say, for the
+/// gauges: the caller reads them from its snapshot when `/metrics` is
+/// asked for, so the counters below never need to know what one is.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Whether the gate is on.
+    pub maintenance: bool,
+    /// The decisions' generation.
+    pub generation: u64,
+    /// Every pool of the config.
+    pub pools: Vec<PoolGauges>,
+    /// Every certificate of the listeners.
+    pub certificates: Vec<CertGauges>,
+}
+
+/// One pool's gauges.
+#[derive(Debug)]
+pub struct PoolGauges {
+    /// Its name.
+    pub name: String,
+    /// Whether it is the live pool.
+    pub live: bool,
+    /// Its upstreams.
+    pub upstreams: Vec<UpstreamGauges>,
+}
+
+/// One upstream's gauges.
+#[derive(Debug)]
+pub struct UpstreamGauges {
+    /// `host:port`.
+    pub authority: String,
+    /// Whether its probes (and traffic) say it is healthy.
+    pub healthy: bool,
+    /// Kept-alive connections to it, idle now.
+    pub idle_connections: usize,
+}
+
+/// One certificate's gauge.
+#[derive(Debug)]
+pub struct CertGauges {
+    /// `listener` or `preview`.
+    pub listener: &'static str,
+    /// The certificate file.
+    pub path: String,
+    /// When it expires.
+    pub not_after: std::time::SystemTime,
 }
 
 /// A latency histogram of atomics: `observe` never locks. Clones share

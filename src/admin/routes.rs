@@ -14,7 +14,8 @@ use super::api::{
     AdminError, MaintenanceRequest, RollbackRequest, ServiceContext, StatusDocument, SwitchRequest,
 };
 use crate::control::{Control, MaintenanceChange, Via};
-use crate::metrics::Metrics;
+use crate::metrics::{CertGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
+use crate::state::Snapshot;
 
 /// The largest request body an admin call accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -211,7 +212,7 @@ impl Router {
     /// `GET /metrics`.
     fn metrics(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
-        let text = self.metrics.render(&snapshot);
+        let text = self.metrics.render(&gauges(&snapshot));
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response
             .headers_mut()
@@ -288,6 +289,43 @@ fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// What the snapshot says that `/metrics` shows as gauges.
+fn gauges(snapshot: &Snapshot) -> Gauges {
+    let pools = snapshot
+        .pools
+        .iter()
+        .map(|(name, pool)| PoolGauges {
+            name: name.clone(),
+            live: name == &snapshot.decisions.live_pool,
+            upstreams: pool
+                .upstreams
+                .iter()
+                .map(|upstream| UpstreamGauges {
+                    authority: upstream.authority.to_string(),
+                    healthy: upstream.is_healthy(),
+                    idle_connections: upstream.idle.len(),
+                })
+                .collect(),
+        })
+        .collect();
+    let certificates = snapshot
+        .config
+        .certificates()
+        .into_iter()
+        .map(|(listener, cert)| CertGauges {
+            listener,
+            path: cert.cert.display().to_string(),
+            not_after: cert.not_after,
+        })
+        .collect();
+    Gauges {
+        maintenance: snapshot.decisions.maintenance.enabled,
+        generation: snapshot.decisions.generation,
+        pools,
+        certificates,
+    }
 }
 
 #[cfg(test)]
