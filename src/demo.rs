@@ -18,8 +18,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::body::Body;
 use crate::config::Config;
-use crate::proxy::{Body, Route};
+use crate::proxy::Route;
 use crate::server::Server;
 
 /// Runs the demo until SIGINT/SIGTERM.

@@ -24,6 +24,7 @@
 //! - [`demo`]: the zero-setup tour with built-in blue and green apps.
 
 pub mod admin;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod control;

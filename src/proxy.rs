@@ -79,16 +79,12 @@ macro_rules! delegate_async_write {
     };
 }
 
-mod body;
 mod error;
 mod forward;
 mod framing;
 mod frontdoor;
-mod gate;
 pub mod headers;
-mod keepalive;
 mod park;
-mod path;
 mod resets;
 mod sniff;
 mod stall;
@@ -115,18 +111,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-pub use body::{Body, Progress};
 pub use error::{json_response, ProxyError};
-pub use forward::{tls_client as upstream_tls_client, UpstreamClient};
-pub use gate::Gate;
-pub use keepalive::{spawn_reaper, Connection, IdleConnections, Reaper};
 
+use crate::body::{Body, ReadAhead};
 use crate::config::Timeouts;
 use crate::metrics::{Counted, Metrics};
 use crate::shutdown::{Lifecycle, Phase, Tracked};
+use crate::state::gate::path;
 use crate::state::SharedState;
 use crate::upstream::Pool;
-use body::ReadAhead;
 use forward::{Answer, Outgoing};
 use framing::{Scanned, Verdict};
 use park::{Activity, HeadClock, Resumable, Wait, PARK_AFTER};
@@ -431,7 +424,7 @@ async fn serve_http2<I>(
             async move {
                 let response = proxy.handle(request, &conn).await;
                 unanswered.answered();
-                Ok::<_, Infallible>(response.map(|body| body.with_answering(answering)))
+                Ok::<_, Infallible>(response.map(|body| answering.until_sent(body)))
             }
         })
     };
@@ -595,7 +588,7 @@ where
                 } else {
                     proxy.handle(request, &conn).await
                 };
-                Ok::<_, Infallible>(response.map(|body| body.with_answering(answering)))
+                Ok::<_, Infallible>(response.map(|body| answering.until_sent(body)))
             }
         })
     };
@@ -1003,7 +996,10 @@ impl Proxy {
         let (mut parts, body) =
             forward::vet_response(&in_flight.upstream().authority, response).await?;
         headers::prepare_response(&mut parts.headers, false);
-        Ok(Response::from_parts(parts, body.with_in_flight(in_flight)))
+        Ok(Response::from_parts(
+            parts,
+            body.on_completion(Box::new(in_flight)),
+        ))
     }
 
     /// Passes the upstream's `101` to the client and, once both sides have

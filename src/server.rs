@@ -17,9 +17,10 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::{accept_loop, Proxy, Route};
-use crate::shutdown::Lifecycle;
+use crate::shutdown::{Lifecycle, StopOnDrop};
 use crate::state::persist::{self, PersistError};
 use crate::state::{Decisions, SharedState, Snapshot};
+use crate::upstream::keepalive;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +166,7 @@ impl Server {
             .admin
             .serve(Router::new(self.control.clone(), self.metrics.clone()));
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
-        let reaper = crate::proxy::spawn_reaper(self.proxy.state().clone());
+        let reaper = spawn_reaper(self.proxy.state().clone());
         let watcher = match crate::reload::watch(self.control.clone()) {
             Ok(watcher) => Some(watcher),
             Err(error) => {
@@ -200,4 +201,22 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Closes the upstream connections idle for longer than
+/// [`keepalive::IDLE_TIMEOUT`], every upstream of the snapshot in force,
+/// until dropped. An upstream that a reload removed closes its idle
+/// connections when the last request that used it lets it go.
+fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
+    StopOnDrop::spawn(async move {
+        let mut every = tokio::time::interval(keepalive::REAP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = every.tick().await;
+            let snapshot = state.load();
+            for upstream in snapshot.pools.values().flat_map(|p| &p.upstreams) {
+                upstream.idle.reap(now);
+            }
+        }
+    })
 }

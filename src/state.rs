@@ -6,6 +6,7 @@
 //! never sees half of a change. Changes build a whole new snapshot and store
 //! it; [`crate::control`] is the one writer that makes them.
 
+pub mod gate;
 pub mod persist;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,8 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Maintenance};
 use crate::metrics::Metrics;
-use crate::proxy::Gate;
 use crate::upstream::Pool;
+pub use gate::Gate;
 
 /// The decisions operators make and switchyard persists: which pool is
 /// live and whether the service is in maintenance.

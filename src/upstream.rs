@@ -7,6 +7,12 @@
 //! balances on. The same guard carries the upstream connection the request
 //! went out on, and gives it back to the upstream's idle connections once
 //! the response has been read to its end ([`InFlight::finish`]).
+//!
+//! Each upstream owns its connections: kept-alive HTTP/1 ones for plain
+//! upstreams ([`keepalive`]), a pooling client for TLS ones ([`tls`]).
+
+pub mod keepalive;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,10 +22,12 @@ use tokio::sync::Semaphore;
 
 use http::uri::Authority;
 
+use crate::body::{Completion, Progress};
 use crate::config::tls::UpstreamTls;
 use crate::config::{Balance, Health, PoolConfig};
 use crate::metrics::RequestCounters;
-use crate::proxy::{Connection, IdleConnections, Progress, UpstreamClient};
+use keepalive::{Connection, IdleConnections};
+use tls::UpstreamClient;
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -218,6 +226,12 @@ impl InFlight {
     }
 }
 
+impl Completion for InFlight {
+    fn complete(self: Box<Self>) {
+        self.finish();
+    }
+}
+
 /// Counts one tunnel against an upstream until dropped.
 #[derive(Debug)]
 pub struct TunnelGuard(Arc<Upstream>);
@@ -275,7 +289,7 @@ impl Pool {
             tls_client: config
                 .tls
                 .as_ref()
-                .map(|tls| Arc::new(crate::proxy::upstream_tls_client(connect_timeout, tls))),
+                .map(|tls| Arc::new(tls::client(connect_timeout, tls))),
             tls: config.tls.clone(),
         }
     }

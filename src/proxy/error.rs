@@ -10,7 +10,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::uri::Authority;
 use http::{Response, StatusCode, Version};
 
-use super::body::Body;
+use crate::body::Body;
 
 /// A request the proxy answers itself.
 #[derive(Debug, thiserror::Error)]

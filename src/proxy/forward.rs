@@ -1,7 +1,7 @@
 //! Sending a checked request to an upstream of a pool and vetting the answer.
 //!
 //! Plain upstreams are reached on the proxy's own kept-alive HTTP/1
-//! connections ([`super::keepalive`]); TLS upstreams through hyper-util's
+//! connections ([`keepalive`]); TLS upstreams through hyper-util's
 //! pooling client, which also speaks HTTP/2 to them. A request whose connection attempt
 //! failed (no byte of it was sent) is retried once on another upstream of
 //! the pool; anything else is not retried, since the upstream may have acted
@@ -17,17 +17,12 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
-use super::body::{Body, BodyError, Progress, ReadAhead};
 use super::error::ProxyError;
-use super::keepalive;
-use crate::config::tls::UpstreamTls;
+use crate::body::{Body, BodyError, Progress, ReadAhead};
 use crate::config::Timeouts;
+use crate::upstream::keepalive;
 use crate::upstream::{InFlight, Pool};
 
 /// How long to wait for the first chunk of an upstream's response body
@@ -38,50 +33,6 @@ const RESPONSE_READ_AHEAD: Duration = Duration::from_millis(50);
 
 /// How often an upload's turn is looked at, for the upstream's clock.
 const TURN_CHECK: Duration = Duration::from_secs(1);
-
-/// The pooled HTTP client that talks to a pool's TLS upstreams.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// Builds the client for a pool's TLS upstreams: verified against its CA
-/// (or the system's roots), HTTP/2 when the upstream offers it by ALPN.
-pub fn tls_client(connect_timeout: Duration, tls: &UpstreamTls) -> UpstreamClient {
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config((*tls.client).clone())
-        .https_only();
-    // Validation checked the name parses.
-    let name = tls
-        .server_name
-        .as_ref()
-        .and_then(|n| rustls::pki_types::ServerName::try_from(n.clone()).ok());
-    let builder = match name {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-        None => builder,
-    };
-    let connector = builder
-        .enable_all_versions()
-        .wrap_connector(http_connector(connect_timeout));
-    build(connector)
-}
-
-fn http_connector(connect_timeout: Duration) -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    // The TLS layer above decides what the scheme allows.
-    connector.enforce_http(false);
-    connector
-}
-
-fn build(connector: HttpsConnector<HttpConnector>) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        // The client's own Host would be the upstream's address; the
-        // proxy passes the client's Host through instead.
-        .set_host(false)
-        .build(connector)
-}
 
 /// A request head as it goes to an upstream.
 #[derive(Debug, Clone)]

@@ -31,6 +31,7 @@ use tokio::time::{Instant, Sleep};
 use super::framing::{Scanned, Verdict};
 use super::sniff::Prefixed;
 use super::stall::Stall;
+use crate::body::{Body, Release};
 
 /// How long an HTTP/1 connection must have been idle, with every request
 /// answered, before it is parked. It is parked within twice this.
@@ -74,7 +75,10 @@ impl Activity {
     /// requests is the scanner's count of heads).
     pub fn start(self: &Arc<Self>) -> (Answering, bool) {
         let index = self.started.fetch_add(1, Ordering::Relaxed);
-        (Answering(self.clone()), self.verdict.is_ambiguous(index))
+        (
+            Answering(Some(self.clone())),
+            self.verdict.is_ambiguous(index),
+        )
     }
 
     /// If every request read so far has been answered and nothing of the
@@ -154,11 +158,29 @@ impl<'a> HeadClock<'a> {
 
 /// A request not answered yet; see [`Activity::start`].
 #[derive(Debug)]
-pub struct Answering(Arc<Activity>);
+pub struct Answering(Option<Arc<Activity>>);
+
+impl Answering {
+    /// The request counts as answered when `body` is let go instead.
+    pub fn until_sent(mut self, body: Body) -> Body {
+        match self.0.take() {
+            Some(activity) => body.on_release(activity),
+            None => body,
+        }
+    }
+}
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0.answered.fetch_add(1, Ordering::Release);
+        if let Some(activity) = self.0.take() {
+            activity.release();
+        }
+    }
+}
+
+impl Release for Activity {
+    fn release(&self) {
+        self.answered.fetch_add(1, Ordering::Release);
     }
 }
 

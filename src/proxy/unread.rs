@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::body::Body;
+use crate::body::Body;
 
 /// Answers `request` with `response` without passing the request on,
 /// reading and discarding up to `limit` bytes of its body for at most

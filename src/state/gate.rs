@@ -6,6 +6,8 @@
 //! to send, so a gated request costs a path check, an address check and
 //! copies of a small header map and a `Bytes`.
 
+pub mod path;
+
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -13,10 +15,10 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 use ipnet::IpNet;
 
-use super::body::Body;
-use super::path::contains_ignore_case;
+use super::MaintenanceState;
+use crate::body::Body;
 use crate::config::Maintenance;
-use crate::state::MaintenanceState;
+use path::contains_ignore_case;
 
 /// The gate while maintenance is on.
 #[derive(Debug)]
@@ -87,7 +89,7 @@ impl Gate {
 /// Whether `path` is `prefix` or below it, by whole segments: `/health`
 /// covers `/health`, `/health/` and `/health/db`, not `/healthz`.
 ///
-/// `path` has been normalized (see `proxy::path`): no dot segments, no
+/// `path` has been normalized (see [`path::normalize`]): no dot segments, no
 /// encoded dots. One with an encoded slash never matches: some servers
 /// decode it before routing (`/health/x%2F..%2F..%2Fadmin`), some do not.
 /// Dot segments are checked once more all the same: this is the one place

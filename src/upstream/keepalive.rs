@@ -6,15 +6,15 @@
 //! the response has been read to its end. A response that was not read to
 //! its end (the client went away, the body broke) takes its connection with
 //! it, and hyper closes it. A connection idle for [`IDLE_TIMEOUT`] is
-//! closed by [`spawn_reaper`]; one the upstream closed is dropped when it
-//! is next seen.
+//! closed by a sweep every [`REAP_EVERY`] (the server runs it); one the
+//! upstream closed is dropped when it is next seen.
 //!
 //! This is the request path's own pool, in place of hyper-util's general
 //! one: no hashed pool key, no extra task per request to wait for the
 //! connection to become idle, no boxed request future. Pools of TLS
 //! upstreams (which may speak HTTP/2) still use hyper-util's client.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -27,16 +27,14 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::body::Body;
-use crate::shutdown::StopOnDrop;
-use crate::state::SharedState;
-use crate::upstream::Upstream;
+use super::Upstream;
+use crate::body::Body;
 
 /// How long an upstream connection may sit idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How often idle connections are checked against [`IDLE_TIMEOUT`].
-const REAP_EVERY: Duration = Duration::from_secs(15);
+pub const REAP_EVERY: Duration = Duration::from_secs(15);
 
 /// The most idle connections kept per upstream; one more is closed.
 const MAX_IDLE: usize = 1024;
@@ -96,7 +94,7 @@ impl IdleConnections {
 
     /// Closes the connections idle for `IDLE_TIMEOUT` or more as of `now`,
     /// and forgets those the upstream closed.
-    fn reap(&self, now: Instant) {
+    pub fn reap(&self, now: Instant) {
         let closing: Vec<Idle> = {
             let mut stack = self.lock();
             let (keep, closing) = std::mem::take(&mut *stack).into_iter().partition(|idle| {
@@ -327,26 +325,6 @@ async fn connect(
         }
     });
     Ok(connection)
-}
-
-/// Closes idle connections past [`IDLE_TIMEOUT`] until dropped.
-pub type Reaper = StopOnDrop;
-
-/// Starts checking the idle connections of every upstream of `state`'s
-/// pools, each [`REAP_EVERY`]. An upstream that a reload removed closes its
-/// idle connections when the last request that used it lets it go.
-pub fn spawn_reaper(state: Arc<SharedState>) -> Reaper {
-    StopOnDrop::spawn(async move {
-        let mut every = tokio::time::interval(REAP_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let now = every.tick().await;
-            let snapshot = state.load();
-            for upstream in snapshot.pools.values().flat_map(|p| &p.upstreams) {
-                upstream.idle.reap(now);
-            }
-        }
-    })
 }
 
 #[cfg(test)]

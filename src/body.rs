@@ -7,12 +7,13 @@
 //! becomes a clean 502 instead of a truncated answer. A synthetic answer is
 //! a `head` with no `rest`.
 //!
-//! A body can also carry an [`InFlight`] guard, so that its upstream counts
-//! the request until the response has been streamed, and the connection it
-//! came on goes back to the upstream's idle ones if (and only if) it was
-//! read to its end. And a way back: if it
-//! is dropped before it was ever polled (the upstream could not be
-//! reached), it returns its contents so the request can be retried.
+//! A body can also carry a [`Completion`], told when the body has been read
+//! to its end (an upstream's answer: its connection may serve the next
+//! request) and otherwise dropped with it; a [`Release`], told when the body
+//! is let go, whatever happened (a client connection counting its answers);
+//! and a way back: if it is dropped before it was ever polled (the upstream
+//! could not be reached), it returns its contents so the request can be
+//! retried. The body knows none of their owners: it sits below all of them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,17 +31,30 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio::time::Sleep;
 
-use super::park::Answering;
-use crate::upstream::InFlight;
+/// Told once a body has been read to its end; dropped unfinished
+/// otherwise (see [`Body::on_completion`]).
+pub trait Completion: Send + Sync + std::fmt::Debug {
+    /// The body has been read to its end.
+    fn complete(self: Box<Self>);
+}
+
+/// Told when a body is let go, read to its end or not (see
+/// [`Body::on_release`]).
+pub trait Release: Send + Sync + std::fmt::Debug {
+    /// The body has been let go.
+    fn release(&self);
+}
 
 /// A streamed body with at most one frame read ahead.
 #[derive(Debug)]
 pub struct Body {
     head: Option<Frame<Bytes>>,
     rest: Option<Incoming>,
-    in_flight: Option<InFlight>,
-    /// For a response: its request counts as answered once hyper drops it.
-    answering: Option<Answering>,
+    /// For an upstream's answer: its request's accounting and connection.
+    completion: Option<Box<dyn Completion>>,
+    /// For an answer to a client: its request counts as answered once
+    /// hyper drops it.
+    release: Option<Arc<dyn Release>>,
     /// Where to return the contents if dropped unpolled.
     give_back: Option<oneshot::Sender<Body>>,
     /// What only a client's upload needs, boxed so that every other body
@@ -169,8 +183,8 @@ impl Body {
         Body {
             head,
             rest,
-            in_flight: None,
-            answering: None,
+            completion: None,
+            release: None,
             give_back: None,
             upload: None,
         }
@@ -230,15 +244,17 @@ impl Body {
         self.upload.get_or_insert_with(Box::default)
     }
 
-    /// Keeps `guard` alive for as long as this body is.
-    pub fn with_in_flight(mut self, guard: InFlight) -> Body {
-        self.in_flight = Some(guard);
+    /// Tells `completion` once this body has been read to its end; drops
+    /// it with the body otherwise.
+    pub fn on_completion(mut self, completion: Box<dyn Completion>) -> Body {
+        self.completion = Some(completion);
         self
     }
 
-    /// Keeps `guard` until hyper has sent this body and let it go.
-    pub fn with_answering(mut self, guard: Answering) -> Body {
-        self.answering = Some(guard);
+    /// Tells `release` when this body is let go (hyper has sent it, or
+    /// given up on it).
+    pub fn on_release(mut self, release: Arc<dyn Release>) -> Body {
+        self.release = Some(release);
         self
     }
 
@@ -257,15 +273,14 @@ impl Body {
 }
 
 impl Body {
-    /// The upstream has sent all of this body: release its count and its
-    /// connection.
+    /// The peer has sent all of this body: tell its completion.
     fn finished(&mut self) {
         self.rest = None;
         if let Some(progress) = self.upload.as_mut().and_then(|u| u.progress.take()) {
             progress.mark(TURN_DONE);
         }
-        if let Some(in_flight) = self.in_flight.take() {
-            in_flight.finish();
+        if let Some(completion) = self.completion.take() {
+            completion.complete();
         }
     }
 }
@@ -293,6 +308,9 @@ impl Drop for Body {
             .is_none_or(http_body::Body::is_end_stream)
         {
             self.finished();
+        }
+        if let Some(release) = self.release.take() {
+            release.release();
         }
     }
 }
