@@ -74,7 +74,8 @@ pub const DEFAULT_MIN_REQUESTS: u32 = 20;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default budget from sending a request until the upstream's response head arrives.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default budget for in-flight work at shutdown (and, later, old-pool drain).
+/// Default budget for in-flight work at shutdown, and for tunnels after a
+/// switch away from their pool or the gate turning on.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default budget for a client to send a complete request head; also how
 /// long an idle keep-alive connection is kept.
@@ -303,13 +304,20 @@ pub struct SwitchWatch {
 pub struct Timeouts {
     /// Opening a TCP connection to an upstream.
     pub connect: Duration,
-    /// From sending a request until the upstream's response head arrives.
+    /// From the moment the upstream has the whole request (its turn, see
+    /// `body::Progress`) until its response head arrives.
     pub upstream: Duration,
-    /// In-flight work at shutdown.
+    /// In-flight work at shutdown; also how long a tunnel outlives its
+    /// pool's switch or the gate turning on.
     pub drain: Duration,
-    /// A client's complete request head; also the keep-alive idle limit.
+    /// Three bounds on a client, one budget: its complete request head
+    /// (from the connection's start, or from its last answer); how long a
+    /// kept-alive connection may sit idle (HTTP/1 and HTTP/2); and how
+    /// long a request body may take to start, or to be discarded when the
+    /// proxy answers without it. The admin listeners' head deadline too.
     pub header: Duration,
-    /// The longest a request body may pause between two reads.
+    /// The longest a request body may pause between two reads; also the
+    /// deadline for an admin call's whole body.
     pub client_body: Duration,
     /// The longest a client may take no byte of an answer.
     pub send: Duration,
@@ -405,12 +413,16 @@ impl ConfigError {
     }
 }
 
-/// A digest of `bytes`, stable within one process.
+/// A digest of `bytes`: 64-bit FNV-1a, a fixed function, so the same text
+/// has the same digest in every process and every build, and the config
+/// `version` of two proxies can be compared. (It tells changes apart; it
+/// is no defence against a forger.)
 pub fn digest(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }
 
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
@@ -477,5 +489,18 @@ impl Config {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+
+    #[test]
+    fn the_digest_is_the_fixed_fnv_1a() {
+        // The published FNV-1a 64 test vectors: any build gives these.
+        assert_eq!(digest(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(digest(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(digest(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

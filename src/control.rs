@@ -161,7 +161,7 @@ impl EventKind {
 
 /// What `Control` did last and is doing now, besides the decisions.
 #[derive(Debug, Default)]
-struct Activity {
+struct Journal {
     last_event: Option<Event>,
     watch: Option<watch::ActiveWatch>,
 }
@@ -177,7 +177,7 @@ pub struct Control {
     writer: Mutex<()>,
     /// Last event and running watch. A std mutex: held only to read or
     /// replace a field, never across an await.
-    activity: std::sync::Mutex<Activity>,
+    journal: std::sync::Mutex<Journal>,
     /// Itself, for the watch task to call back.
     me: Weak<Control>,
 }
@@ -190,30 +190,30 @@ impl Control {
             state,
             state_file,
             writer: Mutex::new(()),
-            activity: std::sync::Mutex::new(Activity::default()),
+            journal: std::sync::Mutex::new(Journal::default()),
             me: me.clone(),
         })
     }
 
     /// The last event, if any.
     pub fn last_event(&self) -> Option<Event> {
-        self.activity().last_event.clone()
+        self.journal().last_event.clone()
     }
 
     /// The watch in progress, if any, with its figures so far.
     pub fn watch_status(&self) -> Option<watch::WatchStatus> {
-        self.activity()
+        self.journal()
             .watch
             .as_ref()
             .map(watch::ActiveWatch::status)
     }
 
-    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
-        self.activity.lock().expect("activity lock poisoned")
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().expect("journal lock poisoned")
     }
 
     fn record(&self, kind: EventKind, reason: String) {
-        self.activity().last_event = Some(Event {
+        self.journal().last_event = Some(Event {
             kind,
             at: SystemTime::now(),
             reason,
@@ -428,7 +428,7 @@ impl Control {
                         rules,
                         pending.until,
                     );
-                    self.activity().watch = Some(watch);
+                    self.journal().watch = Some(watch);
                 }
             }
             SwitchKind::Rollback => {
@@ -526,7 +526,7 @@ impl Control {
 
     /// The watch in progress, as the state file records it.
     fn pending_watch(&self) -> Option<PendingWatch> {
-        self.activity().watch.as_ref().map(|watch| PendingWatch {
+        self.journal().watch.as_ref().map(|watch| PendingWatch {
             pool: watch.pool().to_owned(),
             until: watch.until(),
         })
@@ -546,12 +546,12 @@ impl Control {
         }
         info!(pool = %pending.pool, until = %crate::state::persist::rfc3339(pending.until), "resuming the watch after the switch");
         let watch = watch::ActiveWatch::start(self.me.clone(), &snapshot, rules, pending.until);
-        self.activity().watch = Some(watch);
+        self.journal().watch = Some(watch);
     }
 
     /// Stops the watch in progress, if any.
     fn cancel_watch(&self) {
-        if let Some(watch) = self.activity().watch.take() {
+        if let Some(watch) = self.journal().watch.take() {
             watch.cancel();
         }
     }
@@ -567,7 +567,7 @@ impl Control {
     async fn auto_rollback_now(&self, id: u64, reason: String) {
         let _writer = self.writer.lock().await;
         // A manual switch may have cancelled this watch while it waited.
-        let Some(watch) = self.activity().watch.take_if(|w| w.id() == id) else {
+        let Some(watch) = self.journal().watch.take_if(|w| w.id() == id) else {
             return;
         };
         let current = self.state.load_full();
@@ -640,7 +640,7 @@ impl Control {
 
     /// Ends watch `id` without a verdict against its pool.
     pub(crate) fn end_watch(&self, id: u64) {
-        let mut activity = self.activity();
+        let mut activity = self.journal();
         if let Some(watch) = activity.watch.take_if(|w| w.id() == id) {
             info!(pool = %watch.pool(), "switch watch ended: the new pool held up");
         }

@@ -1,6 +1,6 @@
 //! The data plane: check each request, forward it to the live pool, stream
 //! the answer back. This file is the request path; the connections it
-//! arrives on are [`conn`]'s, the tunnels an upgrade opens [`tunnel`]'s.
+//! arrives on are `conn`'s, the tunnels an upgrade opens `tunnel`'s.
 //!
 //! ```text
 //! handle ─► route: front-door checks, path, one state load (gate, pool, timeouts)
@@ -8,7 +8,7 @@
 //!         ─► vet response (read ahead) ─► stream back   or   101 ─► tunnel
 //! ```
 //!
-//! Every failure is answered once, in [`Proxy::handle`], from a
+//! Every failure is answered once, in `Proxy::handle`, from a
 //! [`ProxyError`]; the inner steps just use `?`.
 
 mod conn;
@@ -227,7 +227,7 @@ impl Proxy {
         }
         let pool = match client.route {
             Route::Live => snapshot.live.clone(),
-            Route::Preview => snapshot.idle.clone(),
+            Route::Preview => snapshot.preview.clone(),
         };
         Ok(Routing::Forward(Forward {
             target,

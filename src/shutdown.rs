@@ -127,7 +127,7 @@ impl Lifecycle {
     /// to end, then closes the rest. Returns how many were cut off.
     pub async fn drain(&self, budget: std::time::Duration) -> usize {
         self.enter(Phase::Draining);
-        let cut = match tokio::time::timeout(budget, self.tracker.idle()).await {
+        let cut = match tokio::time::timeout(budget, self.tracker.emptied()).await {
             Ok(()) => 0,
             Err(_) => self.tracker.active(),
         };
@@ -148,7 +148,8 @@ pub struct Tracker(Arc<TrackerInner>);
 #[derive(Debug, Default)]
 struct TrackerInner {
     active: AtomicUsize,
-    idle: Notify,
+    /// Told when `active` drops to zero.
+    emptied: Notify,
 }
 
 /// One tracked connection or tunnel; uncounted on drop.
@@ -166,9 +167,9 @@ impl Tracker {
     }
 
     /// Resolves once nothing is tracked.
-    async fn idle(&self) {
+    async fn emptied(&self) {
         loop {
-            let notified = self.0.idle.notified();
+            let notified = self.0.emptied.notified();
             tokio::pin!(notified);
             // Register before checking, so a drop in between is not missed.
             notified.as_mut().enable();
@@ -183,7 +184,7 @@ impl Tracker {
 impl Drop for Tracked {
     fn drop(&mut self) {
         if self.0 .0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0 .0.idle.notify_waiters();
+            self.0 .0.emptied.notify_waiters();
         }
     }
 }

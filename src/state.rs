@@ -108,7 +108,7 @@ pub struct Snapshot {
     pub live: Arc<Pool>,
     /// The pool the preview listener serves: the previous pool when there is
     /// one, else the first other pool by name (the live pool if it is alone).
-    pub idle: Arc<Pool>,
+    pub preview: Arc<Pool>,
     /// Every pool by name.
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// The maintenance answer, ready to send; `None` while the gate is off.
@@ -174,7 +174,7 @@ impl Snapshot {
         Snapshot {
             decisions: self.decisions.clone(),
             live: self.live.clone(),
-            idle: self.idle.clone(),
+            preview: self.preview.clone(),
             pools: self.pools.clone(),
             gate: self.gate.clone(),
             config: self.config.clone(),
@@ -197,7 +197,7 @@ impl Snapshot {
             .get(&decisions.live_pool)
             .ok_or_else(|| MissingLivePool(decisions.live_pool.clone()))?
             .clone();
-        let idle = decisions
+        let preview = decisions
             .previous_pool
             .as_ref()
             .and_then(|name| pools.get(name))
@@ -212,7 +212,7 @@ impl Snapshot {
         Ok(Snapshot {
             decisions,
             live,
-            idle,
+            preview,
             pools,
             gate,
             config,

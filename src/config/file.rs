@@ -14,7 +14,7 @@ use toml::Spanned;
 /// A humantime duration (`"500ms"`, `"30s"`, `"10m"`) with its position.
 pub type SpannedDuration = Spanned<humantime_serde::Serde<Duration>>;
 
-/// `[listener]` and the future `[preview]`: a public entry point.
+/// `[listener]`: the public entry point.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
