@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc hands memory freed by parked connections back to the system,
-/// where glibc's allocator keeps it; see the README's Benchmarks.
+/// where glibc's allocator keeps it; see benches/compare/README.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
