@@ -1,0 +1,189 @@
+//! `[state]`, `[maintenance]` and `[timeouts]`: where decisions persist,
+//! what the gate answers, and every time budget.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::super::file::*;
+use super::super::*;
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn state(
+        &mut self,
+        section: Option<&Spanned<StateSection>>,
+        pools: &BTreeMap<String, PoolConfig>,
+    ) -> State {
+        let section = section.map(Spanned::get_ref);
+        let given = section.and_then(|s| s.file.as_ref());
+        let file = match given {
+            Some(file) => self.path("state.file", file),
+            None => self.base.join(DEFAULT_STATE_FILE),
+        };
+        self.directory_exists("state.file", &file, given.map(Spanned::span));
+        let initial = section.and_then(|s| s.initial_pool.as_ref());
+        let initial_pool = initial
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_else(|| DEFAULT_INITIAL_POOL.to_owned());
+        if !pools.is_empty() && !pools.contains_key(&initial_pool) {
+            let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+            let message = match initial {
+                Some(_) => format!(
+                    "state.initial_pool: `{initial_pool}` is not a pool; expected one of: {}",
+                    known.join(", ")
+                ),
+                None => format!(
+                    "state.initial_pool: defaults to `{DEFAULT_INITIAL_POOL}`, which is not a pool; set it to one of: {}",
+                    known.join(", ")
+                ),
+            };
+            self.problem(initial.map(Spanned::span), message);
+        }
+        State { file, initial_pool }
+    }
+
+    pub(super) fn maintenance(
+        &mut self,
+        section: Option<&Spanned<MaintenanceSection>>,
+    ) -> Maintenance {
+        let section = section.map(Spanned::get_ref);
+        let message = section
+            .and_then(|s| s.message.as_ref())
+            .map(|m| m.get_ref().clone())
+            .unwrap_or_else(|| DEFAULT_MAINTENANCE_MESSAGE.to_owned());
+        let retry_after = match section.and_then(|s| s.retry_after.as_ref()) {
+            Some(d) => {
+                let retry_after = self.duration("maintenance.retry_after", d, Duration::ZERO);
+                if retry_after > MAX_RETRY_AFTER {
+                    self.problem(
+                        Some(d.span()),
+                        format!(
+                            "maintenance.retry_after: must be at most {}",
+                            humantime::format_duration(MAX_RETRY_AFTER)
+                        ),
+                    );
+                }
+                retry_after
+            }
+            None => DEFAULT_RETRY_AFTER,
+        };
+        let allow_paths = match section.and_then(|s| s.allow_paths.as_ref()) {
+            Some(paths) => paths
+                .iter()
+                .filter_map(|p| {
+                    if p.get_ref().starts_with('/') {
+                        Some(p.get_ref().clone())
+                    } else {
+                        self.problem(
+                            Some(p.span()),
+                            format!(
+                                "maintenance.allow_paths: `{}` must start with `/`",
+                                p.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            None => DEFAULT_ALLOW_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+        };
+        let bypass_cidrs = section
+            .and_then(|s| s.bypass_cidrs.as_ref())
+            .map(|cidrs| {
+                cidrs
+                    .iter()
+                    .filter_map(|c| match parse_cidr(c.get_ref()) {
+                        Some(net) => Some(net),
+                        None => {
+                            self.problem(
+                                Some(c.span()),
+                                format!(
+                                    "maintenance.bypass_cidrs: `{}` is not a network like 10.0.0.0/8 or an address",
+                                    c.get_ref()
+                                ),
+                            );
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let html_page = section.and_then(|s| s.html_page.as_ref()).and_then(|p| {
+            let path = self.path("maintenance.html_page", p);
+            match std::fs::read(&path) {
+                Ok(body) => Some(HtmlPage {
+                    path,
+                    body: Bytes::from(body),
+                }),
+                Err(e) => {
+                    self.problem(
+                        Some(p.span()),
+                        format!("maintenance.html_page: cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        Maintenance {
+            message,
+            retry_after,
+            allow_paths,
+            bypass_cidrs,
+            html_page,
+        }
+    }
+
+    pub(super) fn timeouts(&mut self, section: Option<&Spanned<TimeoutsSection>>) -> Timeouts {
+        let section = section.map(Spanned::get_ref);
+        let min = Duration::from_millis(1);
+        let mut pick = |key: &str, value: Option<&SpannedDuration>, default: Duration| {
+            value.map_or(default, |d| self.duration(key, d, min))
+        };
+        Timeouts {
+            connect: pick(
+                "timeouts.connect",
+                section.and_then(|s| s.connect.as_ref()),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            upstream: pick(
+                "timeouts.upstream",
+                section.and_then(|s| s.upstream.as_ref()),
+                DEFAULT_UPSTREAM_TIMEOUT,
+            ),
+            drain: pick(
+                "timeouts.drain",
+                section.and_then(|s| s.drain.as_ref()),
+                DEFAULT_DRAIN_TIMEOUT,
+            ),
+            header: pick(
+                "timeouts.header",
+                section.and_then(|s| s.header.as_ref()),
+                DEFAULT_HEADER_TIMEOUT,
+            ),
+            client_body: pick(
+                "timeouts.client_body",
+                section.and_then(|s| s.client_body.as_ref()),
+                DEFAULT_CLIENT_BODY_TIMEOUT,
+            ),
+            send: pick(
+                "timeouts.send",
+                section.and_then(|s| s.send.as_ref()),
+                DEFAULT_SEND_TIMEOUT,
+            ),
+        }
+    }
+}
+
+/// A network, or a single address taken as a host network.
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
