@@ -12,6 +12,9 @@
 //! of its own activity: the last event, and the watch that follows a switch
 //! when `[switch]` is configured (see [`watch`]).
 
+mod commit;
+mod error;
+mod events;
 pub mod watch;
 
 use std::fmt;
@@ -24,9 +27,11 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::health::{self, ProbeResult};
-use crate::state::persist::{self, PersistError, Replaced};
+use crate::health;
 use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snapshot};
+use commit::Committed;
+pub use error::ControlError;
+pub use events::{Event, EventKind};
 
 /// Where a change came from, for the audit log.
 #[derive(Debug, Clone, Copy)]
@@ -57,55 +62,6 @@ impl fmt::Display for Via {
     }
 }
 
-/// Why a change was refused. Nothing changed, except after
-/// [`ControlError::NotDurable`].
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// The named pool is not in the config.
-    #[error("pool `{0}` is not in the config")]
-    UnknownPool(String),
-    /// No upstream of the target passed its probe.
-    #[error(
-        "pool `{pool}` has no healthy upstream: {}",
-        describe_failures(failures)
-    )]
-    PoolUnhealthy {
-        /// The target pool.
-        pool: String,
-        /// Every upstream's probe result.
-        failures: Vec<ProbeResult>,
-    },
-    /// There is nothing to roll back to.
-    #[error("{0}")]
-    NoPreviousPool(String),
-    /// The state file could not be written.
-    #[error(transparent)]
-    Persist(#[from] PersistError),
-    /// The one error after which something did change: the change is
-    /// applied and the state file holds it, but the disk did not confirm
-    /// that it is durable, and the old decisions could not be put back.
-    #[error("the change is applied and the state file holds it, but its durability is not confirmed ({0}): a crash before the disk settles may undo it")]
-    NotDurable(PersistError),
-    /// `generation` is at its largest value and cannot count one more
-    /// change (only a hand-edited state file gets there).
-    #[error("generation is at its maximum ({}); no further change can be counted: reset it in the state file while switchyard is stopped", u64::MAX)]
-    GenerationExhausted,
-    /// The config file is invalid; every problem as `PATH:LINE:COL: message`.
-    #[error("invalid config: {}", .0.join("; "))]
-    InvalidConfig(Vec<String>),
-}
-
-fn describe_failures(failures: &[ProbeResult]) -> String {
-    failures
-        .iter()
-        .map(|p| match &p.outcome {
-            Ok(()) => format!("{} passed", p.upstream),
-            Err(e) => format!("{}: {e}", p.upstream),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// A requested change of the maintenance gate.
 #[derive(Debug, Clone, Default)]
 pub struct MaintenanceChange {
@@ -115,48 +71,6 @@ pub struct MaintenanceChange {
     pub message: Option<String>,
     /// The 503's `Retry-After`; without one, the config's.
     pub retry_after: Option<Duration>,
-}
-
-/// What happened last, for the status document.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// What kind of change.
-    pub kind: EventKind,
-    /// When.
-    pub at: SystemTime,
-    /// What, in words (with figures for an automatic rollback).
-    pub reason: String,
-}
-
-/// The kinds of [`Event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A switch.
-    Switch,
-    /// A manual rollback.
-    Rollback,
-    /// The watch rolled a switch back.
-    AutoRollback,
-    /// The watch wanted to roll back, but the previous pool failed its probe.
-    AutoRollbackRefused,
-    /// The gate turned on or off.
-    Maintenance,
-    /// A reload, applied or refused.
-    Reload,
-}
-
-impl EventKind {
-    /// The status document's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Switch => "switch",
-            EventKind::Rollback => "rollback",
-            EventKind::AutoRollback => "auto_rollback",
-            EventKind::AutoRollbackRefused => "auto_rollback_refused",
-            EventKind::Maintenance => "maintenance",
-            EventKind::Reload => "reload",
-        }
-    }
 }
 
 /// What `Control` did last and is doing now, besides the decisions.
@@ -524,128 +438,6 @@ impl Control {
         }
     }
 
-    /// The watch in progress, as the state file records it.
-    fn pending_watch(&self) -> Option<PendingWatch> {
-        self.journal().watch.as_ref().map(|watch| PendingWatch {
-            pool: watch.pool().to_owned(),
-            until: watch.until(),
-        })
-    }
-
-    /// Resumes the watch the state file recorded, if its window is still
-    /// open, its pool is still live and `[switch]` is still configured:
-    /// a restart does not drop an automatic rollback. Its figures start
-    /// from zero.
-    pub fn resume_watch(&self, pending: PendingWatch) {
-        let snapshot = self.state.load_full();
-        let Some(rules) = snapshot.config.switch else {
-            return;
-        };
-        if pending.pool != snapshot.decisions.live_pool || pending.until <= SystemTime::now() {
-            return;
-        }
-        info!(pool = %pending.pool, until = %crate::state::persist::rfc3339(pending.until), "resuming the watch after the switch");
-        let watch = watch::ActiveWatch::start(self.me.clone(), &snapshot, rules, pending.until);
-        self.journal().watch = Some(watch);
-    }
-
-    /// Stops the watch in progress, if any.
-    fn cancel_watch(&self) {
-        if let Some(watch) = self.journal().watch.take() {
-            watch.cancel();
-        }
-    }
-
-    /// Rolls back the switch that watch `id` followed: the previous pool is
-    /// probed first, and if none of its upstreams passes, nothing changes
-    /// and `auto_rollback_refused` is recorded. `reason` says why.
-    pub(crate) async fn auto_rollback(&self, id: u64, reason: String) {
-        self.run_to_end(move |me| async move { me.auto_rollback_now(id, reason).await })
-            .await
-    }
-
-    async fn auto_rollback_now(&self, id: u64, reason: String) {
-        let _writer = self.writer.lock().await;
-        // A manual switch may have cancelled this watch while it waited.
-        let Some(watch) = self.journal().watch.take_if(|w| w.id() == id) else {
-            return;
-        };
-        let current = self.state.load_full();
-        let from = watch.pool().to_owned();
-        let target = current
-            .decisions
-            .previous_pool
-            .clone()
-            .filter(|p| current.pools.contains_key(p) && current.decisions.live_pool == from);
-        let Some(to) = target else {
-            warn!(target: "audit", pool = %from, %reason, "automatic rollback impossible: no previous pool to return to");
-            self.record(
-                EventKind::AutoRollbackRefused,
-                format!("{reason}; no previous pool to return to"),
-            );
-            self.forget_watch(&current).await;
-            return;
-        };
-        if let Err(error) = self.require_healthy(&current, &to).await {
-            warn!(target: "audit", pool = %from, previous = %to, %reason, %error, "automatic rollback refused: the previous pool failed its probe");
-            self.record(
-                EventKind::AutoRollbackRefused,
-                format!("{reason}; stayed on {from}: {error}"),
-            );
-            self.forget_watch(&current).await;
-            return;
-        }
-        // Probed just now; make_live need not probe again.
-        match self
-            .make_live(
-                &current,
-                &to,
-                true,
-                SwitchKind::AutoRollback,
-                Via::SwitchWatch,
-            )
-            .await
-        {
-            Ok(_) => {
-                warn!(target: "audit", from = %from, to = %to, %reason, "automatic rollback");
-                self.record(
-                    EventKind::AutoRollback,
-                    format!("{reason}; rolled back from {from} to {to}"),
-                );
-            }
-            Err(error) => {
-                warn!(target: "audit", from = %from, to = %to, %reason, %error, "automatic rollback failed");
-                self.record(
-                    EventKind::AutoRollbackRefused,
-                    format!("{reason}; rollback to {to} failed: {error}"),
-                );
-                self.forget_watch(&current).await;
-            }
-        }
-    }
-
-    /// A watch ended with its verdict refused: the state file stops
-    /// recording it, or a restart within its window would resume it. (Best
-    /// effort: the decisions in the file are those in force either way.)
-    async fn forget_watch(&self, current: &Snapshot) {
-        let path = self.state_file.clone();
-        let decisions = current.decisions.clone();
-        let saved = tokio::task::spawn_blocking(move || persist::save(&path, &decisions, None))
-            .await
-            .expect("saving the state file does not panic");
-        if let Err(error) = saved {
-            warn!(%error, "cannot clear the ended watch from the state file");
-        }
-    }
-
-    /// Ends watch `id` without a verdict against its pool.
-    pub(crate) fn end_watch(&self, id: u64) {
-        let mut activity = self.journal();
-        if let Some(watch) = activity.watch.take_if(|w| w.id() == id) {
-            info!(pool = %watch.pool(), "switch watch ended: the new pool held up");
-        }
-    }
-
     /// Probes `pool`; fails unless at least one upstream passes.
     async fn require_healthy(&self, current: &Snapshot, pool: &str) -> Result<(), ControlError> {
         let target = &current.pools[pool];
@@ -657,75 +449,6 @@ impl Control {
                 pool: pool.to_owned(),
                 failures: results,
             })
-        }
-    }
-
-    /// Persists and applies `decisions` if they differ from the current
-    /// ones, with the next generation. `None` when nothing changed.
-    /// `watch` is the watch after a switch the file records with them.
-    /// On `Err`, neither the file nor the running state changed.
-    async fn commit(
-        &self,
-        current: &Snapshot,
-        mut decisions: Decisions,
-        watch: Option<PendingWatch>,
-    ) -> Result<Option<Committed>, ControlError> {
-        decisions.generation = current.decisions.generation;
-        if decisions == current.decisions {
-            return Ok(None);
-        }
-        decisions.generation = decisions
-            .generation
-            .checked_add(1)
-            .ok_or(ControlError::GenerationExhausted)?;
-        let snapshot = current
-            .with_decisions(decisions.clone())
-            .expect("changes only name pools of the config");
-        let path = self.state_file.clone();
-        let old = current.decisions.clone();
-        let old_watch = self.pending_watch();
-        let replaced = tokio::task::spawn_blocking(move || {
-            persist::replace(
-                &path,
-                (&decisions, watch.as_ref()),
-                (&old, old_watch.as_ref()),
-            )
-        })
-        .await
-        .expect("saving the state file does not panic")?;
-        let doubt = match replaced {
-            Replaced::Durably => None,
-            Replaced::Unconfirmed { error, restore } => {
-                // The new decisions are what the file holds and what a
-                // restart would apply: apply them now too, and say so.
-                warn!(%error, restore_error = %restore, "the state file holds the new decisions but may not be durable; applying them");
-                Some(error)
-            }
-        };
-        self.state.store(snapshot);
-        Ok(Some(Committed {
-            snapshot: self.state.load_full(),
-            doubt,
-        }))
-    }
-}
-
-/// A change written and applied.
-struct Committed {
-    /// The snapshot in force with it.
-    snapshot: Arc<Snapshot>,
-    /// Set when the state file holds the change but the disk did not
-    /// confirm it is durable (see [`Replaced::Unconfirmed`]).
-    doubt: Option<PersistError>,
-}
-
-impl Committed {
-    /// The answer to the caller: the snapshot, or the error that says the
-    /// change is applied but perhaps not durable.
-    fn answer(self) -> Result<Arc<Snapshot>, ControlError> {
-        match self.doubt {
-            None => Ok(self.snapshot),
-            Some(error) => Err(ControlError::NotDurable(error)),
         }
     }
 }

@@ -13,10 +13,13 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::Control;
+use tracing::{info, warn};
+
+use super::{Control, EventKind, SwitchKind, Via};
 use crate::config::SwitchWatch;
 use crate::metrics::RequestCounters;
-use crate::state::Snapshot;
+use crate::state::persist;
+use crate::state::{PendingWatch, Snapshot};
 
 /// How often a watch looks at its figures.
 const TICK: Duration = Duration::from_millis(100);
@@ -171,6 +174,133 @@ async fn run(
 #[allow(clippy::cast_precision_loss)]
 fn percent(part: u64, whole: u64) -> f64 {
     part as f64 * 100.0 / whole as f64
+}
+
+/// The watch as the control plane runs it: recorded in the state file,
+/// resumed after a restart, cancelled by the next change of the live pool,
+/// and the automatic rollback it calls for.
+impl Control {
+    /// The watch in progress, as the state file records it.
+    pub(super) fn pending_watch(&self) -> Option<PendingWatch> {
+        self.journal().watch.as_ref().map(|watch| PendingWatch {
+            pool: watch.pool().to_owned(),
+            until: watch.until(),
+        })
+    }
+
+    /// Resumes the watch the state file recorded, if its window is still
+    /// open, its pool is still live and `[switch]` is still configured:
+    /// a restart does not drop an automatic rollback. Its figures start
+    /// from zero.
+    pub fn resume_watch(&self, pending: PendingWatch) {
+        let snapshot = self.state.load_full();
+        let Some(rules) = snapshot.config.switch else {
+            return;
+        };
+        if pending.pool != snapshot.decisions.live_pool || pending.until <= SystemTime::now() {
+            return;
+        }
+        info!(pool = %pending.pool, until = %crate::state::persist::rfc3339(pending.until), "resuming the watch after the switch");
+        let watch = ActiveWatch::start(self.me.clone(), &snapshot, rules, pending.until);
+        self.journal().watch = Some(watch);
+    }
+
+    /// Stops the watch in progress, if any.
+    pub(super) fn cancel_watch(&self) {
+        if let Some(watch) = self.journal().watch.take() {
+            watch.cancel();
+        }
+    }
+
+    /// Rolls back the switch that watch `id` followed: the previous pool is
+    /// probed first, and if none of its upstreams passes, nothing changes
+    /// and `auto_rollback_refused` is recorded. `reason` says why.
+    pub(crate) async fn auto_rollback(&self, id: u64, reason: String) {
+        self.run_to_end(move |me| async move { me.auto_rollback_now(id, reason).await })
+            .await
+    }
+
+    async fn auto_rollback_now(&self, id: u64, reason: String) {
+        let _writer = self.writer.lock().await;
+        // A manual switch may have cancelled this watch while it waited.
+        let Some(watch) = self.journal().watch.take_if(|w| w.id() == id) else {
+            return;
+        };
+        let current = self.state.load_full();
+        let from = watch.pool().to_owned();
+        let target = current
+            .decisions
+            .previous_pool
+            .clone()
+            .filter(|p| current.pools.contains_key(p) && current.decisions.live_pool == from);
+        let Some(to) = target else {
+            warn!(target: "audit", pool = %from, %reason, "automatic rollback impossible: no previous pool to return to");
+            self.record(
+                EventKind::AutoRollbackRefused,
+                format!("{reason}; no previous pool to return to"),
+            );
+            self.forget_watch(&current).await;
+            return;
+        };
+        if let Err(error) = self.require_healthy(&current, &to).await {
+            warn!(target: "audit", pool = %from, previous = %to, %reason, %error, "automatic rollback refused: the previous pool failed its probe");
+            self.record(
+                EventKind::AutoRollbackRefused,
+                format!("{reason}; stayed on {from}: {error}"),
+            );
+            self.forget_watch(&current).await;
+            return;
+        }
+        // Probed just now; make_live need not probe again.
+        match self
+            .make_live(
+                &current,
+                &to,
+                true,
+                SwitchKind::AutoRollback,
+                Via::SwitchWatch,
+            )
+            .await
+        {
+            Ok(_) => {
+                warn!(target: "audit", from = %from, to = %to, %reason, "automatic rollback");
+                self.record(
+                    EventKind::AutoRollback,
+                    format!("{reason}; rolled back from {from} to {to}"),
+                );
+            }
+            Err(error) => {
+                warn!(target: "audit", from = %from, to = %to, %reason, %error, "automatic rollback failed");
+                self.record(
+                    EventKind::AutoRollbackRefused,
+                    format!("{reason}; rollback to {to} failed: {error}"),
+                );
+                self.forget_watch(&current).await;
+            }
+        }
+    }
+
+    /// A watch ended with its verdict refused: the state file stops
+    /// recording it, or a restart within its window would resume it. (Best
+    /// effort: the decisions in the file are those in force either way.)
+    async fn forget_watch(&self, current: &Snapshot) {
+        let path = self.state_file.clone();
+        let decisions = current.decisions.clone();
+        let saved = tokio::task::spawn_blocking(move || persist::save(&path, &decisions, None))
+            .await
+            .expect("saving the state file does not panic");
+        if let Err(error) = saved {
+            warn!(%error, "cannot clear the ended watch from the state file");
+        }
+    }
+
+    /// Ends watch `id` without a verdict against its pool.
+    pub(crate) fn end_watch(&self, id: u64) {
+        let mut activity = self.journal();
+        if let Some(watch) = activity.watch.take_if(|w| w.id() == id) {
+            info!(pool = %watch.pool(), "switch watch ended: the new pool held up");
+        }
+    }
 }
 
 #[cfg(test)]

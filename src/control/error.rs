@@ -1,0 +1,53 @@
+//! Why the control plane refused a change.
+
+use crate::health::ProbeResult;
+use crate::state::persist::PersistError;
+
+/// Why a change was refused. Nothing changed, except after
+/// [`ControlError::NotDurable`].
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The named pool is not in the config.
+    #[error("pool `{0}` is not in the config")]
+    UnknownPool(String),
+    /// No upstream of the target passed its probe.
+    #[error(
+        "pool `{pool}` has no healthy upstream: {}",
+        describe_failures(failures)
+    )]
+    PoolUnhealthy {
+        /// The target pool.
+        pool: String,
+        /// Every upstream's probe result.
+        failures: Vec<ProbeResult>,
+    },
+    /// There is nothing to roll back to.
+    #[error("{0}")]
+    NoPreviousPool(String),
+    /// The state file could not be written.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The one error after which something did change: the change is
+    /// applied and the state file holds it, but the disk did not confirm
+    /// that it is durable, and the old decisions could not be put back.
+    #[error("the change is applied and the state file holds it, but its durability is not confirmed ({0}): a crash before the disk settles may undo it")]
+    NotDurable(PersistError),
+    /// `generation` is at its largest value and cannot count one more
+    /// change (only a hand-edited state file gets there).
+    #[error("generation is at its maximum ({}); no further change can be counted: reset it in the state file while switchyard is stopped", u64::MAX)]
+    GenerationExhausted,
+    /// The config file is invalid; every problem as `PATH:LINE:COL: message`.
+    #[error("invalid config: {}", .0.join("; "))]
+    InvalidConfig(Vec<String>),
+}
+
+fn describe_failures(failures: &[ProbeResult]) -> String {
+    failures
+        .iter()
+        .map(|p| match &p.outcome {
+            Ok(()) => format!("{} passed", p.upstream),
+            Err(e) => format!("{}: {e}", p.upstream),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
