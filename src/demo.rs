@@ -65,7 +65,15 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
     // Caught before the tour is printed: a Ctrl-C right after it stops
     // the demo cleanly rather than killing it.
     let stop = crate::shutdown::StopSignals::listen();
-    print_tour(proxy, preview, &blue, &green, &config_path, &admin);
+    let tour = Tour {
+        proxy,
+        preview,
+        blue: &blue,
+        green: &green,
+        config: &config_path,
+        admin: &admin,
+    };
+    tour.print();
     server
         .run(crate::shutdown::stop_requested(stop, "demo stopping"))
         .await;
@@ -99,26 +107,39 @@ fn demo_config(listen: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) ->
     )
 }
 
-fn print_tour(
+/// Where the demo's parts are, for the tour it prints.
+struct Tour<'a> {
     proxy: SocketAddr,
     preview: SocketAddr,
-    blue: &[SocketAddr],
-    green: &[SocketAddr],
-    config: &Path,
-    admin: &Path,
-) {
-    let me = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_owned))
-        .unwrap_or_else(|| "switchyard".to_owned());
-    let addrs = |a: &[SocketAddr]| {
-        a.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!(
-        "\nswitchyard demo is running.\n\n\
+    blue: &'a [SocketAddr],
+    green: &'a [SocketAddr],
+    config: &'a Path,
+    admin: &'a Path,
+}
+
+impl Tour<'_> {
+    /// Prints what runs where, and what to try.
+    fn print(&self) {
+        let Tour {
+            proxy,
+            preview,
+            blue,
+            green,
+            config,
+            admin,
+        } = self;
+        let me = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned))
+            .unwrap_or_else(|| "switchyard".to_owned());
+        let addrs = |a: &[SocketAddr]| {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "\nswitchyard demo is running.\n\n\
          \x20 proxy       http://{proxy}/      live pool: blue\n\
          \x20 preview     http://{preview}/      the pool that is not live: green\n\
          \x20 blue pool   {}   (two instances)\n\
@@ -139,12 +160,13 @@ fn print_tour(
          \x20 {me} ctl maintenance off\n\
          \x20 {me} check --config {}\n\n\
          Press Ctrl-C to stop.\n",
-        addrs(blue),
-        addrs(green),
-        config.display(),
-        config.display(),
-        admin = admin.display(),
-    );
+            addrs(blue),
+            addrs(green),
+            config.display(),
+            config.display(),
+            admin = admin.display(),
+        );
+    }
 }
 
 /// Starts one demo app on an ephemeral loopback port.

@@ -27,12 +27,31 @@ const TICK: Duration = Duration::from_millis(100);
 /// A watch in progress.
 #[derive(Debug)]
 pub struct ActiveWatch {
+    watched: Watched,
+    until: SystemTime,
+    task: JoinHandle<()>,
+}
+
+/// What a watch counts: its pool's requests since the switch.
+#[derive(Debug, Clone)]
+struct Watched {
+    /// Which watch this is.
     id: u64,
     pool: String,
-    until: SystemTime,
     counters: RequestCounters,
+    /// The counters' totals at the switch.
     baseline: (u64, u64),
-    task: JoinHandle<()>,
+}
+
+impl Watched {
+    /// Requests and errors counted since the switch.
+    fn since(&self) -> (u64, u64) {
+        let (requests, errors) = self.counters.totals();
+        (
+            requests.saturating_sub(self.baseline.0),
+            errors.saturating_sub(self.baseline.1),
+        )
+    }
 }
 
 /// A watch's figures, for the status document.
@@ -59,40 +78,32 @@ impl ActiveWatch {
         until: SystemTime,
     ) -> ActiveWatch {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pool = snapshot.live.name.clone();
         let counters = snapshot.live.requests.clone();
-        let baseline = counters.totals();
+        let watched = Watched {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            pool: snapshot.live.name.clone(),
+            baseline: counters.totals(),
+            counters,
+        };
         let left = until
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        let task = tokio::spawn(run(
-            control,
-            id,
-            pool.clone(),
-            counters.clone(),
-            baseline,
-            rules,
-            left,
-        ));
+        let task = tokio::spawn(run(control, watched.clone(), rules, left));
         ActiveWatch {
-            id,
-            pool,
+            watched,
             until,
-            counters,
-            baseline,
             task,
         }
     }
 
     /// Which watch this is.
     pub fn id(&self) -> u64 {
-        self.id
+        self.watched.id
     }
 
     /// The pool watched.
     pub fn pool(&self) -> &str {
-        &self.pool
+        &self.watched.pool
     }
 
     /// When it ends.
@@ -102,9 +113,9 @@ impl ActiveWatch {
 
     /// Its figures so far.
     pub fn status(&self) -> WatchStatus {
-        let (requests, errors) = since(&self.counters, self.baseline);
+        let (requests, errors) = self.watched.since();
         WatchStatus {
-            pool: self.pool.clone(),
+            pool: self.watched.pool.clone(),
             until: self.until,
             requests,
             errors,
@@ -117,15 +128,6 @@ impl ActiveWatch {
     }
 }
 
-/// Requests and errors counted since `baseline`.
-fn since(counters: &RequestCounters, baseline: (u64, u64)) -> (u64, u64) {
-    let (requests, errors) = counters.totals();
-    (
-        requests.saturating_sub(baseline.0),
-        errors.saturating_sub(baseline.1),
-    )
-}
-
 /// Whether `errors` of `requests` breach `rules`.
 fn breached(requests: u64, errors: u64, rules: &SwitchWatch) -> bool {
     requests >= rules.min_requests && requests > 0 && {
@@ -136,20 +138,14 @@ fn breached(requests: u64, errors: u64, rules: &SwitchWatch) -> bool {
     }
 }
 
-async fn run(
-    control: Weak<Control>,
-    id: u64,
-    pool: String,
-    counters: RequestCounters,
-    baseline: (u64, u64),
-    rules: SwitchWatch,
-    left: Duration,
-) {
+/// Watches until `left` has passed, then tells `control` the verdict.
+async fn run(control: Weak<Control>, watched: Watched, rules: SwitchWatch, left: Duration) {
+    let (id, pool) = (watched.id, &watched.pool);
     let until = Instant::now() + left;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
-        let (requests, errors) = since(&counters, baseline);
+        let (requests, errors) = watched.since();
         if breached(requests, errors, &rules) {
             let reason = format!(
                 "{errors} of {requests} requests to {pool} failed ({:.1}%), above max_error_rate {:.1}% within {} of the switch",
