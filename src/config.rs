@@ -360,15 +360,7 @@ impl Config {
     pub fn warning_lines(&self) -> Vec<String> {
         self.warnings
             .iter()
-            .map(|p| {
-                format!(
-                    "{}:{}:{}: warning: {}",
-                    self.path.display(),
-                    p.line,
-                    p.column,
-                    p.message
-                )
-            })
+            .map(|p| p.located(&self.path, Some("warning")))
             .collect()
     }
 
@@ -405,10 +397,9 @@ impl ConfigError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             ConfigError::Read { .. } => vec![self.to_string()],
-            ConfigError::Invalid { path, problems } => problems
-                .iter()
-                .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message))
-                .collect(),
+            ConfigError::Invalid { path, problems } => {
+                problems.iter().map(|p| p.located(path, None)).collect()
+            }
         }
     }
 }
@@ -426,20 +417,8 @@ pub fn digest(bytes: &[u8]) -> u64 {
 }
 
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
-    let mut out = String::new();
-    for (i, p) in problems.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(&format!(
-            "{}:{}:{}: {}",
-            path.display(),
-            p.line,
-            p.column,
-            p.message
-        ));
-    }
-    out
+    let lines: Vec<String> = problems.iter().map(|p| p.located(path, None)).collect();
+    lines.join("\n")
 }
 
 impl Config {
@@ -482,6 +461,20 @@ impl Config {
             self.listener.bind,
             pools.join(", "),
             self.state.initial_pool
+        )
+    }
+}
+
+impl Problem {
+    /// `PATH:LINE:COL: [severity: ]message`, the way compilers write it,
+    /// so editors and CI annotators can jump to it.
+    pub fn located(&self, path: &Path, severity: Option<&str>) -> String {
+        let severity = severity.map(|s| format!("{s}: ")).unwrap_or_default();
+        let (line, column) = (self.line, self.column);
+        format!(
+            "{}:{line}:{column}: {severity}{}",
+            path.display(),
+            self.message
         )
     }
 }
