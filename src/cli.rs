@@ -7,13 +7,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::control::{Control, Via};
 use crate::ctl::CtlArgs;
 use crate::server::Server;
 
@@ -143,26 +141,8 @@ async fn serve(path: PathBuf) -> ExitCode {
     // Registered before anything is served: a signal that arrived before
     // its handler would kill the process (the default action).
     let stop = crate::shutdown::StopSignals::listen();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangup) => {
-            tokio::spawn(reload_on_hangup(hangup, server.control().clone()));
-        }
-        Err(error) => {
-            warn!(%error, "cannot listen for SIGHUP; reload through the admin API instead");
-        }
-    }
     server
         .run(crate::shutdown::stop_requested(stop, "stop requested"))
         .await;
     ExitCode::SUCCESS
-}
-
-/// Reloads the config on every SIGHUP, the traditional "re-read your
-/// config" signal of daemons.
-async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, control: Arc<Control>) {
-    while hangup.recv().await.is_some() {
-        info!("SIGHUP: reloading the config");
-        // The outcome is logged and recorded by the reload.
-        let _ = control.reload(Via::Signal).await;
-    }
 }

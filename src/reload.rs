@@ -1,4 +1,6 @@
-//! Watching the config file, so that an edit is applied without a call.
+//! What triggers a reload besides an admin call: an edit of the config
+//! file, seen by a watch, and `SIGHUP`. The server starts both with its
+//! other background tasks.
 //!
 //! The watch is on the config file's *directory*, not the file: an editor
 //! or a deploy tool that replaces the file by rename, and a Kubernetes
@@ -20,7 +22,7 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::digest;
 use crate::config::tls::pair_digest;
@@ -94,6 +96,27 @@ pub fn watch(control: Arc<Control>) -> notify::Result<ConfigWatcher> {
         }
     });
     Ok(task)
+}
+
+/// Reloads the config on every `SIGHUP`, the traditional "re-read your
+/// config" signal of daemons, until dropped; `None` (logged) if the
+/// signal cannot be listened for.
+pub fn on_hangup(control: Arc<Control>) -> Option<StopOnDrop> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; reload through the admin API instead");
+            return None;
+        }
+    };
+    Some(StopOnDrop::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!("SIGHUP: reloading the config");
+            // The outcome is logged and recorded by the reload.
+            let _ = control.reload(Via::Signal).await;
+        }
+    }))
 }
 
 /// Whether a file event can mean new contents. Opening or reading a file

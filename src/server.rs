@@ -156,6 +156,8 @@ impl Server {
     /// once, in-flight requests get `timeouts.drain` to finish, and what is
     /// left after that is closed. The admin socket is removed on the way out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        // First: until it is listened for, a SIGHUP would end the process.
+        let hangups = crate::reload::on_hangup(self.control.clone());
         for (route, listener) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, ?route, "listening");
@@ -175,6 +177,7 @@ impl Server {
             }
         };
         shutdown.await;
+        drop(hangups);
         drop(watcher);
         drop(checks);
         drop(reaper);
