@@ -27,11 +27,60 @@ use tracing::{info, warn};
 
 use crate::config::tls::UpstreamTls;
 use crate::config::Health;
-/// The `User-Agent` of health probes, so upstream logs can tell them apart.
-pub const PROBE_USER_AGENT: &str = "switchyard-health";
 use crate::shutdown::StopOnDrop;
 use crate::state::SharedState;
 use crate::upstream::{Pool, Upstream};
+
+/// The `User-Agent` of health probes, so upstream logs can tell them apart.
+pub const PROBE_USER_AGENT: &str = "switchyard-health";
+
+/// Why a probe did not pass; rendered (as the status document's
+/// `last_error`, a refusal's details) only at the edge.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeError {
+    /// `health.path` is not a request target.
+    #[error("bad probe path: {0}")]
+    BadPath(String),
+    /// The TCP connection was refused, reset or unreachable.
+    #[error("connect: {0}")]
+    Connect(Arc<std::io::Error>),
+    /// The name to verify the upstream's certificate against is invalid.
+    #[error("bad TLS server name: {0}")]
+    ServerName(String),
+    /// The TLS handshake failed (a certificate that does not verify).
+    #[error("TLS: {0}")]
+    Tls(Arc<std::io::Error>),
+    /// The HTTP/1 handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(Arc<hyper::Error>),
+    /// The request or its answer failed.
+    #[error("GET {path}: {error}")]
+    Exchange {
+        /// The probe path.
+        path: String,
+        /// What failed.
+        error: Arc<hyper::Error>,
+    },
+    /// It answered, but not with 2xx or 3xx.
+    #[error("GET {path} answered {status}")]
+    Status {
+        /// The probe path.
+        path: String,
+        /// The answer's status.
+        status: http::StatusCode,
+    },
+    /// No answer within `health.timeout`.
+    #[error("no answer to GET {path} within {}", humantime::format_duration(*.timeout))]
+    TimedOut {
+        /// The probe path.
+        path: String,
+        /// `health.timeout`.
+        timeout: std::time::Duration,
+    },
+    /// The probe's task failed (it panicked or was cancelled).
+    #[error("probe task failed: {0}")]
+    Task(String),
+}
 
 /// One upstream's probe result.
 #[derive(Debug, Clone)]
@@ -39,7 +88,7 @@ pub struct ProbeResult {
     /// The upstream probed.
     pub upstream: Authority,
     /// `Err` with the reason if it did not pass.
-    pub outcome: Result<(), String>,
+    pub outcome: Result<(), ProbeError>,
 }
 
 /// Probes every upstream of `pool` at once and records each result, in
@@ -60,7 +109,7 @@ pub async fn probe_pool(pool: &Pool, health: &Health) -> Vec<ProbeResult> {
     for (upstream, probe) in pool.upstreams.iter().zip(probes) {
         let outcome = probe
             .await
-            .unwrap_or_else(|e| Err(format!("probe task failed: {e}")));
+            .unwrap_or_else(|e| Err(ProbeError::Task(e.to_string())));
         results.push(ProbeResult {
             upstream: upstream.authority.clone(),
             outcome,
@@ -106,14 +155,15 @@ async fn probe_and_record(
     upstream: &Upstream,
     tls: Option<&UpstreamTls>,
     health: &Health,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let outcome = probe(upstream, tls, health).await;
-    match upstream.record_probe(outcome.clone(), health) {
+    let rendered = outcome.clone().map_err(|error| error.to_string());
+    match upstream.record_probe(rendered.clone(), health) {
         Some(true) => info!(pool, upstream = %upstream.authority, "upstream is healthy again"),
         Some(false) => warn!(
             pool,
             upstream = %upstream.authority,
-            error = outcome.as_ref().err().map_or("", String::as_str),
+            error = rendered.as_ref().err().map_or("", String::as_str),
             "upstream is unhealthy"
         ),
         None => {}
@@ -129,14 +179,14 @@ async fn http1_handshake<S>(
         hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
         tokio::task::JoinHandle<()>,
     ),
-    String,
+    ProbeError,
 >
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| ProbeError::Handshake(Arc::new(e)))?;
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -152,12 +202,12 @@ pub async fn probe(
     upstream: &Upstream,
     tls: Option<&UpstreamTls>,
     health: &Health,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let mut request = Request::new(Empty::<Bytes>::new());
     *request.uri_mut() = health
         .path
         .parse::<Uri>()
-        .map_err(|e| format!("bad probe path: {e}"))?;
+        .map_err(|e| ProbeError::BadPath(e.to_string()))?;
     let headers = request.headers_mut();
     let host = HeaderValue::from_str(upstream.authority.as_str())
         .expect("an authority is a valid header value");
@@ -167,7 +217,7 @@ pub async fn probe(
     let exchange = async {
         let stream = TcpStream::connect(upstream.authority.as_str())
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| ProbeError::Connect(Arc::new(e)))?;
         // The connection task ends with the exchange (Connection: close),
         // or when this probe is dropped at its timeout.
         let (mut sender, connection) = match tls {
@@ -178,33 +228,38 @@ pub async fn probe(
                     .clone()
                     .unwrap_or_else(|| upstream.authority.host().to_owned());
                 let name = rustls::pki_types::ServerName::try_from(name)
-                    .map_err(|e| format!("bad TLS server name: {e}"))?;
+                    .map_err(|e| ProbeError::ServerName(e.to_string()))?;
                 let stream = tokio_rustls::TlsConnector::from(tls.client.clone())
                     .connect(name, stream)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?;
+                    .map_err(|e| ProbeError::Tls(Arc::new(e)))?;
                 http1_handshake(stream).await?
             }
         };
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("GET {}: {e}", health.path))?;
+            .map_err(|e| ProbeError::Exchange {
+                path: health.path.clone(),
+                error: Arc::new(e),
+            })?;
         let status = response.status();
         let _ = response.into_body().collect().await;
         connection.abort();
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
-            Err(format!("GET {} answered {status}", health.path))
+            Err(ProbeError::Status {
+                path: health.path.clone(),
+                status,
+            })
         }
     };
     match tokio::time::timeout(health.timeout, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer to GET {} within {}",
-            health.path,
-            humantime::format_duration(health.timeout)
-        )),
+        Err(_) => Err(ProbeError::TimedOut {
+            path: health.path.clone(),
+            timeout: health.timeout,
+        }),
     }
 }
