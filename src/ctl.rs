@@ -20,10 +20,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::admin::api::{
-    ErrorDocument, MaintenanceRequest, RollbackRequest, StatusDocument, SwitchRequest,
-};
+use crate::admin::api::{MaintenanceRequest, RollbackRequest, StatusDocument, SwitchRequest};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::envelope::ErrorDocument;
 
 /// How long `ctl` waits for the admin API (a switch probes, so allow some).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

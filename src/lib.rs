@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: the TOML file, validated into one [`config::Config`] with
 //!   every problem's position.
+//! - [`envelope`]: the JSON error envelope of every answer switchyard
+//!   makes itself.
 //! - [`metrics`]: Prometheus counters and a lock-free latency histogram.
 //! - [`shutdown`]: signals, the drain of in-flight work, and background
 //!   tasks that stop when dropped.
@@ -27,6 +29,7 @@
 //!   `switchyard ctl` (the admin API's client), the zero-setup tour.
 
 pub mod config;
+pub mod envelope;
 pub mod metrics;
 pub mod shutdown;
 
@@ -56,6 +59,7 @@ mod tests {
     /// Each top-level module's layer, as listed above: 0 at the bottom.
     const LAYERS: &[(&str, u8)] = &[
         ("config", 0),
+        ("envelope", 0),
         ("metrics", 0),
         ("shutdown", 0),
         ("body", 1),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MAX_RETRY_AFTER;
 use crate::control::{Control, ControlError};
+use crate::envelope::ErrorDocument;
 use crate::state::persist::rfc3339;
 use crate::state::Snapshot;
 
@@ -274,26 +275,6 @@ impl StatusDocument {
     }
 }
 
-/// `{"error": {...}}`, the shape of every refusal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorDocument {
-    /// The error.
-    pub error: ErrorBody,
-}
-
-/// The inside of an error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Machine-readable code (`unknown_pool`, `pool_unhealthy`, ...).
-    pub code: String,
-    /// What went wrong, for a person.
-    pub message: String,
-    /// Every item, where there are several (config problems, failing
-    /// upstreams).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<String>,
-}
-
 /// Why the admin API refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -388,12 +369,6 @@ impl AdminError {
             }
             other => (other.to_string(), Vec::new()),
         };
-        ErrorDocument {
-            error: ErrorBody {
-                code: self.code().to_owned(),
-                message,
-                details,
-            },
-        }
+        ErrorDocument::new(self.code(), message).with_details(details)
     }
 }

@@ -11,6 +11,7 @@ use http::uri::Authority;
 use http::{Response, StatusCode, Version};
 
 use crate::body::Body;
+use crate::envelope::ErrorDocument;
 
 /// A request the proxy answers itself.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +173,7 @@ impl ProxyError {
 
 /// A `{"error": {"code", "message"}}` answer.
 pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let body = ErrorDocument::new(code, message).to_json();
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
