@@ -27,7 +27,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -36,7 +35,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::config::Admin as AdminConfig;
 use crate::control::Via;
@@ -218,10 +217,7 @@ async fn accept_socket(listener: UnixListener, router: Router) {
                 let uid = stream.peer_cred().ok().map(|cred| cred.uid());
                 tokio::spawn(serve(stream, router.clone(), Via::Socket(uid), false));
             }
-            Err(error) => {
-                warn!(%error, "admin socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(error) => crate::accept::recover(&error, "admin socket").await,
         }
     }
 }
@@ -252,10 +248,7 @@ async fn accept_tcp(listener: TcpListener, router: Router) {
                     .instrument(span),
                 );
             }
-            Err(error) => {
-                warn!(%error, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(error) => crate::accept::recover(&error, "admin tcp").await,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! The modules, bottom to top: each imports only those above it in this
 //! list, and those beside it where it says so.
 //!
+//! - [`accept`]: what every accept loop does when `accept` fails.
 //! - [`config`]: the TOML file, validated into one [`config::Config`] with
 //!   every problem's position.
 //! - [`envelope`]: the JSON error envelope of every answer switchyard
@@ -28,6 +29,7 @@
 //! - [`cli`], [`ctl`] and [`demo`]: the command line and its exit codes,
 //!   `switchyard ctl` (the admin API's client), the zero-setup tour.
 
+pub mod accept;
 pub mod config;
 pub mod envelope;
 pub mod metrics;
@@ -58,6 +60,7 @@ mod tests {
 
     /// Each top-level module's layer, as listed above: 0 at the bottom.
     const LAYERS: &[(&str, u8)] = &[
+        ("accept", 0),
         ("config", 0),
         ("envelope", 0),
         ("metrics", 0),

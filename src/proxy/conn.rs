@@ -96,7 +96,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 
 use super::{headers, Client, Proxy, Route};
 use crate::config::Config;
@@ -105,10 +105,6 @@ use crate::shutdown::{Phase, Tracked};
 use park::Wait;
 use sniff::{Protocol, SniffError};
 use stall::Sending;
-
-/// How long to pause accepting when the process is out of file
-/// descriptors (or memory), so that finishing connections can free some.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The answer to plain HTTP sent to a TLS listener.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 96\r\n\r\n{\"error\": {\"code\": \"bad_request\", \"message\": \"plain HTTP was sent to a port that speaks HTTPS\"}}";
@@ -133,19 +129,9 @@ pub async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, route: Route)
                     serve_connection(proxy.clone(), stream, peer, route, tracked).instrument(span),
                 );
             }
-            Err(error) if is_resource_exhaustion(&error) => {
-                warn!(%error, "cannot accept connections; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-            // A connection reset before it was accepted is that client's problem.
-            Err(error) => debug!(%error, "accept failed"),
+            Err(error) => crate::accept::recover(&error, "public").await,
         }
     }
-}
-
-fn is_resource_exhaustion(error: &std::io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM.
-    matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
 /// What serving one client connection needs, whichever protocol it speaks
