@@ -39,6 +39,7 @@ use tracing::{debug, info, Instrument};
 
 use crate::config::Admin as AdminConfig;
 use crate::control::Via;
+use crate::shutdown::StopOnDrop;
 use api::AdminError;
 pub use routes::Router;
 
@@ -126,12 +127,15 @@ impl AdminListeners {
     /// returned guard is dropped, and the socket file is removed then).
     pub fn serve(self, router: Router) -> AdminServing {
         info!(socket = %self.socket_path.display(), "admin API listening");
-        let mut tasks = vec![tokio::spawn(accept_socket(self.socket, router.clone()))];
+        let mut tasks = vec![StopOnDrop::spawn(accept_socket(
+            self.socket,
+            router.clone(),
+        ))];
         if let Some(listener) = self.tcp {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "admin API listening on TCP (bearer token required)");
             }
-            tasks.push(tokio::spawn(accept_tcp(listener, router)));
+            tasks.push(StopOnDrop::spawn(accept_tcp(listener, router)));
         }
         AdminServing {
             tasks,
@@ -144,15 +148,14 @@ impl AdminListeners {
 /// socket file.
 #[derive(Debug)]
 pub struct AdminServing {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<StopOnDrop>,
     socket_path: PathBuf,
 }
 
 impl Drop for AdminServing {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        // Stop accepting before the socket file goes.
+        self.tasks.clear();
         if let Err(error) = std::fs::remove_file(&self.socket_path) {
             debug!(%error, socket = %self.socket_path.display(), "cannot remove admin socket");
         }

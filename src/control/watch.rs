@@ -10,7 +10,6 @@
 use std::sync::Weak;
 use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use tracing::{info, warn};
@@ -18,18 +17,20 @@ use tracing::{info, warn};
 use super::{Control, EventKind, SwitchKind, Via};
 use crate::config::SwitchWatch;
 use crate::metrics::RequestCounters;
+use crate::shutdown::StopOnDrop;
 use crate::state::persist;
 use crate::state::{PendingWatch, Snapshot};
 
 /// How often a watch looks at its figures.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A watch in progress.
+/// A watch in progress; dropping it stops it without a verdict.
 #[derive(Debug)]
 pub struct ActiveWatch {
     watched: Watched,
     until: SystemTime,
-    task: JoinHandle<()>,
+    /// Stopped when the watch is dropped.
+    _task: StopOnDrop,
 }
 
 /// What a watch counts: its pool's requests since the switch.
@@ -88,11 +89,11 @@ impl ActiveWatch {
         let left = until
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        let task = tokio::spawn(run(control, watched.clone(), rules, left));
+        let task = StopOnDrop::spawn(run(control, watched.clone(), rules, left));
         ActiveWatch {
             watched,
             until,
-            task,
+            _task: task,
         }
     }
 
@@ -120,11 +121,6 @@ impl ActiveWatch {
             requests,
             errors,
         }
-    }
-
-    /// Stops it without a verdict.
-    pub(super) fn cancel(self) {
-        self.task.abort();
     }
 }
 
@@ -203,9 +199,8 @@ impl Control {
 
     /// Stops the watch in progress, if any.
     pub(super) fn cancel_watch(&self) {
-        if let Some(watch) = self.journal().watch.take() {
-            watch.cancel();
-        }
+        // Dropped, its task stops without a verdict.
+        drop(self.journal().watch.take());
     }
 
     /// Rolls back the switch that watch `id` followed: the previous pool is
@@ -292,8 +287,8 @@ impl Control {
 
     /// Ends watch `id` without a verdict against its pool.
     pub(crate) fn end_watch(&self, id: u64) {
-        let mut activity = self.journal();
-        if let Some(watch) = activity.watch.take_if(|w| w.id() == id) {
+        let mut journal = self.journal();
+        if let Some(watch) = journal.watch.take_if(|w| w.id() == id) {
             info!(pool = %watch.pool(), "switch watch ended: the new pool held up");
         }
     }
