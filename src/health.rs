@@ -94,28 +94,32 @@ pub struct ProbeResult {
 /// Probes every upstream of `pool` at once and records each result, in
 /// the pool's order.
 pub async fn probe_pool(pool: &Pool, health: &Health) -> Vec<ProbeResult> {
-    let probes: Vec<_> = pool
-        .upstreams
-        .iter()
-        .map(|upstream| {
-            let (upstream, health, tls) = (upstream.clone(), health.clone(), pool.tls.clone());
-            let pool = pool.name.clone();
-            tokio::spawn(
-                async move { probe_and_record(&pool, &upstream, tls.as_ref(), &health).await },
-            )
-        })
-        .collect();
-    let mut results = Vec::with_capacity(probes.len());
-    for (upstream, probe) in pool.upstreams.iter().zip(probes) {
-        let outcome = probe
-            .await
-            .unwrap_or_else(|e| Err(ProbeError::Task(e.to_string())));
-        results.push(ProbeResult {
-            upstream: upstream.authority.clone(),
-            outcome,
+    // A set, so that dropping this future stops the probes too.
+    let mut probes = JoinSet::new();
+    for (index, upstream) in pool.upstreams.iter().enumerate() {
+        let (upstream, health, tls) = (upstream.clone(), health.clone(), pool.tls.clone());
+        let pool = pool.name.clone();
+        probes.spawn(async move {
+            let outcome = probe_and_record(&pool, &upstream, tls.as_ref(), &health).await;
+            (index, outcome)
         });
     }
-    results
+    let mut outcomes: Vec<Option<Result<(), ProbeError>>> = vec![None; pool.upstreams.len()];
+    while let Some(joined) = probes.join_next().await {
+        match joined {
+            Ok((index, outcome)) => outcomes[index] = Some(outcome),
+            Err(error) => warn!(%error, "a probe task failed"),
+        }
+    }
+    pool.upstreams
+        .iter()
+        .zip(outcomes)
+        .map(|(upstream, outcome)| ProbeResult {
+            upstream: upstream.authority.clone(),
+            outcome: outcome
+                .unwrap_or_else(|| Err(ProbeError::Task("it did not finish".to_owned()))),
+        })
+        .collect()
 }
 
 /// The running health checks; dropping this stops them.
@@ -131,14 +135,10 @@ pub fn spawn_checks(state: Arc<SharedState>) -> HealthChecks {
             let health = snapshot.config.health.clone();
             let mut round = JoinSet::new();
             for pool in snapshot.pools.values() {
-                for upstream in &pool.upstreams {
-                    let (upstream, health, tls) =
-                        (upstream.clone(), health.clone(), pool.tls.clone());
-                    let pool = pool.name.clone();
-                    round.spawn(async move {
-                        let _ = probe_and_record(&pool, &upstream, tls.as_ref(), &health).await;
-                    });
-                }
+                let (pool, health) = (pool.clone(), health.clone());
+                round.spawn(async move {
+                    probe_pool(&pool, &health).await;
+                });
             }
             // The round does not hold on to the snapshot while it waits.
             drop(snapshot);
