@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::health;
 use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snapshot};
 use commit::Committed;
-pub use error::ControlError;
+pub use error::{ControlError, ReloadRefusal};
 pub use events::{Event, EventKind};
 
 /// Where a change came from, for the audit log.
@@ -268,14 +268,10 @@ impl Control {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         let Some(to) = current.decisions.previous_pool.clone() else {
-            return Err(ControlError::NoPreviousPool(
-                "there is no previous pool: nothing has been switched yet".to_owned(),
-            ));
+            return Err(ControlError::NoPreviousPool);
         };
         if !current.pools.contains_key(&to) {
-            return Err(ControlError::NoPreviousPool(format!(
-                "the previous pool `{to}` is no longer in the config"
-            )));
+            return Err(ControlError::PreviousPoolGone(to));
         }
         self.make_live(&current, &to, force, SwitchKind::Rollback, via)
             .await?
@@ -373,16 +369,14 @@ impl Control {
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
             .expect("config loading does not panic");
-        let candidate = loaded.map_err(|e| e.lines()).and_then(|config| {
+        let candidate = loaded.map_err(ReloadRefusal::Invalid).and_then(|config| {
             let config = Arc::new(config);
             current
                 .with_config(config.clone())
                 .map(|snapshot| (config, snapshot))
-                .map_err(|missing| {
-                    vec![format!(
-                        "{}: {missing}; switch to another pool before removing it",
-                        current.config.path.display()
-                    )]
+                .map_err(|missing| ReloadRefusal::RemovesLivePool {
+                    path: current.config.path.clone(),
+                    missing,
                 })
         });
         match candidate {
@@ -420,7 +414,8 @@ impl Control {
                 );
                 Ok(self.state.load_full())
             }
-            Err(lines) => {
+            Err(refusal) => {
+                let lines = refusal.lines();
                 warn!(
                     via = %via,
                     config = %current.config.path.display(),
@@ -433,7 +428,7 @@ impl Control {
                     EventKind::Reload,
                     format!("config reload refused: {}", lines.join("; ")),
                 );
-                Err(ControlError::InvalidConfig(lines))
+                Err(ControlError::InvalidConfig(refusal))
             }
         }
     }

@@ -315,7 +315,8 @@ impl AdminError {
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => StatusCode::NOT_FOUND,
                 ControlError::PoolUnhealthy { .. }
-                | ControlError::NoPreviousPool(_)
+                | ControlError::NoPreviousPool
+                | ControlError::PreviousPoolGone(_)
                 | ControlError::GenerationExhausted => StatusCode::CONFLICT,
                 ControlError::Persist(_) | ControlError::NotDurable(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
@@ -336,7 +337,9 @@ impl AdminError {
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => "unknown_pool",
                 ControlError::PoolUnhealthy { .. } => "pool_unhealthy",
-                ControlError::NoPreviousPool(_) => "no_previous_pool",
+                ControlError::NoPreviousPool | ControlError::PreviousPoolGone(_) => {
+                    "no_previous_pool"
+                }
                 ControlError::GenerationExhausted => "generation_exhausted",
                 ControlError::Persist(_) => "state_not_saved",
                 ControlError::NotDurable(_) => "state_not_durable",
@@ -348,9 +351,9 @@ impl AdminError {
     /// The answer's body.
     pub fn document(&self) -> ErrorDocument {
         let (message, details) = match self {
-            AdminError::Control(ControlError::InvalidConfig(lines)) => (
+            AdminError::Control(ControlError::InvalidConfig(refusal)) => (
                 "the config file is invalid; the old config keeps serving".to_owned(),
-                lines.clone(),
+                refusal.lines(),
             ),
             AdminError::Control(ControlError::PoolUnhealthy { pool, failures }) => (
                 format!(

@@ -1,7 +1,11 @@
 //! Why the control plane refused a change.
 
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
 use crate::health::ProbeResult;
 use crate::state::persist::PersistError;
+use crate::state::MissingLivePool;
 
 /// Why a change was refused. Nothing changed, except after
 /// [`ControlError::NotDurable`].
@@ -21,9 +25,12 @@ pub enum ControlError {
         /// Every upstream's probe result.
         failures: Vec<ProbeResult>,
     },
-    /// There is nothing to roll back to.
-    #[error("{0}")]
-    NoPreviousPool(String),
+    /// There is nothing to roll back to: nothing has been switched yet.
+    #[error("there is no previous pool: nothing has been switched yet")]
+    NoPreviousPool,
+    /// The previous pool was removed from the config since.
+    #[error("the previous pool `{0}` is no longer in the config")]
+    PreviousPoolGone(String),
     /// The state file could not be written.
     #[error(transparent)]
     Persist(#[from] PersistError),
@@ -36,9 +43,37 @@ pub enum ControlError {
     /// change (only a hand-edited state file gets there).
     #[error("generation is at its maximum ({}); no further change can be counted: reset it in the state file while switchyard is stopped", u64::MAX)]
     GenerationExhausted,
-    /// The config file is invalid; every problem as `PATH:LINE:COL: message`.
-    #[error("invalid config: {}", .0.join("; "))]
-    InvalidConfig(Vec<String>),
+    /// The config file cannot be applied; the old config keeps serving.
+    #[error("invalid config: {}", .0.lines().join("; "))]
+    InvalidConfig(ReloadRefusal),
+}
+
+/// Why a reload was refused.
+#[derive(Debug)]
+pub enum ReloadRefusal {
+    /// The file does not load: unreadable, or with problems at positions.
+    Invalid(ConfigError),
+    /// It is valid on its own, but lacks the live pool.
+    RemovesLivePool {
+        /// The config file.
+        path: PathBuf,
+        /// What is missing.
+        missing: MissingLivePool,
+    },
+}
+
+impl ReloadRefusal {
+    /// Every problem as one `PATH:LINE:COL: message` line (or `PATH:
+    /// message` where no position applies).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadRefusal::Invalid(error) => error.lines(),
+            ReloadRefusal::RemovesLivePool { path, missing } => vec![format!(
+                "{}: {missing}; switch to another pool before removing it",
+                path.display()
+            )],
+        }
+    }
 }
 
 fn describe_failures(failures: &[ProbeResult]) -> String {
