@@ -73,42 +73,141 @@ pub struct LoadedPair {
     pub key: Arc<CertifiedKey>,
 }
 
+/// Why a certificate and key pair could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Whether it is the key file (else the certificate file).
+        is_key: bool,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate file is not a PEM chain.
+    #[error("{}: not a PEM certificate chain: {reason}", path.display())]
+    NotAChain {
+        /// The certificate file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        reason: String,
+    },
+    /// The certificate file holds no certificate.
+    #[error("{}: holds no PEM certificate", path.display())]
+    NoCertificate {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file is not a PEM private key.
+    #[error("{}: not a PEM private key: {reason}", path.display())]
+    NotAKey {
+        /// The key file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        reason: String,
+    },
+    /// The key is of a kind rustls cannot sign with.
+    #[error("{}: unsupported private key: {reason}", path.display())]
+    UnsupportedKey {
+        /// The key file.
+        path: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+    /// The key is not the certificate's.
+    #[error("{} does not belong to the certificate in {}", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The leaf certificate does not parse as X.509.
+    #[error("{}: cannot parse the certificate: {reason}", path.display())]
+    Unparsable {
+        /// The certificate file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The leaf certificate has expired.
+    #[error("{}: the certificate expired at {}", path.display(), humantime::format_rfc3339_seconds(*not_after))]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+        /// When it expired.
+        not_after: SystemTime,
+    },
+}
+
+impl PairError {
+    /// Whether the key file is at fault (else the certificate file).
+    pub fn is_the_keys(&self) -> bool {
+        match self {
+            PairError::Unreadable { is_key, .. } => *is_key,
+            PairError::NotAKey { .. }
+            | PairError::UnsupportedKey { .. }
+            | PairError::Mismatch { .. } => true,
+            PairError::NotAChain { .. }
+            | PairError::NoCertificate { .. }
+            | PairError::Unparsable { .. }
+            | PairError::Expired { .. } => false,
+        }
+    }
+}
+
 /// Reads the chain at `cert` and the key at `key`, and checks that they
 /// parse, match each other, and have not expired.
-pub fn load_pair(cert: &Path, key: &Path, now: SystemTime) -> Result<LoadedPair, String> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+pub fn load_pair(cert: &Path, key: &Path, now: SystemTime) -> Result<LoadedPair, PairError> {
+    let read = |path: &Path, is_key: bool| {
+        std::fs::read(path).map_err(|source| PairError::Unreadable {
+            path: path.to_owned(),
+            is_key,
+            source,
+        })
     };
-    let cert_pem = read(cert)?;
+    let cert_pem = read(cert, false)?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+        .map_err(|e| PairError::NotAChain {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
     let Some(leaf) = chain.first() else {
-        return Err(format!("{}: holds no PEM certificate", cert.display()));
+        return Err(PairError::NoCertificate {
+            path: cert.to_owned(),
+        });
     };
-    let key_pem = read(key)?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
-    let certified = CertifiedKey::new(chain.clone(), signing);
-    certified.keys_match().map_err(|_| {
-        format!(
-            "{} does not belong to the certificate in {}",
-            key.display(),
-            cert.display()
-        )
+    let key_pem = read(key, true)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| PairError::NotAKey {
+        path: key.to_owned(),
+        reason: e.to_string(),
     })?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| format!("{}: cannot parse the certificate: {e}", cert.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| {
+        PairError::UnsupportedKey {
+            path: key.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    let certified = CertifiedKey::new(chain.clone(), signing);
+    certified.keys_match().map_err(|_| PairError::Mismatch {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    })?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| PairError::Unparsable {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
     let not_after = UNIX_EPOCH
         + Duration::from_secs(u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0));
     if not_after <= now {
-        return Err(format!(
-            "{}: the certificate expired at {}",
-            cert.display(),
-            humantime::format_rfc3339_seconds(not_after)
-        ));
+        return Err(PairError::Expired {
+            path: cert.to_owned(),
+            not_after,
+        });
     }
     let mut names: Vec<String> = match parsed.subject_alternative_name() {
         Ok(Some(san)) => san

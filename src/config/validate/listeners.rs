@@ -127,14 +127,13 @@ impl Validator<'_> {
                     }
                     pairs.push(pair);
                 }
-                Err(reason) => {
-                    // A key that fails is the key's fault; anything else, the cert's.
-                    let at = if reason.starts_with(&key_path.display().to_string()) {
+                Err(error) => {
+                    let at = if error.is_the_keys() {
                         entry.key.span()
                     } else {
                         entry.cert.span()
                     };
-                    self.problem(Some(at), format!("{key}.tls.certs: {reason}"));
+                    self.problem(Some(at), format!("{key}.tls.certs: {error}"));
                     failed = true;
                 }
             }

@@ -193,3 +193,34 @@ fn position_counts_characters_not_bytes() {
     assert_eq!(position("ab\ncé d", 7), (2, 4));
     assert_eq!(position("x", 0), (1, 1));
 }
+
+#[test]
+fn a_tls_problem_points_at_the_file_at_fault() {
+    let dir = std::env::temp_dir().join(format!("switchyard-validate-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap();
+    std::fs::write(dir.join("a.pem"), made.cert.pem()).unwrap();
+    let config = |cert: &str, key: &str| {
+        format!(
+            "{MINIMAL}[listener.tls]\n[[listener.tls.certs]]\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+        )
+    };
+    let problems_in = |text: String| match parse(&dir.join("sy.toml"), &text, false) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    // An unreadable key is the key's line; an unreadable certificate, the
+    // certificate's.
+    let found = problems_in(config("a.pem", "missing.key"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("6:7: listener.tls.certs: cannot read"),
+        "{found:?}"
+    );
+    let found = problems_in(config("missing.pem", "missing.key"));
+    assert!(
+        found[0].starts_with("5:8: listener.tls.certs: cannot read"),
+        "{found:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
