@@ -115,13 +115,13 @@ impl Proxy {
                 };
                 Box::pin(unread::answer(request, response, budget, limit)).await
             }
-            Ok(Routing::Forward(forward)) => {
+            Ok(Routing::Forward(destination)) => {
                 let has_body = !http_body::Body::is_end_stream(request.body());
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once (see
                 // `boxed_forward` for why boxing takes a function).
-                let response = match self.boxed_forward(request, client, &forward).await {
+                let response = match self.boxed_forward(request, client, &destination).await {
                     Ok(response) => response,
                     Err(error) => {
                         let mut response = self.failed(error, version, client);
@@ -136,7 +136,7 @@ impl Proxy {
                         response
                     }
                 };
-                forward.pool.requests.count(response.status());
+                destination.pool.requests.count(response.status());
                 response
             }
             Err(error) => self.failed(error, version, client),
@@ -154,9 +154,9 @@ impl Proxy {
         &'a self,
         request: Request<Incoming>,
         client: &'a Client,
-        forward: &'a Forward,
+        destination: &'a Destination,
     ) -> Pin<Box<impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
-        Box::pin(self.forward(request, client, forward))
+        Box::pin(self.forward(request, client, destination))
     }
 
     /// The proxy's answer to `error`, logged.
@@ -229,19 +229,19 @@ impl Proxy {
             Route::Live => snapshot.live.clone(),
             Route::Preview => snapshot.preview.clone(),
         };
-        Ok(Routing::Forward(Forward {
+        Ok(Routing::Forward(Destination {
             target,
             pool,
             timeouts: snapshot.config.timeouts,
         }))
     }
 
-    /// Forwards `request` to `forward.pool` and passes on the answer.
+    /// Forwards `request` to `destination.pool` and passes on the answer.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
         client: &Client,
-        forward: &Forward,
+        destination: &Destination,
     ) -> Result<Response<Body>, ProxyError> {
         let Client {
             forwarded_for,
@@ -249,11 +249,11 @@ impl Proxy {
             https,
             ..
         } = client;
-        let Forward {
+        let Destination {
             target,
             pool,
             timeouts,
-        } = forward;
+        } = destination;
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
         // Kept for a tunnel, which the gate keeps judging by it.
@@ -336,11 +336,11 @@ enum Routing {
     /// The proxy answers it itself.
     Answered(Response<Body>),
     /// It goes to a pool.
-    Forward(Forward),
+    Forward(Destination),
 }
 
 /// What forwarding a request needs, from the snapshot it was routed by.
-struct Forward {
+struct Destination {
     target: frontdoor::Target,
     pool: Arc<Pool>,
     timeouts: Timeouts,
