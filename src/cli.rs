@@ -68,8 +68,7 @@ pub fn run(cli: Cli) -> ExitCode {
 ///
 /// With a single CPU (a one-core container, or a process pinned to one
 /// core) the work-stealing scheduler has nobody to steal for and only adds
-/// cross-thread wake-ups, so the single-threaded scheduler is used: about
-/// 15% more requests per second on one core in the load comparison.
+/// cross-thread wake-ups, so the single-threaded scheduler is used.
 /// `TOKIO_WORKER_THREADS` still sizes the multi-threaded one.
 fn with_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     let one_cpu = std::env::var_os("TOKIO_WORKER_THREADS").is_none()

@@ -148,8 +148,8 @@ impl Proxy {
     /// [`Proxy::forward`]'s future, boxed. Boxing it in a plain function
     /// matters: written as `Box::pin(self.forward(..)).await` inside
     /// `handle`, the unboxed future is a temporary of `handle`'s own state
-    /// machine, which then reserves its 3.6 KiB anyway, and hyper moves
-    /// that 5 KiB service future for every request instead of 1.4 KiB.
+    /// machine, which then reserves its kilobytes anyway, and hyper moves
+    /// the service future for every request.
     fn boxed_forward<'a>(
         &'a self,
         request: Request<Incoming>,

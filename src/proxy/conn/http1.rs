@@ -31,8 +31,8 @@ const AMBIGUOUS_LENGTH: &str =
 /// allocated then, and this one ends. A task spawned at accept was
 /// allocated among the buffers and requests of busy connections; kept for
 /// hours by an idle one, it pins their freed memory around it. Allocated at
-/// parking time, next to other parked connections' tasks, it does not: this
-/// cut the resident memory of ten thousand idle connections by a quarter.
+/// parking time, next to other parked connections' tasks, it does not (the
+/// measurement is in the benchmark notes).
 pub(super) async fn serve<I>(serving: Serving, io: Sending<I>, head_by: Instant)
 where
     I: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
