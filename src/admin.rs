@@ -40,6 +40,7 @@ use tracing::{debug, info, Instrument};
 use crate::config::Admin as AdminConfig;
 use crate::control::Via;
 use crate::shutdown::StopOnDrop;
+use crate::state::persist::replace_by_rename;
 use api::AdminError;
 pub use routes::Router;
 
@@ -197,20 +198,16 @@ fn bind_socket(path: &Path) -> Result<UnixListener, AdminStartError> {
             dir: dir.to_owned(),
         });
     }
-    let name = path
-        .file_name()
-        .unwrap_or(path.as_os_str())
-        .to_string_lossy();
-    let temp = dir.join(format!(".{name}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
-    let listener = UnixListener::bind(&temp).map_err(fail)?;
-    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&temp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temp);
-        return Err(fail(e));
-    }
-    Ok(listener)
+    // Bound and made 0600 beside it, then renamed into place: no client
+    // ever finds the socket with looser permissions.
+    let suffix = std::process::id().to_string();
+    replace_by_rename(path, &suffix, |temp| {
+        let listener = UnixListener::bind(temp).map_err(|e| ("bind", e))?;
+        std::fs::set_permissions(temp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ("set mode 0600", e))?;
+        Ok(listener)
+    })
+    .map_err(|(_, source)| fail(source))
 }
 
 async fn accept_socket(listener: UnixListener, router: Router) {

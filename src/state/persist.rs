@@ -338,25 +338,41 @@ fn save_syncing(
         }
     };
     let dir = directory(path);
-    let temp = dir.join(format!(".{}.tmp", file_name(path)));
-    let result = (|| {
-        // A file (or a link planted there) left at the temp path is removed,
-        // and the temp file created anew: never opened through a link.
-        match fs::remove_file(&temp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(fail("remove old temp file")(e))
-            }
-            _ => {}
-        }
+    // The temp file is created anew: never opened through a planted link.
+    replace_by_rename(path, "tmp", |temp| {
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&temp)
-            .map_err(fail("create temp file"))?;
-        out.write_all(&text).map_err(fail("write temp file"))?;
-        out.sync_all().map_err(fail("fsync temp file"))?;
-        fs::rename(&temp, path).map_err(fail("rename temp file"))?;
-        sync_dir(dir).map_err(fail(FSYNC_DIRECTORY))
+            .open(temp)
+            .map_err(|e| ("create temp file", e))?;
+        out.write_all(&text).map_err(|e| ("write temp file", e))?;
+        out.sync_all().map_err(|e| ("fsync temp file", e))
+    })
+    .map_err(|(step, source)| fail(step)(source))?;
+    sync_dir(dir).map_err(fail(FSYNC_DIRECTORY))
+}
+
+/// Makes `path` what `create` makes, in one rename: `create` makes it at
+/// `.NAME.SUFFIX` beside `path` (anything left there first is removed),
+/// and it is renamed over `path`, so that `path` is never seen half made.
+/// On error the temporary is removed and `path` is as it was; the error
+/// names the step that failed.
+pub fn replace_by_rename<T>(
+    path: &Path,
+    suffix: &str,
+    create: impl FnOnce(&Path) -> Result<T, (&'static str, std::io::Error)>,
+) -> Result<T, (&'static str, std::io::Error)> {
+    let temp = directory(path).join(format!(".{}.{suffix}", file_name(path)));
+    let result = (|| {
+        match fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(("remove old temp file", e))
+            }
+            _ => {}
+        }
+        let made = create(&temp)?;
+        fs::rename(&temp, path).map_err(|e| ("rename temp file", e))?;
+        Ok(made)
     })();
     if result.is_err() {
         // Best effort: a leftover temp file is harmless but untidy.
