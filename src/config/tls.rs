@@ -273,29 +273,76 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
 }
 
+/// Why trust roots could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    /// The CA file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The CA file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An entry of the CA file is not a PEM certificate.
+    #[error("{}: not a PEM certificate: {reason}", path.display())]
+    NotACertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        reason: String,
+    },
+    /// A certificate of the CA file cannot be a trust root.
+    #[error("{}: unusable CA certificate: {reason}", path.display())]
+    Unusable {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+    /// The CA file holds no certificate.
+    #[error("{} holds no certificate", path.display())]
+    Empty {
+        /// The CA file.
+        path: PathBuf,
+    },
+    /// The system has no CA certificates (a slim container image).
+    #[error("no system CA certificates were found")]
+    NoSystemRoots,
+}
+
 /// The certificates of a CA file, as trust roots.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, RootsError> {
+    let pem = std::fs::read(path).map_err(|source| RootsError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        let cert = cert.map_err(|e| RootsError::NotACertificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| RootsError::Unusable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     }
     if roots.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(RootsError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(roots)
 }
 
 /// The system's trust roots (the web PKI, as the OS ships it).
-pub fn system_roots() -> Result<rustls::RootCertStore, String> {
+pub fn system_roots() -> Result<rustls::RootCertStore, RootsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err("no system CA certificates were found".to_owned());
+        return Err(RootsError::NoSystemRoots);
     }
     Ok(roots)
 }
