@@ -199,7 +199,7 @@ impl Proxy {
         if let Some(normalized) =
             path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?
         {
-            *request.uri_mut() = with_path(request.uri(), &normalized)?;
+            *request.uri_mut() = frontdoor::with_path(request.uri(), &normalized)?;
         }
         // The gate, the pool and the timeouts all come from
         // this snapshot.
@@ -210,7 +210,7 @@ impl Proxy {
             Route::Preview => preview.is_some_and(|p| p.redirect_https),
         };
         if redirect {
-            return Ok(Routing::Answered(redirect_to_https(
+            return Ok(Routing::Answered(frontdoor::redirect_to_https(
                 request,
                 target.authority.as_ref(),
             )));
@@ -316,21 +316,6 @@ impl Proxy {
     }
 }
 
-/// `uri` with its path replaced by `path` (its query kept).
-fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
-    let mut parts = http::uri::Parts::from(uri.clone());
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
-    );
-    http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
-}
-
 /// Where a request goes, decided by [`Proxy::route`].
 enum Routing {
     /// The proxy answers it itself.
@@ -344,39 +329,4 @@ struct Destination {
     target: frontdoor::Target,
     pool: Arc<Pool>,
     timeouts: Timeouts,
-}
-
-/// `308 Permanent Redirect` to the same host (default HTTPS port) and the
-/// same path and query, over https.
-fn redirect_to_https(
-    request: &Request<Incoming>,
-    authority: Option<&http::uri::Authority>,
-) -> Response<Body> {
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| authority.map(|a| a.as_str().to_owned()))
-        .unwrap_or_default();
-    // Drop a port (the plain listener's); keep an IPv6 literal whole.
-    let host = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
-            name.to_owned()
-        }
-        _ => host,
-    };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let location = format!("https://{host}{path}");
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(location) = http::HeaderValue::from_str(&location) {
-        response
-            .headers_mut()
-            .insert(http::header::LOCATION, location);
-    }
-    response
 }

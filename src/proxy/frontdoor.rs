@@ -6,12 +6,17 @@
 //! that disagrees with `:authority`. Two servers that read such a request
 //! differently are how request smuggling and cache poisoning start, so the
 //! proxy refuses them with 400 and closes the connection.
+//!
+//! Also here: the request target rewritten to the path's one meaning, and
+//! the HTTPS redirect a plain listener answers with.
 
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderMap, Method, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
 
 use super::error::ProxyError;
+use crate::body::Body;
 
 /// What a checked request is routed by.
 #[derive(Debug)]
@@ -159,6 +164,56 @@ fn check_target(method: &Method, uri: &Uri) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// `uri` with its path replaced by `path` (its query kept).
+pub fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = http::uri::Parts::from(uri.clone());
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+    );
+    http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))
+}
+
+/// `308 Permanent Redirect` to the same host (default HTTPS port) and the
+/// same path and query, over https.
+pub fn redirect_to_https(
+    request: &Request<Incoming>,
+    authority: Option<&http::uri::Authority>,
+) -> Response<Body> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| authority.map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    // Drop a port (the plain listener's); keep an IPv6 literal whole.
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name.to_owned()
+        }
+        _ => host,
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = format!("https://{host}{path}");
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = http::HeaderValue::from_str(&location) {
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+    }
+    response
 }
 
 #[cfg(test)]
