@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Recovers from a failed `accept` on `listener` (named in the log): out
-/// of descriptors or memory, it waits [`BACKOFF`] rather than spin on the
+/// of descriptors or memory, it waits `BACKOFF` rather than spin on the
 /// same error; anything else (a connection reset before it was accepted)
 /// is that one client's problem, and accepting goes on at once.
 pub async fn recover(error: &std::io::Error, listener: &str) {

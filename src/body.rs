@@ -254,6 +254,7 @@ impl Body {
     /// Tells `release` when this body is let go (hyper has sent it, or
     /// given up on it).
     pub fn on_release(mut self, release: Arc<dyn Release>) -> Body {
+        debug_assert!(self.release.is_none(), "one release per body");
         self.release = Some(release);
         self
     }
@@ -309,6 +310,10 @@ impl Drop for Body {
         {
             self.finished();
         }
+        // Unfinished: the upstream's side goes first (its connection closed,
+        // its count released), then the client connection's.
+        self.rest = None;
+        drop(self.completion.take());
         if let Some(release) = self.release.take() {
             release.release();
         }

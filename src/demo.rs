@@ -63,8 +63,8 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
         .ok_or("the preview listener has no address")?;
     let admin = server.admin_socket().to_owned();
     // Caught before the tour is printed: a Ctrl-C right after it stops
-    // the demo cleanly rather than killing it.
-    let stop = crate::shutdown::StopSignals::listen();
+    // the demo cleanly rather than killing it; so does closing its terminal.
+    let stop = crate::shutdown::StopSignals::listen_with_hangup();
     let tour = Tour {
         proxy,
         preview,

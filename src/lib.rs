@@ -24,7 +24,7 @@
 //!   persisted and audited), which probes through `health`. `proxy` and
 //!   `control` meet only at the snapshot.
 //! - [`admin`] and [`reload`]: the admin API (unix socket, optional TCP with
-//!   a token); watching the config file.
+//!   a token); what triggers a reload (the config file watch, SIGHUP).
 //! - [`server`]: the serving process: restore decisions, bind, run, drain.
 //! - [`cli`], [`ctl`] and [`demo`]: the command line and its exit codes,
 //!   `switchyard ctl` (the admin API's client), the zero-setup tour.

@@ -147,11 +147,6 @@ impl Server {
         self.proxy.state()
     }
 
-    /// The control plane (for SIGHUP handling).
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
-    }
-
     /// Serves until `shutdown` resolves, then drains: listeners close at
     /// once, in-flight requests get `timeouts.drain` to finish, and what is
     /// left after that is closed. The admin socket is removed on the way out.

@@ -40,24 +40,44 @@ impl Drop for StopOnDrop {
 pub struct StopSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    /// Only for a program run from a terminal (the demo): its terminal
+    /// closing stops it. A daemon reloads on SIGHUP instead.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
-    /// Installs the handlers.
+    /// Installs the handlers of SIGTERM and SIGINT.
     pub fn listen() -> std::io::Result<StopSignals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: None,
         })
     }
 
-    /// Waits for either and says which arrived. A second signal is not
-    /// needed (the drain has its own deadline).
+    /// Installs the handlers of SIGTERM, SIGINT and SIGHUP, for a program
+    /// that should end with its terminal.
+    pub fn listen_with_hangup() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut signals = StopSignals::listen()?;
+        signals.hangup = Some(signal(SignalKind::hangup())?);
+        Ok(signals)
+    }
+
+    /// Waits for any of them and says which arrived. A second signal is
+    /// not needed (the drain has its own deadline).
     pub async fn recv(mut self) -> &'static str {
+        let hangup = async {
+            match self.hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = hangup => "SIGHUP",
         }
     }
 }

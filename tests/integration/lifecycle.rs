@@ -122,8 +122,8 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     assert_eq!(exit.code(), Some(0));
 }
 
-#[tokio::test]
-async fn demo_serves_blue_and_stops_cleanly() {
+/// The demo binary on any free ports, and its proxy's URL once printed.
+async fn start_demo() -> (tokio::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -145,6 +145,24 @@ async fn demo_serves_blue_and_stops_cleanly() {
         }
     })
     .await;
+    (child, proxy)
+}
+
+/// Sends `signal` to `child` and waits for it to exit.
+async fn stop_with(mut child: tokio::process::Child, signal: &str) -> std::process::ExitStatus {
+    let pid = child.id().expect("running").to_string();
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    within(child.wait()).await.unwrap()
+}
+
+#[tokio::test]
+async fn demo_serves_blue_and_stops_cleanly() {
+    let (child, proxy) = start_demo().await;
     let (status, headers, body) = get(&proxy).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-demo-pool"], "blue");
@@ -158,15 +176,15 @@ async fn demo_serves_blue_and_stops_cleanly() {
         "{body}"
     );
 
-    let pid = child.id().expect("running").to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-    let exit = within(child.wait()).await.unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(stop_with(child, "-INT").await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_demo_whose_terminal_closes_stops() {
+    // A daemon reloads on SIGHUP; the demo, run from a terminal, ends with it.
+    let (child, proxy) = start_demo().await;
+    assert_eq!(get(&proxy).await.0, 200);
+    assert_eq!(stop_with(child, "-HUP").await.code(), Some(0));
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ const AMBIGUOUS_LENGTH: &str =
     "both Content-Length and Transfer-Encoding: the body length is ambiguous";
 
 /// Serves HTTP/1 on `io` until it closes, parking the connection whenever
-/// it has been idle for a while (see [`park`]).
+/// it has been idle for a while (see [`super::park`]).
 ///
 /// The first time it parks, the connection moves to a task of its own,
 /// allocated then, and this one ends. A task spawned at accept was
