@@ -81,6 +81,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// long an idle keep-alive connection is kept.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default key prefix of the decisions in etcd.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/switchyard";
+/// Default time a change through the cluster waits for every instance.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default lease of an instance's registration in etcd.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// Default cap on the connections open to one upstream at once: what a
 /// flood of slow requests can make the proxy open, whatever the timeouts.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -120,6 +127,9 @@ pub struct Config {
     pub switch: Option<SwitchWatch>,
     /// Time budgets.
     pub timeouts: Timeouts,
+    /// The etcd cluster the decisions live in; `None` without a
+    /// `[cluster]` section (then nothing of etcd is touched).
+    pub cluster: Option<Cluster>,
     /// A digest of the file's text, so a watcher can tell whether the file
     /// on disk is still the one this config came from.
     pub digest: u64,
@@ -321,6 +331,21 @@ pub struct Timeouts {
     pub client_body: Duration,
     /// The longest a client may take no byte of an answer.
     pub send: Duration,
+}
+
+/// `[cluster]`: one decision across many instances, held in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// etcd v3 endpoints, `http://host:port`.
+    pub endpoints: Vec<String>,
+    /// Every key of this service lives under it (no trailing `/`).
+    pub prefix: String,
+    /// This instance's name, unique in the fleet.
+    pub instance: String,
+    /// How long a change waits for every instance to apply it.
+    pub ack_timeout: Duration,
+    /// How long an instance that stops renewing its lease keeps counting.
+    pub lease_ttl: Duration,
 }
 
 /// One problem in a config file, with its position (1-based).

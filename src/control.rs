@@ -490,6 +490,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.state.file != new.state.file {
         keys.push("state.file");
     }
+    if old.cluster != new.cluster {
+        keys.push("cluster");
+    }
     keys
 }
 

@@ -129,6 +129,17 @@ pub struct TimeoutsSection {
     pub send: Option<SpannedDuration>,
 }
 
+/// `[cluster]`: the etcd cluster a fleet of instances holds one decision in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub prefix: Option<Spanned<String>>,
+    pub instance: Option<Spanned<String>>,
+    pub ack_timeout: Option<SpannedDuration>,
+    pub lease_ttl: Option<SpannedDuration>,
+}
+
 /// The whole file, section by section; `None` where a section is absent or
 /// could not be read (its error is already recorded).
 #[derive(Debug, Default)]
@@ -142,4 +153,5 @@ pub struct FileConfig {
     pub health: Option<Spanned<HealthSection>>,
     pub switch: Option<Spanned<SwitchSection>>,
     pub timeouts: Option<Spanned<TimeoutsSection>>,
+    pub cluster: Option<Spanned<ClusterSection>>,
 }

@@ -20,6 +20,7 @@ use super::file::*;
 use super::*;
 
 mod behaviour;
+mod cluster;
 mod listeners;
 mod pools;
 
@@ -34,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "health",
     "switch",
     "timeouts",
+    "cluster",
 ];
 
 /// Largest `max_header_bytes` accepted: beyond this a header block is an attack.
@@ -137,6 +139,7 @@ impl Validator<'_> {
                 "health" => file.health = self.section(name, value),
                 "switch" => file.switch = self.section(name, value),
                 "timeouts" => file.timeouts = self.section(name, value),
+                "cluster" => file.cluster = self.section(name, value),
                 other => self.problem(
                     Some(key.span()),
                     format!(
@@ -229,6 +232,7 @@ impl Validator<'_> {
         let health = self.health(file.health.as_ref());
         let switch = file.switch.as_ref().map(|s| self.switch(s.get_ref()));
         let timeouts = self.timeouts(file.timeouts.as_ref());
+        let cluster = file.cluster.as_ref().map(|c| self.cluster(c.get_ref()));
         Config {
             path: path.to_owned(),
             listener,
@@ -240,6 +244,7 @@ impl Validator<'_> {
             health,
             switch,
             timeouts,
+            cluster,
             digest: 0,
             warnings: Vec::new(),
         }

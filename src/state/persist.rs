@@ -193,18 +193,37 @@ pub fn load(path: &Path) -> Result<Option<(Decisions, Option<PendingWatch>)>, Pe
         });
     }
     let text = fs::read_to_string(path).map_err(read_error)?;
-    let corrupt = |reason: String| PersistError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
-    let version: VersionOnly = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-    if version.version > STATE_FILE_VERSION || version.version == 0 {
-        return Err(PersistError::Version {
+    match decode(&text) {
+        Ok(decoded) => Ok(Some(decoded)),
+        Err(DecodeError::Version(found)) => Err(PersistError::Version {
             path: path.to_owned(),
-            found: version.version,
-        });
+            found,
+        }),
+        Err(DecodeError::Corrupt(reason)) => Err(PersistError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        }),
     }
-    let file: StateFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+}
+
+/// Why a text is not decisions in the state file's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// It is not the format, or says something impossible.
+    Corrupt(String),
+    /// It is from a newer switchyard.
+    Version(u32),
+}
+
+/// The decisions, and the watch it records, in `text`: the state file's
+/// format, which the cluster's copy of the decisions shares.
+pub fn decode(text: &str) -> Result<(Decisions, Option<PendingWatch>), DecodeError> {
+    let corrupt = DecodeError::Corrupt;
+    let version: VersionOnly = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    if version.version > STATE_FILE_VERSION || version.version == 0 {
+        return Err(DecodeError::Version(version.version));
+    }
+    let file: StateFile = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
     let since = match &file.maintenance.since {
         None => None,
         Some(text) => Some(
@@ -234,7 +253,7 @@ pub fn load(path: &Path) -> Result<Option<(Decisions, Option<PendingWatch>)>, Pe
         },
         generation: file.generation,
     };
-    Ok(Some((decisions, watch)))
+    Ok((decisions, watch))
 }
 
 /// Writes `decisions` to `path` atomically and durably: a temp file in the
@@ -305,13 +324,9 @@ fn sync_directory(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
 
-/// [`save`], syncing the directory with `sync_dir`.
-fn save_syncing(
-    path: &Path,
-    decisions: &Decisions,
-    watch: Option<&PendingWatch>,
-    sync_dir: &dyn Fn(&Path) -> std::io::Result<()>,
-) -> Result<(), PersistError> {
+/// `decisions`, and the watch running beside them, in the state file's
+/// format (pretty JSON, a final newline).
+pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
     let file = StateFile {
         version: if watch.is_some() { 2 } else { 1 },
         live_pool: decisions.live_pool.clone(),
@@ -330,6 +345,17 @@ fn save_syncing(
     };
     let mut text = serde_json::to_vec_pretty(&file).expect("the state file serializes");
     text.push(b'\n');
+    text
+}
+
+/// [`save`], syncing the directory with `sync_dir`.
+fn save_syncing(
+    path: &Path,
+    decisions: &Decisions,
+    watch: Option<&PendingWatch>,
+    sync_dir: &dyn Fn(&Path) -> std::io::Result<()>,
+) -> Result<(), PersistError> {
+    let text = encode(decisions, watch);
     let fail = |step: &'static str| {
         move |source| PersistError::Write {
             path: path.to_owned(),

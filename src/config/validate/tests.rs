@@ -224,3 +224,43 @@ fn a_tls_problem_points_at_the_file_at_fault() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_cluster_section_is_checked_and_defaulted() {
+    let config = parse(Path::new("sy.toml"), MINIMAL, false).unwrap();
+    assert_eq!(config.cluster, None, "no [cluster], no etcd");
+    let text = format!(
+        "{MINIMAL}[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\ninstance = \"edge-1\"\n"
+    );
+    let cluster = parse(Path::new("sy.toml"), &text, false)
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(cluster.endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!(cluster.prefix, DEFAULT_CLUSTER_PREFIX);
+    assert_eq!(cluster.instance, "edge-1");
+    assert_eq!(cluster.ack_timeout, DEFAULT_ACK_TIMEOUT);
+    assert_eq!(cluster.lease_ttl, DEFAULT_LEASE_TTL);
+    let text = format!(
+        "{MINIMAL}[cluster]\nendpoints = [\"127.0.0.1:2379\", \"https://etcd:2379\"]\nprefix = \"shop\"\ninstance = \"edge 1\"\nlease_ttl = \"1500ms\"\n"
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 5, "{found:?}");
+    assert!(
+        found[0].starts_with("4:14: cluster.endpoints: `127.0.0.1:2379` must be http://HOST:PORT"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("`https://etcd:2379` uses TLS"),
+        "{found:?}"
+    );
+    assert!(
+        found[2].starts_with("5:10: cluster.prefix: must start with `/`"),
+        "{found:?}"
+    );
+    assert!(found[3].starts_with("6:12: cluster.instance:"), "{found:?}");
+    assert!(
+        found[4].starts_with("7:13: cluster.lease_ttl: must be at least 2s"),
+        "{found:?}"
+    );
+}
