@@ -145,6 +145,8 @@ async fn start_demo() -> (tokio::process::Child, String) {
         }
     })
     .await;
+    // Read the rest of the tour: a closed pipe would fail the demo's prints.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, proxy)
 }
 
