@@ -15,6 +15,7 @@
 mod commit;
 mod error;
 mod events;
+pub mod fleet;
 pub mod watch;
 
 use std::fmt;
@@ -32,6 +33,7 @@ use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snaps
 use commit::Committed;
 pub use error::{ControlError, ReloadRefusal};
 pub use events::{Event, EventKind};
+use fleet::Fleet;
 
 /// Where a change came from, for the audit log.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +86,8 @@ struct Journal {
 #[derive(Debug)]
 pub struct Control {
     state: Arc<SharedState>,
+    /// The fleet this instance is one of, with `[cluster]`.
+    fleet: Option<Fleet>,
     /// The state file, fixed at startup (a reload that moves it takes
     /// effect at the next restart, so decisions never split across files).
     state_file: PathBuf,
@@ -98,15 +102,23 @@ pub struct Control {
 
 impl Control {
     /// The writer of `state`, persisting to the state file of its config.
-    pub fn new(state: Arc<SharedState>) -> Arc<Control> {
+    /// With `fleet`, the decisions are those of a fleet of instances, held
+    /// in etcd (see [`fleet`]).
+    pub fn new(state: Arc<SharedState>, fleet: Option<Fleet>) -> Arc<Control> {
         let state_file = state.load().config.state.file.clone();
         Arc::new_cyclic(|me| Control {
             state,
+            fleet,
             state_file,
             writer: Mutex::new(()),
             journal: std::sync::Mutex::new(Journal::default()),
             me: me.clone(),
         })
+    }
+
+    /// The fleet's part of the status, with `[cluster]`.
+    pub fn fleet_status(&self) -> Option<fleet::FleetStatus> {
+        self.fleet.as_ref().map(Fleet::status)
     }
 
     /// The last event, if any.
@@ -162,14 +174,40 @@ impl Control {
         }
     }
 
+    /// Runs a change of the decisions to its end (see [`Control::run_to_end`]):
+    /// decided again whenever another instance's change came first, then,
+    /// in a fleet, waited on until every instance has applied it.
+    async fn decide<F, Fut>(&self, change: F) -> Result<Arc<Snapshot>, ControlError>
+    where
+        F: Fn(Arc<Control>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Arc<Snapshot>, ControlError>> + Send,
+    {
+        self.run_to_end(move |me| async move {
+            let snapshot = loop {
+                match change(me.clone()).await {
+                    Err(ControlError::Raced) => continue,
+                    decided => break decided?,
+                }
+            };
+            if let Some(fleet) = &me.fleet {
+                me.await_acks(fleet, snapshot.decisions.generation).await?;
+            }
+            Ok(snapshot)
+        })
+        .await
+    }
+
     /// Turns the gate on or off.
     pub async fn set_maintenance(
         &self,
         change: MaintenanceChange,
         via: Via,
     ) -> Result<Arc<Snapshot>, ControlError> {
-        self.run_to_end(move |me| async move { me.change_maintenance(change, via).await })
-            .await
+        self.decide(move |me| {
+            let change = change.clone();
+            async move { me.change_maintenance(change, via).await }
+        })
+        .await
     }
 
     async fn change_maintenance(
@@ -234,8 +272,11 @@ impl Control {
         via: Via,
     ) -> Result<Arc<Snapshot>, ControlError> {
         let to = to.to_owned();
-        self.run_to_end(move |me| async move { me.switch_now(&to, force, via).await })
-            .await
+        self.decide(move |me| {
+            let to = to.clone();
+            async move { me.switch_now(&to, force, via).await }
+        })
+        .await
     }
 
     async fn switch_now(
@@ -260,7 +301,7 @@ impl Control {
     /// Makes the previous pool live again (and the live one previous),
     /// probing it first unless `force`.
     pub async fn rollback(&self, force: bool, via: Via) -> Result<Arc<Snapshot>, ControlError> {
-        self.run_to_end(move |me| async move { me.rollback_now(force, via).await })
+        self.decide(move |me| async move { me.rollback_now(force, via).await })
             .await
     }
 

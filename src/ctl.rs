@@ -466,6 +466,31 @@ fn render_status(document: &StatusDocument) -> String {
             event.kind, event.at, event.reason
         );
     }
+    if let Some(cluster) = &document.cluster {
+        let _ = writeln!(
+            out,
+            "cluster       {} as {}, {}",
+            cluster.prefix,
+            cluster.instance,
+            if cluster.connected {
+                "connected to etcd"
+            } else {
+                "etcd UNREACHABLE: serving the decisions last applied"
+            }
+        );
+        for instance in &cluster.instances {
+            let behind = if instance.generation < document.generation {
+                "  (behind)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:<20} generation {}{behind}",
+                instance.name, instance.generation
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "config        {} (version {}, loaded {})",

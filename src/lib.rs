@@ -22,7 +22,8 @@
 //!   (connections, the request path, tunnels); health probes; the one
 //!   writer of the state (maintenance, switch, rollback, reload, each
 //!   persisted and audited), which probes through `health`. `proxy` and
-//!   `control` meet only at the snapshot.
+//!   `control` meet only at the snapshot. [`cluster`], beside them, speaks
+//!   to etcd for `control` when the decisions are a fleet's.
 //! - [`admin`] and [`reload`]: the admin API (unix socket, optional TCP with
 //!   a token); what triggers a reload (the config file watch, SIGHUP).
 //! - [`server`]: the serving process: restore decisions, bind, run, drain.
@@ -41,6 +42,7 @@ pub mod upstream;
 
 pub mod state;
 
+pub mod cluster;
 pub mod control;
 pub mod health;
 pub mod proxy;
@@ -71,6 +73,7 @@ mod tests {
         ("proxy", 4),
         ("health", 4),
         ("control", 4),
+        ("cluster", 4),
         ("admin", 5),
         ("reload", 5),
         ("server", 6),
@@ -80,7 +83,12 @@ mod tests {
     ];
 
     /// The imports between modules of one layer that the map allows.
-    const BESIDE: &[(&str, &str)] = &[("control", "health"), ("cli", "ctl"), ("cli", "demo")];
+    const BESIDE: &[(&str, &str)] = &[
+        ("control", "health"),
+        ("control", "cluster"),
+        ("cli", "ctl"),
+        ("cli", "demo"),
+    ];
 
     fn layer(module: &str) -> u8 {
         LAYERS

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::admin::{AdminListeners, AdminStartError, Router};
 use crate::config::Config;
+use crate::control::fleet::{Fleet, JoinError};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::proxy::{accept_loop, Proxy, Route};
@@ -49,6 +50,9 @@ pub enum ServeError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminStartError),
+    /// The instance could not join its fleet.
+    #[error(transparent)]
+    Cluster(#[from] JoinError),
 }
 
 /// A bound server, ready to run.
@@ -69,7 +73,9 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
         let state_file = config.state.file.clone();
         let state_lock = persist::lock(&state_file)?;
-        let (decisions, watch) = match persist::load(&state_file)? {
+        let restored = persist::load(&state_file)?;
+        let from_file = restored.is_some();
+        let (decisions, watch) = match restored {
             Some((decisions, watch)) => {
                 info!(
                     file = %state_file.display(),
@@ -87,6 +93,18 @@ impl Server {
                     "no state file yet; starting from initial_pool"
                 );
                 (Decisions::initial(&config), None)
+            }
+        };
+        // A fleet's decisions are the ones in etcd; this instance's state
+        // file is its copy of the last it applied.
+        let (fleet, decisions) = match &config.cluster {
+            None => (None, decisions),
+            Some(cluster) => {
+                let (fleet, adopted) = Fleet::join(cluster, decisions.clone(), from_file).await?;
+                if adopted != decisions {
+                    persist::save(&state_file, &adopted, watch.as_ref())?;
+                }
+                (Some(fleet), adopted)
             }
         };
         let metrics = Arc::new(Metrics::new());
@@ -111,7 +129,7 @@ impl Server {
                 Lifecycle::default(),
             )),
             control: {
-                let control = Control::new(state);
+                let control = Control::new(state, fleet);
                 if let Some(watch) = watch {
                     control.resume_watch(watch);
                 }
@@ -163,6 +181,7 @@ impl Server {
             .admin
             .serve(Router::new(self.control.clone(), self.metrics.clone()));
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
+        let fleet = self.control.follow_fleet();
         let reaper = spawn_reaper(self.proxy.state().clone());
         let watcher = match crate::reload::watch(self.control.clone()) {
             Ok(watcher) => Some(watcher),
@@ -173,6 +192,7 @@ impl Server {
         };
         shutdown.await;
         drop(hangups);
+        drop(fleet);
         drop(watcher);
         drop(checks);
         drop(reaper);

@@ -99,6 +99,31 @@ pub struct StatusDocument {
     pub watch: Option<WatchDocument>,
     /// The last change, of any kind.
     pub last_event: Option<EventDocument>,
+    /// The fleet this instance is one of; null without `[cluster]`.
+    #[serde(default)]
+    pub cluster: Option<ClusterDocument>,
+}
+
+/// The cluster part of the status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterDocument {
+    /// `cluster.prefix`.
+    pub prefix: String,
+    /// This instance's name.
+    pub instance: String,
+    /// Whether this instance's last exchange with etcd succeeded.
+    pub connected: bool,
+    /// Every instance with a live lease.
+    pub instances: Vec<InstanceDocument>,
+}
+
+/// One instance of the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceDocument {
+    /// Its name.
+    pub name: String,
+    /// The generation of the decisions it has applied.
+    pub generation: u64,
 }
 
 /// The watch part of the status document.
@@ -271,6 +296,16 @@ impl StatusDocument {
                 at: rfc3339(e.at),
                 reason: e.reason,
             }),
+            cluster: control.fleet_status().map(|f| ClusterDocument {
+                prefix: f.prefix,
+                instance: f.instance,
+                connected: f.connected,
+                instances: f
+                    .instances
+                    .into_iter()
+                    .map(|(name, generation)| InstanceDocument { name, generation })
+                    .collect(),
+            }),
         }
     }
 }
@@ -318,10 +353,12 @@ impl AdminError {
                 | ControlError::NoPreviousPool
                 | ControlError::PreviousPoolGone(_)
                 | ControlError::GenerationExhausted => StatusCode::CONFLICT,
-                ControlError::Persist(_) | ControlError::NotDurable(_) => {
+                ControlError::Persist(_) | ControlError::NotDurable(_) | ControlError::Raced => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ControlError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::NotAcknowledged(_) => StatusCode::GATEWAY_TIMEOUT,
             },
         }
     }
@@ -344,6 +381,9 @@ impl AdminError {
                 ControlError::Persist(_) => "state_not_saved",
                 ControlError::NotDurable(_) => "state_not_durable",
                 ControlError::InvalidConfig(_) => "invalid_config",
+                ControlError::ClusterUnavailable(_) => "cluster_unavailable",
+                ControlError::NotAcknowledged(_) => "not_acknowledged",
+                ControlError::Raced => "raced",
             },
         }
     }
@@ -366,6 +406,14 @@ impl AdminError {
                         Err(e) => format!("{}: {e}", p.upstream),
                     })
                     .collect(),
+            ),
+            AdminError::Control(ControlError::NotAcknowledged(late)) => (
+                "the change is committed, but these instances did not apply it within cluster.ack_timeout; they will when they catch up".to_owned(),
+                late.clone(),
+            ),
+            AdminError::Control(ControlError::ClusterUnavailable(reason)) => (
+                format!("etcd cannot be reached ({reason}); nothing changed, and every instance keeps serving the decisions it last applied"),
+                Vec::new(),
             ),
             AdminError::Control(ControlError::Persist(e)) => {
                 (format!("{e}; nothing changed"), Vec::new())

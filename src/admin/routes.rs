@@ -344,7 +344,10 @@ mod tests {
         let decisions = Decisions::initial(&config);
         let metrics = Arc::new(Metrics::new());
         let snapshot = Snapshot::start(Arc::new(config), decisions, metrics.clone()).unwrap();
-        Router::new(Control::new(Arc::new(SharedState::new(snapshot))), metrics)
+        Router::new(
+            Control::new(Arc::new(SharedState::new(snapshot)), None),
+            metrics,
+        )
     }
 
     async fn call(

@@ -31,6 +31,11 @@ impl Control {
         let snapshot = current
             .with_decisions(decisions.clone())
             .expect("changes only name pools of the config");
+        // A fleet's decisions are committed in etcd first: there, a change
+        // through another instance may have come first.
+        if let Some(fleet) = &self.fleet {
+            self.commit_to_fleet(fleet, &decisions).await?;
+        }
         let path = self.state_file.clone();
         let old = current.decisions.clone();
         let old_watch = self.pending_watch();
@@ -42,7 +47,17 @@ impl Control {
             )
         })
         .await
-        .expect("saving the state file does not panic")?;
+        .expect("saving the state file does not panic");
+        let replaced = match (replaced, &self.fleet) {
+            (Ok(replaced), _) => replaced,
+            (Err(error), None) => return Err(error.into()),
+            // The fleet has the change: this instance applies it too, and
+            // says its own copy is not saved.
+            (Err(error), Some(_)) => {
+                warn!(%error, "the fleet has the change, but this instance's state file could not be written; applying it");
+                return Ok(Some(self.apply_unsaved(snapshot, error)));
+            }
+        };
         let doubt = match replaced {
             Replaced::Durably => None,
             Replaced::Unconfirmed { error, restore } => {
@@ -57,6 +72,17 @@ impl Control {
             snapshot: self.state.load_full(),
             doubt,
         }))
+    }
+}
+
+impl Control {
+    /// Applies `snapshot`, whose decisions the state file could not take.
+    fn apply_unsaved(&self, snapshot: Snapshot, error: PersistError) -> Committed {
+        self.state.store(snapshot);
+        Committed {
+            snapshot: self.state.load_full(),
+            doubt: Some(error),
+        }
     }
 }
 

@@ -43,6 +43,19 @@ pub enum ControlError {
     /// change (only a hand-edited state file gets there).
     #[error("generation is at its maximum ({}); no further change can be counted: reset it in the state file while switchyard is stopped", u64::MAX)]
     GenerationExhausted,
+    /// etcd could not be reached (or the fleet's decisions not applied
+    /// here): the change was not made.
+    #[error("the cluster is unavailable: {0}")]
+    ClusterUnavailable(String),
+    /// The change is committed, but these instances did not report it
+    /// within `cluster.ack_timeout`; they apply it when they catch up.
+    #[error("committed, but not acknowledged in time by: {}", .0.join(", "))]
+    NotAcknowledged(Vec<String>),
+    /// Another change through another instance came first; its decisions
+    /// are applied here, and the change is decided again on them. Never
+    /// answered: the writer retries.
+    #[error("another change came first")]
+    Raced,
     /// The config file cannot be applied; the old config keeps serving.
     #[error("invalid config: {}", .0.lines().join("; "))]
     InvalidConfig(ReloadRefusal),

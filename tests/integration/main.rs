@@ -18,8 +18,11 @@
 //! - `safety`: health checks, passive health, preview, tunnel drain,
 //!   automatic rollback.
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
+//! - `cluster`: a fleet of instances holding one decision through a real
+//!   etcd.
 
 mod admin;
+mod cluster;
 mod ctl;
 mod durability;
 mod failures;

@@ -762,3 +762,91 @@ pub async fn check(path: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A real etcd (Debian's `etcd-server`), on free loopback ports with its
+/// own data directory; killed on drop.
+pub struct EtcdServer {
+    child: Option<tokio::process::Child>,
+    /// `http://127.0.0.1:PORT`, what a `[cluster]` config names.
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+/// A port nothing listens on now (the listener is closed at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers.
+    pub async fn start() -> EtcdServer {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let mut etcd = EtcdServer {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            client_port,
+            peer_port,
+            dir: TempDir::new(),
+        };
+        etcd.run().await;
+        etcd
+    }
+
+    async fn run(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = tokio::process::Command::new("etcd")
+            .args(["--name", "test"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("etcd"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start etcd (Debian's etcd-server)");
+        self.child = Some(child);
+        let port = self.client_port;
+        until("etcd answers", || async move {
+            let health = tokio::time::timeout(Duration::from_millis(500), etcd_health(port));
+            matches!(health.await, Ok(Some(true)))
+        })
+        .await;
+    }
+
+    /// Kills etcd (the data stays, for [`EtcdServer::restart`]).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.run().await;
+    }
+}
+
+/// Whether the etcd on `port` says it is healthy; `None` if it does not
+/// answer.
+async fn etcd_health(port: u16) -> Option<bool> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    Some(String::from_utf8_lossy(&answer).contains("\"health\":\"true\""))
+}

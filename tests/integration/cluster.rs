@@ -1,0 +1,194 @@
+//! A fleet of instances holding one decision through a real etcd: what
+//! is switched through one is served by all the moment the call returns,
+//! concurrent changes are serialized, an etcd outage fails no request and
+//! loses no decision, and a late instance is named.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::support::*;
+
+/// A key prefix of its own for each fleet, so tests never share decisions.
+fn prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "/test/{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The config of instance `name` of the fleet at `prefix`.
+fn instance(
+    blue: &Upstream,
+    green: &Upstream,
+    etcd: &EtcdServer,
+    prefix: &str,
+    name: &str,
+) -> String {
+    config_text(
+        &[blue.addr],
+        &[green.addr],
+        &format!(
+            "[cluster]\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\ninstance = \"{name}\"\nack_timeout = \"2s\"\nlease_ttl = \"2s\"\n",
+            etcd.endpoint
+        ),
+    )
+}
+
+/// The pool `proxy` sends a request to, by the upstream's answer.
+async fn serving(proxy: &Proxy) -> String {
+    get(&proxy.url("/")).await.2
+}
+
+#[tokio::test]
+async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() {
+    let etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let c = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "c")).await;
+    for proxy in [&a, &b, &c] {
+        assert_eq!(serving(proxy).await, "blue");
+    }
+    // Every instance registered before the change: it waits for all three.
+    until("all three registered", || async {
+        let (_, doc) = a.admin("GET", "/v1/status", None).await;
+        doc["cluster"]["instances"].as_array().map_or(0, Vec::len) == 3
+    })
+    .await;
+    let (status, doc) = b
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["generation"], 1);
+    for proxy in [&a, &b, &c] {
+        assert_eq!(
+            serving(proxy).await,
+            "green",
+            "the moment the call returned"
+        );
+    }
+    let (_, doc) = c.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["live_pool"], "green");
+    assert_eq!(doc["cluster"]["prefix"], prefix.as_str());
+    assert_eq!(doc["cluster"]["instance"], "c");
+    assert_eq!(doc["cluster"]["connected"], true);
+    // A new instance adopts the fleet's decisions, whatever its own
+    // initial_pool says.
+    let d = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "d")).await;
+    assert_eq!(serving(&d).await, "green");
+    let (_, doc) = d.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["generation"], 1);
+}
+
+#[tokio::test]
+async fn concurrent_changes_through_two_instances_are_both_kept() {
+    let etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let (switched, gated) = tokio::join!(
+        a.admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#)),
+        b.admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#)),
+    );
+    assert_eq!(switched.0, 200, "{}", switched.1);
+    assert_eq!(gated.0, 200, "{}", gated.1);
+    for proxy in [&a, &b] {
+        let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+        assert_eq!(doc["live_pool"], "green", "{doc}");
+        assert_eq!(doc["maintenance"]["enabled"], true, "{doc}");
+        assert_eq!(doc["generation"], 2, "{doc}");
+    }
+}
+
+#[tokio::test]
+async fn an_etcd_outage_fails_no_request_and_refuses_changes() {
+    let mut etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let (status, _) = a
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 200);
+    etcd.kill().await;
+    // Traffic goes on with the decisions last applied.
+    for _ in 0..20 {
+        assert_eq!(serving(&a).await, "green");
+        assert_eq!(serving(&b).await, "green");
+    }
+    let (status, doc) = b
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(status, 503, "{doc}");
+    assert_eq!(doc["error"]["code"], "cluster_unavailable");
+    let (_, doc) = b.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], false, "nothing changed");
+    assert_eq!(doc["cluster"]["connected"], false);
+    // Back: changes go through again, and reach both.
+    etcd.restart().await;
+    until("a change goes through again", || async {
+        b.admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let (_, doc) = a.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], true, "{doc}");
+    assert_eq!(doc["generation"], 2, "{doc}");
+}
+
+#[tokio::test]
+async fn an_instance_that_does_not_apply_a_change_is_named() {
+    let etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    // An instance that registered and then froze: its lease lives on (kept
+    // by this test), its generation stays.
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let lease = client.lease_grant(30, None).await.unwrap().id();
+    client
+        .put(
+            format!("{prefix}/instances/frozen"),
+            r#"{"generation": 0}"#,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let (status, doc) = a
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 504, "{doc}");
+    assert_eq!(doc["error"]["code"], "not_acknowledged");
+    assert_eq!(doc["error"]["details"], serde_json::json!(["frozen"]));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "waited ack_timeout"
+    );
+    // Committed all the same: this instance serves it.
+    assert_eq!(serving(&a).await, "green");
+    // Once its lease is gone, it no longer counts.
+    client.lease_revoke(lease).await.unwrap();
+    let (status, doc) = a.admin("POST", "/v1/rollback", None).await;
+    assert_eq!(status, 200, "{doc}");
+}
