@@ -168,7 +168,13 @@ impl Control {
             .me
             .upgrade()
             .expect("a Control is only reached through its Arc");
-        match tokio::spawn(change(me)).await {
+        // In a fleet, every line a change logs (the audit log's above all)
+        // names the instance that made it.
+        let span = match &me.fleet {
+            Some(fleet) => tracing::info_span!("fleet", instance = %fleet.instance()),
+            None => tracing::Span::none(),
+        };
+        match tokio::spawn(tracing::Instrument::instrument(change(me), span)).await {
             Ok(outcome) => outcome,
             Err(error) => std::panic::resume_unwind(error.into_panic()),
         }

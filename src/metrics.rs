@@ -9,7 +9,9 @@
 //! | `switchyard_request_duration_seconds` | histogram (to the response head) | |
 //! | `switchyard_maintenance` | gauge, 1 while the gate is on | |
 //! | `switchyard_live_pool` | gauge, 1 for the live pool, 0 for the others | `pool` |
-//! | `switchyard_generation` | gauge | |
+//! | `switchyard_generation` | gauge, of the decisions this instance applies | |
+//! | `switchyard_cluster_connected` | gauge, 1 while etcd answers (with `[cluster]` only) | `instance` |
+//! | `switchyard_cluster_instances` | gauge, instances with a live lease (with `[cluster]` only) | `instance` |
 //! | `switchyard_upstream_healthy` | gauge | `pool`, `upstream` |
 //! | `switchyard_upstream_idle_connections` | gauge, kept-alive connections waiting for a request | `pool`, `upstream` |
 //! | `switchyard_switches_total` | counter | `kind` (`switch`, `rollback`, `auto_rollback`) |
@@ -96,6 +98,8 @@ pub struct Metrics {
     /// Each pool's 501 and 505 answers (not exported; kept here so that
     /// every copy of a pool's counters shares them, across reloads).
     refusals: Family<PoolLabel, Counter>,
+    cluster_connected: Family<InstanceLabel, Gauge>,
+    cluster_instances: Family<InstanceLabel, Gauge>,
 }
 
 /// One pool's request counters by status class, ready to increment
@@ -249,8 +253,22 @@ impl Metrics {
             "Config reloads, by result",
             reloads.clone(),
         );
+        let cluster_connected = Family::<InstanceLabel, Gauge>::default();
+        registry.register(
+            "switchyard_cluster_connected",
+            "1 while this instance's last exchange with etcd succeeded",
+            cluster_connected.clone(),
+        );
+        let cluster_instances = Family::<InstanceLabel, Gauge>::default();
+        registry.register(
+            "switchyard_cluster_instances",
+            "Instances of the fleet with a live lease, as this one last read",
+            cluster_instances.clone(),
+        );
         Metrics {
             registry,
+            cluster_connected,
+            cluster_instances,
             requests,
             gated,
             client_resets,
@@ -361,6 +379,18 @@ impl Metrics {
                 self.upstream_idle.get_or_create(&labels).set(idle);
             }
         }
+        self.cluster_connected.clear();
+        self.cluster_instances.clear();
+        if let Some(cluster) = &gauges.cluster {
+            let label = InstanceLabel {
+                instance: cluster.instance.clone(),
+            };
+            self.cluster_connected
+                .get_or_create(&label)
+                .set(i64::from(cluster.connected));
+            let instances = i64::try_from(cluster.instances).unwrap_or(i64::MAX);
+            self.cluster_instances.get_or_create(&label).set(instances);
+        }
         self.cert_expiry.clear();
         for cert in &gauges.certificates {
             let at = cert
@@ -394,6 +424,24 @@ pub struct Gauges {
     pub pools: Vec<PoolGauges>,
     /// Every certificate of the listeners.
     pub certificates: Vec<CertGauges>,
+    /// The fleet, with `[cluster]`.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// The fleet's gauges.
+#[derive(Debug)]
+pub struct ClusterGauges {
+    /// This instance's name.
+    pub instance: String,
+    /// Whether its last exchange with etcd succeeded.
+    pub connected: bool,
+    /// Instances with a live lease.
+    pub instances: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    instance: String,
 }
 
 /// One pool's gauges.

@@ -14,7 +14,7 @@ use super::api::{
     AdminError, MaintenanceRequest, RollbackRequest, ServiceContext, StatusDocument, SwitchRequest,
 };
 use crate::control::{Control, MaintenanceChange, Via};
-use crate::metrics::{CertGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
+use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
 use crate::state::Snapshot;
 
 /// The largest request body an admin call accepts.
@@ -212,7 +212,7 @@ impl Router {
     /// `GET /metrics`.
     fn metrics(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
-        let text = self.metrics.render(&gauges(&snapshot));
+        let text = self.metrics.render(&gauges(&snapshot, &self.control));
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response
             .headers_mut()
@@ -292,7 +292,7 @@ fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
 }
 
 /// What the snapshot says that `/metrics` shows as gauges.
-fn gauges(snapshot: &Snapshot) -> Gauges {
+fn gauges(snapshot: &Snapshot, control: &Control) -> Gauges {
     let pools = snapshot
         .pools
         .iter()
@@ -320,11 +320,17 @@ fn gauges(snapshot: &Snapshot) -> Gauges {
             not_after: cert.not_after,
         })
         .collect();
+    let cluster = control.fleet_status().map(|fleet| ClusterGauges {
+        instance: fleet.instance,
+        connected: fleet.connected,
+        instances: fleet.instances.len(),
+    });
     Gauges {
         maintenance: snapshot.decisions.maintenance.enabled,
         generation: snapshot.decisions.generation,
         pools,
         certificates,
+        cluster,
     }
 }
 

@@ -168,6 +168,11 @@ impl Fleet {
         }
     }
 
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.config.instance
+    }
+
     fn revision(&self) -> i64 {
         self.revision.load(Ordering::Relaxed)
     }

@@ -77,6 +77,11 @@ async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() 
     assert_eq!(doc["cluster"]["prefix"], prefix.as_str());
     assert_eq!(doc["cluster"]["instance"], "c");
     assert_eq!(doc["cluster"]["connected"], true);
+    assert_eq!(
+        metric(&c, "switchyard_cluster_connected{instance=\"c\"}").await,
+        1
+    );
+    assert_eq!(metric(&c, "switchyard_generation").await, 1);
     // A new instance adopts the fleet's decisions, whatever its own
     // initial_pool says.
     let d = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "d")).await;
@@ -137,6 +142,10 @@ async fn an_etcd_outage_fails_no_request_and_refuses_changes() {
     let (_, doc) = b.admin("GET", "/v1/status", None).await;
     assert_eq!(doc["maintenance"]["enabled"], false, "nothing changed");
     assert_eq!(doc["cluster"]["connected"], false);
+    assert_eq!(
+        metric(&b, "switchyard_cluster_connected{instance=\"b\"}").await,
+        0
+    );
     // Back: changes go through again, and reach both.
     etcd.restart().await;
     until("a change goes through again", || async {
@@ -191,4 +200,81 @@ async fn an_instance_that_does_not_apply_a_change_is_named() {
     client.lease_revoke(lease).await.unwrap();
     let (status, doc) = a.admin("POST", "/v1/rollback", None).await;
     assert_eq!(status, 200, "{doc}");
+}
+
+#[tokio::test]
+async fn a_frozen_instance_is_named_and_a_killed_one_stops_counting() {
+    let etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let mut b = Served::start(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let instances = || async {
+        let (_, doc) = a.admin("GET", "/v1/status", None).await;
+        doc["cluster"]["instances"].as_array().map_or(0, Vec::len)
+    };
+    until("both registered", || async { instances().await == 2 }).await;
+    b.signal("-STOP").await;
+    let (status, doc) = a
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 504, "{doc}");
+    assert_eq!(doc["error"]["details"], serde_json::json!(["b"]));
+    // Thawed, it catches up.
+    b.signal("-CONT").await;
+    let b_url = format!("http://{}/", b.addr);
+    until("b serves green", || async {
+        get(&b_url).await.2 == "green"
+    })
+    .await;
+    // Killed, it stops counting once its lease expires.
+    b.child.kill().await.unwrap();
+    until("b's lease expired", || async { instances().await == 1 }).await;
+    let (status, doc) = a.admin("POST", "/v1/rollback", None).await;
+    assert_eq!(status, 200, "{doc}");
+}
+
+#[tokio::test]
+async fn a_restart_during_an_outage_starts_from_the_state_file_and_without_one_does_not_start() {
+    let mut etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let (status, _) = a
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 200);
+    let dir = a.stop().await;
+    etcd.kill().await;
+    // Its state file says green: it serves green, never initial_pool.
+    let a = Proxy::in_dir(dir).await;
+    assert_eq!(serving(&a).await, "green");
+    let (_, doc) = a.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["cluster"]["connected"], false, "{doc}");
+    // A new instance has nothing to start from.
+    let dir = TempDir::new();
+    dir.write(
+        "switchyard.toml",
+        &instance(&blue, &green, &etcd, &prefix, "new"),
+    );
+    let Err((error, _)) = Proxy::try_in_dir(dir).await else {
+        panic!("an instance without a state file started while etcd was away");
+    };
+    assert!(error.contains("did not answer"), "{error}");
+    // etcd back: the restarted instance reads the fleet's decisions again.
+    etcd.restart().await;
+    until("connected again", || async {
+        let (_, doc) = a.admin("GET", "/v1/status", None).await;
+        doc["cluster"]["connected"] == true
+    })
+    .await;
+    let (status, doc) = a.admin("POST", "/v1/rollback", None).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["generation"], 2);
 }
