@@ -82,6 +82,28 @@ async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() 
         1
     );
     assert_eq!(metric(&c, "switchyard_generation").await, 1);
+    // ctl status shows every instance and what it applied.
+    let output = tokio::process::Command::new(BIN)
+        .args(["ctl", "--admin"])
+        .arg(&c.admin)
+        .arg("status")
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        shown.contains(&format!("cluster       {prefix} as c, connected to etcd")),
+        "{shown}"
+    );
+    for name in ["a", "b", "c"] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.trim_start().starts_with(name) && l.contains("generation 1")),
+            "{shown}"
+        );
+    }
     // A new instance adopts the fleet's decisions, whatever its own
     // initial_pool says.
     let d = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "d")).await;
@@ -223,11 +245,29 @@ async fn a_frozen_instance_is_named_and_a_killed_one_stops_counting() {
         .await;
     assert_eq!(status, 504, "{doc}");
     assert_eq!(doc["error"]["details"], serde_json::json!(["b"]));
-    // Thawed, it catches up.
+    // Thawed, it catches up, and says so in its audit log.
     b.signal("-CONT").await;
     let b_url = format!("http://{}/", b.addr);
     until("b serves green", || async {
         get(&b_url).await.2 == "green"
+    })
+    .await;
+    eventually("b logged what it applied", || {
+        b.logged(&["audit", "applied the fleet's decisions", "live_pool=green"])
+    })
+    .await;
+    // A change through b names b in the audit log.
+    let b_admin = b.config.parent().unwrap().join("run/admin.sock");
+    let (status, doc) = admin_call(
+        &b_admin,
+        "PUT",
+        "/v1/maintenance",
+        Some(r#"{"enabled": true}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{doc}");
+    eventually("b's audit line names it", || {
+        b.logged(&["fleet{instance=b}", "audit", "maintenance on"])
     })
     .await;
     // Killed, it stops counting once its lease expires.
@@ -277,4 +317,39 @@ async fn a_restart_during_an_outage_starts_from_the_state_file_and_without_one_d
     let (status, doc) = a.admin("POST", "/v1/rollback", None).await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["generation"], 2);
+}
+
+#[tokio::test]
+async fn a_frozen_etcd_refuses_changes_in_time_and_fails_no_request() {
+    let etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    etcd.signal("-STOP").await;
+    let started = tokio::time::Instant::now();
+    let (status, doc) = a
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 503, "{doc}");
+    assert_eq!(doc["error"]["code"], "cluster_unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered within ack_timeout, not held: {:?}",
+        started.elapsed()
+    );
+    for _ in 0..20 {
+        assert_eq!(serving(&a).await, "blue");
+    }
+    etcd.signal("-CONT").await;
+    until("a change goes through again", || async {
+        a.admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    assert_eq!(serving(&a).await, "green");
 }

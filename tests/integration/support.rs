@@ -831,6 +831,22 @@ impl EtcdServer {
         }
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to etcd.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .expect("etcd is running")
+            .to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+    }
+
     /// Starts it again on the same ports and data.
     pub async fn restart(&mut self) {
         self.kill().await;
