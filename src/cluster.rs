@@ -28,6 +28,11 @@ use crate::config::Cluster as ClusterConfig;
 use crate::state::persist::{self, DecodeError};
 use crate::state::Decisions;
 
+/// How often an idle connection to etcd is pinged.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// The least time a ping may take before the connection counts as dead.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why etcd could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -91,11 +96,16 @@ impl Etcd {
     /// The connection itself is made lazily: this fails only on a
     /// malformed endpoint; etcd being away shows at the first request.
     pub async fn connect(config: &ClusterConfig, timeout: Duration) -> Result<Etcd, ClusterError> {
+        // Pings every 10 s (etcd refuses clients that ping more often than
+        // every 5 s) find a dead connection under watches and lease
+        // renewals; a member cut off from its cluster's leader answers
+        // nothing rather than stale data.
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(1), timeout)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(KEEP_ALIVE, timeout.max(KEEP_ALIVE_TIMEOUT))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         let client = Client::connect(&config.endpoints, Some(options)).await?;
         Ok(Etcd {
             client,
@@ -105,15 +115,19 @@ impl Etcd {
         })
     }
 
-    /// The decisions in etcd, if any were stored yet.
-    pub async fn load(&self) -> Result<Option<Stored>, ClusterError> {
+    /// The decisions in etcd, if any were stored yet, and etcd's revision
+    /// as of the read: a watch that starts after it misses nothing (and
+    /// is not refused for starting before a compaction).
+    pub async fn load(&self) -> Result<(Option<Stored>, i64), ClusterError> {
         let mut client = self.client.clone();
         let response = client.get(self.decisions_key.as_str(), None).await?;
-        response
+        let read_at = response.header().map_or(0, |h| h.revision());
+        let stored = response
             .kvs()
             .first()
             .map(|kv| self.decode(kv.value(), kv.mod_revision()))
-            .transpose()
+            .transpose()?;
+        Ok((stored, read_at))
     }
 
     /// Stores `decisions` unless some are stored already: the first
@@ -200,6 +214,13 @@ impl Etcd {
     ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), ClusterError> {
         let mut client = self.client.clone();
         Ok(client.lease_keep_alive(lease).await?)
+    }
+
+    /// Gives `lease` up: this instance's registration goes at once.
+    pub async fn revoke(&self, lease: i64) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        client.lease_revoke(lease).await?;
+        Ok(())
     }
 
     /// Registers this instance under `lease` as having applied `generation`.

@@ -35,6 +35,12 @@ pub use error::{ControlError, ReloadRefusal};
 pub use events::{Event, EventKind};
 use fleet::Fleet;
 
+/// How many times in a row a change may lose its compare-and-swap to
+/// another instance's change before it is given up.
+const MAX_RACES: u32 = 10;
+/// The pause after a lost race, times the number of races so far.
+const RACE_PAUSE: Duration = Duration::from_millis(5);
+
 /// Where a change came from, for the audit log.
 #[derive(Debug, Clone, Copy)]
 pub enum Via {
@@ -189,9 +195,21 @@ impl Control {
         Fut: std::future::Future<Output = Result<Arc<Snapshot>, ControlError>> + Send,
     {
         self.run_to_end(move |me| async move {
+            let mut races = 0;
             let snapshot = loop {
                 match change(me.clone()).await {
-                    Err(ControlError::Raced) => continue,
+                    // Each lost race applied the newer decisions; a few in
+                    // a row mean changes pour in faster than this one can
+                    // be decided, and a pause lets them settle.
+                    Err(ControlError::Raced) if races < MAX_RACES => {
+                        races += 1;
+                        tokio::time::sleep(RACE_PAUSE * races).await;
+                    }
+                    Err(ControlError::Raced) => {
+                        return Err(ControlError::ClusterUnavailable(format!(
+                            "{MAX_RACES} other changes came first in a row; nothing changed, try again"
+                        )))
+                    }
                     decided => break decided?,
                 }
             };

@@ -50,6 +50,12 @@ pub enum ServeError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminStartError),
+    /// The fleet's decisions name a live pool this config lacks.
+    #[error("the fleet's decisions in etcd make pool `{pool}` live, but this config has no such pool; add it to the config")]
+    FleetPoolMissing {
+        /// The pool they name.
+        pool: String,
+    },
     /// The instance could not join its fleet.
     #[error(transparent)]
     Cluster(#[from] JoinError),
@@ -97,25 +103,38 @@ impl Server {
         };
         // A fleet's decisions are the ones in etcd; this instance's state
         // file is its copy of the last it applied.
-        let (fleet, decisions) = match &config.cluster {
-            None => (None, decisions),
+        let (fleet, adopted) = match &config.cluster {
+            None => (None, None),
             Some(cluster) => {
                 let (fleet, adopted) = Fleet::join(cluster, decisions.clone(), from_file).await?;
-                if adopted != decisions {
-                    persist::save(&state_file, &adopted, watch.as_ref())?;
-                }
+                let adopted = (adopted != decisions).then_some(adopted);
                 (Some(fleet), adopted)
             }
         };
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
-        let snapshot =
-            Snapshot::start(config.clone(), decisions, metrics.clone()).map_err(|missing| {
+        let snapshot = Snapshot::start(
+            config.clone(),
+            adopted.clone().unwrap_or(decisions),
+            metrics.clone(),
+        )
+        .map_err(|missing| {
+            if adopted.is_some() {
+                ServeError::FleetPoolMissing { pool: missing.0 }
+            } else {
                 ServeError::LivePoolMissing {
                     file: state_file.clone(),
                     pool: missing.0,
                 }
-            })?;
+            }
+        })?;
+        // Saved only once they are known to apply here: a restart while
+        // etcd is away then starts from them.
+        if let Some(adopted) = &adopted {
+            if let Err(error) = persist::save(&state_file, adopted, watch.as_ref()) {
+                warn!(%error, "cannot write the fleet's decisions to the state file; serving them");
+            }
+        }
         let state = Arc::new(SharedState::new(snapshot));
         let mut listeners = vec![(Route::Live, bind("listener", config.listener.bind).await?)];
         if let Some(preview) = &config.preview {
@@ -193,6 +212,8 @@ impl Server {
         shutdown.await;
         drop(hangups);
         drop(fleet);
+        // Changes stop waiting for this instance at once.
+        self.control.leave_fleet().await;
         drop(watcher);
         drop(checks);
         drop(reaper);

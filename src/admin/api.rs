@@ -411,10 +411,9 @@ impl AdminError {
                 "the change is committed, but these instances did not apply it within cluster.ack_timeout; they will when they catch up".to_owned(),
                 late.clone(),
             ),
-            AdminError::Control(ControlError::ClusterUnavailable(reason)) => (
-                format!("etcd cannot be reached ({reason}); nothing changed, and every instance keeps serving the decisions it last applied"),
-                Vec::new(),
-            ),
+            AdminError::Control(ControlError::ClusterUnavailable(reason)) => {
+                (reason.clone(), Vec::new())
+            }
             AdminError::Control(ControlError::Persist(e)) => {
                 (format!("{e}; nothing changed"), Vec::new())
             }

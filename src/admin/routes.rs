@@ -122,7 +122,7 @@ impl Router {
     {
         let (parts, body) = request.into_parts();
         match (&parts.method, parts.uri.path()) {
-            (&Method::GET, "/v1/status") => Ok(self.status()),
+            (&Method::GET, "/v1/status") => Ok(self.status().await),
             (&Method::PUT, "/v1/maintenance") => {
                 self.maintenance(required(self.read_body(body).await?)?, via)
                     .await
@@ -152,7 +152,9 @@ impl Router {
     }
 
     /// `GET /v1/status`.
-    fn status(&self) -> AdminResponse {
+    async fn status(&self) -> AdminResponse {
+        // In a fleet, each instance's generation as etcd has it now.
+        self.control.refresh_fleet().await;
         let snapshot = self.control.state().load_full();
         json(
             StatusCode::OK,

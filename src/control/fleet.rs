@@ -41,6 +41,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a change's acknowledgements are looked for.
 const ACK_POLL: Duration = Duration::from_millis(10);
+/// The most a status call waits for etcd to list the instances.
+const REFRESH_BUDGET: Duration = Duration::from_millis(500);
+/// The most a graceful stop waits to revoke this instance's lease.
+const LEAVE_BUDGET: Duration = Duration::from_secs(1);
+
+/// Whether the caller of [`Control::apply_stored`] holds the writer.
+enum Held {
+    Writer,
+    Nothing,
+}
+
+/// Where decisions read from etcd come from.
+enum Freshness {
+    /// A watch: applied only if newer (by revision) than those applied.
+    Watched,
+    /// A read, which may have been overtaken by a local change while it
+    /// waited for the writer: applied unless older (by generation) than
+    /// those applied.
+    Read,
+    /// The losing side of a compare-and-swap: the decisions now, read by
+    /// the same transaction, always applied (etcd restored without its
+    /// data counts revisions again from 1).
+    Swapped,
+}
 
 /// This instance's link to its fleet.
 #[derive(Debug)]
@@ -57,6 +81,8 @@ pub struct Fleet {
     instances: Mutex<Vec<(String, u64)>>,
     /// Told when the generation this instance has applied changes.
     applied: Notify,
+    /// The lease this instance is registered under; 0 while none.
+    lease: AtomicI64,
 }
 
 /// What the status document shows of the fleet.
@@ -107,13 +133,14 @@ impl Fleet {
             connected: AtomicBool::new(false),
             instances: Mutex::new(Vec::new()),
             applied: Notify::new(),
+            lease: AtomicI64::new(0),
         };
         let deadline = Instant::now() + config.lease_ttl;
         let mut backoff = FIRST_BACKOFF;
         let stored = loop {
             let attempt = match fleet.etcd.load().await {
-                Ok(Some(stored)) => Ok(stored),
-                Ok(None) => match fleet.etcd.seed(&local).await {
+                Ok((Some(stored), _)) => Ok(stored),
+                Ok((None, _)) => match fleet.etcd.seed(&local).await {
                     Ok(Swap::Done(revision)) => {
                         info!(prefix = %config.prefix, generation = local.generation, "first of the fleet: the decisions are stored in etcd");
                         Ok(Stored {
@@ -129,15 +156,17 @@ impl Fleet {
             match attempt {
                 Ok(stored) => break stored,
                 Err(ClusterError::Unreachable(error)) => {
-                    if Instant::now() + backoff >= deadline {
-                        if !restored {
-                            return Err(JoinError::Unreachable {
-                                endpoints: config.endpoints.join(", "),
-                                ttl: humantime::format_duration(config.lease_ttl).to_string(),
-                            });
-                        }
+                    // With a state file, start from it at once: following the
+                    // fleet catches up as soon as etcd answers.
+                    if restored {
                         warn!(%error, "etcd is unreachable; serving the decisions of the state file until it answers");
                         return Ok((fleet, local));
+                    }
+                    if Instant::now() + backoff >= deadline {
+                        return Err(JoinError::Unreachable {
+                            endpoints: config.endpoints.join(", "),
+                            ttl: humantime::format_duration(config.lease_ttl).to_string(),
+                        });
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -198,12 +227,20 @@ impl Control {
     ) -> Result<(), ControlError> {
         let unavailable = |error: ClusterError| {
             fleet.set_connected(false);
-            ControlError::ClusterUnavailable(error.to_string())
+            ControlError::ClusterUnavailable(format!(
+                "{error}; the change was not applied (if etcd received it before it stopped answering, it lands when etcd is back, and status then shows it)"
+            ))
         };
         if fleet.revision() == 0 {
-            return Err(ControlError::ClusterUnavailable(
-                "the fleet's decisions have not been read since startup".to_owned(),
-            ));
+            // Started while etcd was away, and not caught up yet: read the
+            // fleet's decisions now, and decide the change again on them.
+            let (stored, _) = fleet.etcd.load().await.map_err(unavailable)?;
+            if let Some(stored) = stored {
+                fleet.set_connected(true);
+                self.apply_stored(fleet, stored, Held::Writer, Freshness::Swapped)
+                    .await?;
+                return Err(ControlError::Raced);
+            }
         }
         match fleet
             .etcd
@@ -217,31 +254,41 @@ impl Control {
                 Ok(())
             }
             Swap::Lost(stored) => {
+                // The same transaction read them: they are the decisions
+                // now, whatever revision this instance thought it had.
                 fleet.set_connected(true);
-                self.apply_stored(fleet, stored, true).await?;
+                self.apply_stored(fleet, stored, Held::Writer, Freshness::Swapped)
+                    .await?;
                 Err(ControlError::Raced)
             }
         }
     }
 
-    /// Applies decisions read from etcd, if newer than those applied: the
-    /// state file first, then the snapshot, as for a local change. The
-    /// caller holds the writer when `locked`.
+    /// Applies decisions read from etcd: the state file first, then the
+    /// snapshot, as for a local change. A watch's are applied only if
+    /// newer than those applied; a read's are the decisions now, even at a
+    /// lower revision (etcd restored without its data starts counting
+    /// again).
     async fn apply_stored(
         &self,
         fleet: &Fleet,
         stored: Stored,
-        locked: bool,
+        held: Held,
+        freshness: Freshness,
     ) -> Result<(), ControlError> {
-        let _writer = if locked {
-            None
-        } else {
-            Some(self.writer.lock().await)
+        let _writer = match held {
+            Held::Writer => None,
+            Held::Nothing => Some(self.writer.lock().await),
         };
-        if stored.revision <= fleet.revision() {
+        let current = self.state.load_full();
+        let stale = match freshness {
+            Freshness::Watched => stored.revision <= fleet.revision(),
+            Freshness::Read => stored.decisions.generation < current.decisions.generation,
+            Freshness::Swapped => false,
+        };
+        if stale {
             return Ok(());
         }
-        let current = self.state.load_full();
         if stored.decisions == current.decisions {
             fleet.revision.store(stored.revision, Ordering::Relaxed);
             return Ok(());
@@ -251,7 +298,7 @@ impl Control {
             .map_err(|missing| {
                 warn!(%missing, "cannot apply the fleet's decisions: this instance's config lacks the pool; fix its config");
                 ControlError::ClusterUnavailable(format!(
-                    "this instance cannot apply the fleet's decisions: {missing}"
+                    "this instance cannot apply the fleet's decisions ({missing}): add the pool to its config; nothing changed"
                 ))
             })?;
         let path = self.state_file.clone();
@@ -306,8 +353,10 @@ impl Control {
         // task next runs.
         fleet.applied.notify_one();
         loop {
-            let late = match fleet.etcd.instances().await {
-                Ok(instances) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = tokio::time::timeout(left.max(ACK_POLL), fleet.etcd.instances()).await;
+            let late = match read {
+                Ok(Ok(instances)) => {
                     fleet.set_connected(true);
                     let late: Vec<String> = instances
                         .iter()
@@ -319,9 +368,16 @@ impl Control {
                     *fleet.instances.lock().expect("instances lock") = instances;
                     late
                 }
-                Err(error) => {
+                Ok(Err(error)) if Instant::now() < deadline => {
+                    tracing::debug!(%error, "cannot read the acknowledgements yet");
+                    tokio::time::sleep(ACK_POLL).await;
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => {
                     fleet.set_connected(false);
-                    return Err(ControlError::ClusterUnavailable(error.to_string()));
+                    return Err(ControlError::ClusterUnavailable(
+                        "the change is committed and applied here, but etcd stopped answering before every instance was confirmed; status shows where each one stands".to_owned(),
+                    ));
                 }
             };
             if late.is_empty() {
@@ -332,6 +388,32 @@ impl Control {
                 return Err(ControlError::NotAcknowledged(late));
             }
             tokio::time::sleep(ACK_POLL).await;
+        }
+    }
+
+    /// Reads every instance's registration again, within a short budget
+    /// (the status document shows the last read if etcd does not answer).
+    pub async fn refresh_fleet(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        match tokio::time::timeout(REFRESH_BUDGET, fleet.etcd.instances()).await {
+            Ok(Ok(instances)) => {
+                fleet.set_connected(true);
+                *fleet.instances.lock().expect("instances lock") = instances;
+            }
+            Ok(Err(_)) | Err(_) => fleet.set_connected(false),
+        }
+    }
+
+    /// Leaves the fleet at a graceful stop: the registration goes at once,
+    /// so that no change waits for this instance to acknowledge it.
+    pub async fn leave_fleet(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        let lease = fleet.lease.swap(0, Ordering::Relaxed);
+        if lease != 0 {
+            let revoked = tokio::time::timeout(LEAVE_BUDGET, fleet.etcd.revoke(lease)).await;
+            if !matches!(revoked, Ok(Ok(()))) {
+                tracing::debug!("could not revoke the fleet lease; it expires by itself");
+            }
         }
     }
 
@@ -364,9 +446,13 @@ impl Control {
 
     /// Reads the decisions, then watches them until the watch breaks.
     async fn follow_once(&self, fleet: &Fleet) -> Result<(), ClusterError> {
-        match fleet.etcd.load().await? {
+        let (stored, read_at) = fleet.etcd.load().await?;
+        match stored {
             Some(stored) => {
-                if let Err(error) = self.apply_stored(fleet, stored, false).await {
+                let applied = self
+                    .apply_stored(fleet, stored, Held::Nothing, Freshness::Read)
+                    .await;
+                if let Err(error) = applied {
                     warn!(%error, "cannot apply the fleet's decisions");
                 }
             }
@@ -379,7 +465,7 @@ impl Control {
             }
         }
         fleet.set_connected(true);
-        let mut stream = fleet.etcd.watch_decisions(fleet.revision()).await?;
+        let mut stream = fleet.etcd.watch_decisions(read_at).await?;
         while let Some(response) = stream.message().await? {
             if response.canceled() {
                 // Compacted past what it watched from: read again.
@@ -388,7 +474,10 @@ impl Control {
             for stored in fleet.etcd.decisions_in(&response) {
                 match stored {
                     Ok(Some(stored)) => {
-                        if let Err(error) = self.apply_stored(fleet, stored, false).await {
+                        let applied = self
+                            .apply_stored(fleet, stored, Held::Nothing, Freshness::Watched)
+                            .await;
+                        if let Err(error) = applied {
                             warn!(%error, "cannot apply the fleet's decisions");
                         }
                     }
@@ -422,6 +511,7 @@ impl Control {
 
     async fn register_once(&self, fleet: &Fleet) -> Result<(), ClusterError> {
         let lease = fleet.etcd.grant_lease(fleet.config.lease_ttl).await?;
+        fleet.lease.store(lease, Ordering::Relaxed);
         let (mut keeper, mut renewals) = fleet.etcd.keep_alive(lease).await?;
         let mut registered = None;
         let mut renew = tokio::time::interval(fleet.config.lease_ttl / 3);
@@ -443,9 +533,10 @@ impl Control {
                         _ => return Ok(()),
                     }
                     fleet.set_connected(true);
-                    if let Ok(instances) = fleet.etcd.instances().await {
-                        *fleet.instances.lock().expect("instances lock") = instances;
-                    }
+                    // Written again each time: a registration deleted by
+                    // hand (or by an older process of the same name whose
+                    // lease lapsed) comes back within a renewal.
+                    registered = None;
                 }
                 () = fleet.applied.notified() => {}
             }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Control, EventKind, SwitchKind, Via};
+use super::{Control, ControlError, EventKind, SwitchKind, Via};
 use crate::config::SwitchWatch;
 use crate::metrics::RequestCounters;
 use crate::shutdown::StopOnDrop;
@@ -242,17 +242,35 @@ impl Control {
             self.forget_watch(&current).await;
             return;
         }
-        // Probed just now; make_live need not probe again.
-        match self
-            .make_live(
-                &current,
-                &to,
-                true,
-                SwitchKind::AutoRollback,
-                Via::SwitchWatch,
-            )
-            .await
-        {
+        // Probed just now; make_live need not probe again. In a fleet,
+        // another instance's change may come first: it is applied, and the
+        // rollback is tried again while the watched pool is still live.
+        let mut current = current;
+        let mut races = 0;
+        let rolled_back = loop {
+            let made = self
+                .make_live(
+                    &current,
+                    &to,
+                    true,
+                    SwitchKind::AutoRollback,
+                    Via::SwitchWatch,
+                )
+                .await;
+            match made {
+                Err(ControlError::Raced) if races < super::MAX_RACES => {
+                    races += 1;
+                    current = self.state.load_full();
+                    if current.decisions.live_pool != from {
+                        info!(target: "audit", pool = %from, %reason, "automatic rollback not needed: another change made another pool live first");
+                        self.forget_watch(&current).await;
+                        return;
+                    }
+                }
+                made => break made,
+            }
+        };
+        match rolled_back {
             Ok(_) => {
                 warn!(target: "audit", from = %from, to = %to, %reason, "automatic rollback");
                 self.record(

@@ -232,8 +232,14 @@ async fn a_frozen_instance_is_named_and_a_killed_one_stops_counting() {
         Upstream::named("green").await,
     );
     let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
-    let mut b = Served::start(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    // A lease long enough that a busy machine never lets b's lapse before
+    // it is frozen.
+    let config = |name| {
+        instance(&blue, &green, &etcd, &prefix, name)
+            .replace("lease_ttl = \"2s\"", "lease_ttl = \"5s\"")
+    };
+    let a = Proxy::with_config(&config("a")).await;
+    let mut b = Served::start(&config("b")).await;
     let instances = || async {
         let (_, doc) = a.admin("GET", "/v1/status", None).await;
         doc["cluster"]["instances"].as_array().map_or(0, Vec::len)

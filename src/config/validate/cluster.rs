@@ -6,6 +6,10 @@ use std::time::Duration;
 use super::super::*;
 use super::*;
 
+/// The shortest `ack_timeout`: it bounds every etcd request too, and a
+/// round trip to etcd takes some milliseconds.
+const MIN_ACK_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The shortest lease etcd grants whole seconds for, and that a keep-alive
 /// every third of it can renew in time.
 const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
@@ -54,7 +58,7 @@ impl Validator<'_> {
             None => host_name(),
         };
         let ack_timeout = match &section.ack_timeout {
-            Some(d) => self.duration("cluster.ack_timeout", d, Duration::from_millis(1)),
+            Some(d) => self.duration("cluster.ack_timeout", d, MIN_ACK_TIMEOUT),
             None => DEFAULT_ACK_TIMEOUT,
         };
         let lease_ttl = match &section.lease_ttl {
