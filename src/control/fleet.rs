@@ -197,6 +197,11 @@ impl Fleet {
         }
     }
 
+    /// Keeps `instances` as the last read of the fleet's registrations.
+    fn remember(&self, instances: Vec<(String, u64)>) {
+        *self.instances.lock().expect("instances lock") = instances;
+    }
+
     /// This instance's name.
     pub fn instance(&self) -> &str {
         &self.config.instance
@@ -365,7 +370,7 @@ impl Control {
                         })
                         .map(|(name, _)| name.clone())
                         .collect();
-                    *fleet.instances.lock().expect("instances lock") = instances;
+                    fleet.remember(instances);
                     late
                 }
                 Ok(Err(error)) if Instant::now() < deadline => {
@@ -398,7 +403,7 @@ impl Control {
         match tokio::time::timeout(REFRESH_BUDGET, fleet.etcd.instances()).await {
             Ok(Ok(instances)) => {
                 fleet.set_connected(true);
-                *fleet.instances.lock().expect("instances lock") = instances;
+                fleet.remember(instances);
             }
             Ok(Err(_)) | Err(_) => fleet.set_connected(false),
         }
@@ -521,7 +526,7 @@ impl Control {
                 fleet.etcd.register(lease, generation).await?;
                 registered = Some(generation);
                 if let Ok(instances) = fleet.etcd.instances().await {
-                    *fleet.instances.lock().expect("instances lock") = instances;
+                    fleet.remember(instances);
                 }
             }
             tokio::select! {

@@ -679,14 +679,18 @@ impl Served {
 
     /// Sends `signal` (`-TERM`, `-HUP`) to the process.
     pub async fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let sent = tokio::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success());
+        send_signal(self.child.id().expect("running"), signal).await;
     }
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, ...) to process `pid` with kill(1).
+pub async fn send_signal(pid: u32, signal: &str) {
+    let sent = tokio::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
 }
 
 /// Reads from `stream` until what was read ends with `tail`; fails the test
@@ -837,14 +841,8 @@ impl EtcdServer {
             .child
             .as_ref()
             .and_then(tokio::process::Child::id)
-            .expect("etcd is running")
-            .to_string();
-        let sent = tokio::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success());
+            .expect("etcd is running");
+        send_signal(pid, signal).await;
     }
 
     /// Starts it again on the same ports and data.
