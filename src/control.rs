@@ -29,7 +29,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::health;
-use crate::state::{Decisions, MaintenanceState, PendingWatch, SharedState, Snapshot};
+use crate::state::{
+    Decisions, MaintenanceMode, MaintenanceState, PendingWatch, SharedState, Snapshot,
+};
 use commit::Committed;
 pub use error::{ControlError, ReloadRefusal};
 pub use events::{Event, EventKind};
@@ -79,6 +81,8 @@ pub struct MaintenanceChange {
     pub message: Option<String>,
     /// The 503's `Retry-After`; without one, the config's.
     pub retry_after: Option<Duration>,
+    /// Which requests the gate holds back (read-only lets reads through).
+    pub mode: MaintenanceMode,
 }
 
 /// What `Control` did last and is doing now, besides the decisions.
@@ -253,6 +257,12 @@ impl Control {
             message: change.message,
             retry_after: change.retry_after,
             since,
+            // Off, nothing is held back: the next time on says again how.
+            mode: if change.enabled {
+                change.mode
+            } else {
+                MaintenanceMode::Full
+            },
         };
         let decisions = Decisions {
             maintenance,

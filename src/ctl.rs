@@ -62,6 +62,10 @@ pub enum CtlAction {
         /// The 503's Retry-After, e.g. `10m` (default: the config's).
         #[arg(long, value_parser = humantime::parse_duration)]
         retry_after: Option<Duration>,
+        /// Hold back writes only: GET, HEAD, OPTIONS and WebSocket
+        /// upgrades still reach the live pool.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Make POOL live (after probing it, unless --force).
     Switch {
@@ -170,11 +174,13 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             state,
             message,
             retry_after,
+            read_only,
         } => {
-            if state == OnOff::Off && (message.is_some() || retry_after.is_some()) {
+            if state == OnOff::Off && (message.is_some() || retry_after.is_some() || read_only) {
                 return Err(Failure {
                     lines: vec![
-                        "--message and --retry-after apply only to `maintenance on`".to_owned()
+                        "--message, --retry-after and --read-only apply only to `maintenance on`"
+                            .to_owned(),
                     ],
                     usage: true,
                 });
@@ -183,6 +189,7 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
                 enabled: state == OnOff::On,
                 message,
                 retry_after: retry_after.map(|d| humantime::format_duration(d).to_string()),
+                mode: read_only.then(|| "read_only".to_owned()),
             };
             let body = json_body(&request);
             let (status, body) =
@@ -190,8 +197,13 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             let document: StatusDocument = expect_ok(status, &body, "maintenance change")?;
             let m = &document.maintenance;
             Ok(if m.enabled {
+                let reads = if m.mode == "read_only" {
+                    ", read-only: reads still pass"
+                } else {
+                    ""
+                };
                 format!(
-                    "maintenance on: \"{}\" (Retry-After {}s), generation {}\n",
+                    "maintenance on: \"{}\" (Retry-After {}s{reads}), generation {}\n",
                     m.message, m.retry_after_s, document.generation
                 )
             } else {
@@ -412,7 +424,12 @@ fn render_status(document: &StatusDocument) -> String {
     if m.enabled {
         let _ = writeln!(
             out,
-            "maintenance   ON since {}: \"{}\" (Retry-After {}s)",
+            "maintenance   ON{} since {}: \"{}\" (Retry-After {}s)",
+            if m.mode == "read_only" {
+                " (read-only: reads pass)"
+            } else {
+                ""
+            },
             m.since.as_deref().unwrap_or("?"),
             m.message,
             m.retry_after_s

@@ -218,7 +218,7 @@ impl Proxy {
         if let Some(gate) = &snapshot.gate {
             let bypass =
                 client.route == Route::Preview && preview.is_some_and(|p| p.bypass_maintenance);
-            if !bypass && !gate.admits(request.uri().path(), client.addr.ip()) {
+            if !bypass && !gate.admits(request.method(), request.uri().path(), client.addr.ip()) {
                 self.metrics.count_gated();
                 return Ok(Routing::Answered(
                     gate.response(request.headers().get(ACCEPT)),

@@ -58,6 +58,38 @@ pub struct MaintenanceState {
     pub retry_after: Option<Duration>,
     /// When the gate was turned on; `None` while off.
     pub since: Option<SystemTime>,
+    /// Which requests it holds back.
+    pub mode: MaintenanceMode,
+}
+
+/// Which requests the gate holds back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MaintenanceMode {
+    /// Every request (but the allowed paths and addresses).
+    #[default]
+    Full,
+    /// Every request but reads (`GET`, `HEAD`, `OPTIONS`, WebSocket
+    /// upgrades): the site stays readable while writes are paused.
+    ReadOnly,
+}
+
+impl MaintenanceMode {
+    /// The contract's spelling: `full` or `read_only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaintenanceMode::Full => "full",
+            MaintenanceMode::ReadOnly => "read_only",
+        }
+    }
+
+    /// The mode spelled `text`, if it is one.
+    pub fn parse(text: &str) -> Option<MaintenanceMode> {
+        match text {
+            "full" => Some(MaintenanceMode::Full),
+            "read_only" => Some(MaintenanceMode::ReadOnly),
+            _ => None,
+        }
+    }
 }
 
 impl MaintenanceState {
@@ -84,6 +116,7 @@ impl Decisions {
                 message: None,
                 retry_after: None,
                 since: None,
+                mode: MaintenanceMode::Full,
             },
             generation: 0,
         }

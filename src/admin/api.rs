@@ -14,7 +14,7 @@ use crate::config::MAX_RETRY_AFTER;
 use crate::control::{Control, ControlError};
 use crate::envelope::ErrorDocument;
 use crate::state::persist::rfc3339;
-use crate::state::Snapshot;
+use crate::state::{MaintenanceMode, Snapshot};
 
 /// `PUT /v1/maintenance`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,9 +29,24 @@ pub struct MaintenanceRequest {
     /// [`MaintenanceRequest::retry_after`] so a bad one is named in the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<String>,
+    /// `full` (the default) or `read_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 impl MaintenanceRequest {
+    /// The requested mode; `full` when none is given.
+    pub fn mode(&self) -> Result<MaintenanceMode, AdminError> {
+        match self.mode.as_deref() {
+            None => Ok(MaintenanceMode::Full),
+            Some(text) => MaintenanceMode::parse(text).ok_or_else(|| {
+                AdminError::BadRequest(format!(
+                    "mode: `{text}` is not a mode; use \"full\" or \"read_only\""
+                ))
+            }),
+        }
+    }
+
     /// The requested `Retry-After`, if any.
     pub fn retry_after(&self) -> Result<Option<Duration>, AdminError> {
         let Some(text) = &self.retry_after else {
@@ -162,6 +177,13 @@ pub struct MaintenanceStatus {
     pub retry_after_s: u64,
     /// When the gate was turned on (RFC 3339), or null while off.
     pub since: Option<String>,
+    /// `full` or `read_only` (reads pass).
+    #[serde(default = "full")]
+    pub mode: String,
+}
+
+fn full() -> String {
+    MaintenanceMode::Full.as_str().to_owned()
 }
 
 /// One pool in the status document.
@@ -261,6 +283,7 @@ impl StatusDocument {
                 message: m.message(&snapshot.config.maintenance).to_owned(),
                 retry_after_s: m.retry_after(&snapshot.config.maintenance).as_secs(),
                 since: m.since.map(rfc3339),
+                mode: m.mode.as_str().to_owned(),
             },
             pools,
             config: ConfigStatus {

@@ -171,6 +171,7 @@ impl Router {
         let change = MaintenanceChange {
             enabled: request.enabled,
             retry_after: request.retry_after()?,
+            mode: request.mode()?,
             message: request.message,
         };
         let snapshot = self.control.set_maintenance(change, via).await?;

@@ -95,7 +95,8 @@ impl TunnelOrigin {
             && snapshot
                 .gate
                 .as_ref()
-                .is_some_and(|gate| !gate.admits(&self.path, self.client));
+                // Only WebSocket upgrades are tunnelled, and they are GETs.
+                .is_some_and(|gate| !gate.admits(&http::Method::GET, &self.path, self.client));
         routed_here && !gated
     }
 }

@@ -12,10 +12,10 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 use ipnet::IpNet;
 
-use super::MaintenanceState;
+use super::{MaintenanceMode, MaintenanceState};
 use crate::body::Body;
 use crate::config::Maintenance;
 use path::contains_ignore_case;
@@ -25,6 +25,8 @@ use path::contains_ignore_case;
 pub struct Gate {
     allow_paths: Vec<String>,
     bypass_cidrs: Vec<IpNet>,
+    /// Whether reads pass (read-only maintenance).
+    reads_pass: bool,
     json: Page,
     html: Option<Page>,
 }
@@ -55,6 +57,7 @@ impl Gate {
         Gate {
             allow_paths: config.allow_paths.clone(),
             bypass_cidrs: config.bypass_cidrs.clone(),
+            reads_pass: state.mode == MaintenanceMode::ReadOnly,
             json: Page::new(Bytes::from(json), "application/json", &retry_after),
             html: config
                 .html_page
@@ -63,8 +66,13 @@ impl Gate {
         }
     }
 
-    /// Whether a request for `path` from `client` still reaches the live pool.
-    pub fn admits(&self, path: &str, client: IpAddr) -> bool {
+    /// Whether a `method` request for `path` from `client` still reaches
+    /// the live pool.
+    pub fn admits(&self, method: &Method, path: &str, client: IpAddr) -> bool {
+        // In read-only maintenance, reads pass (a WebSocket upgrade is a GET).
+        if self.reads_pass && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return true;
+        }
         let client = client.to_canonical();
         self.bypass_cidrs.iter().any(|net| net.contains(&client))
             || self

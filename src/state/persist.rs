@@ -22,13 +22,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Decisions, MaintenanceState, PendingWatch};
+use super::{Decisions, MaintenanceMode, MaintenanceState, PendingWatch};
 
-/// The newest format this build reads. It writes version 2 only while a
-/// watch after a switch runs (the `watch` field), and version 1 otherwise,
-/// so that a build that reads only version 1 refuses a file it would
-/// misread, with a clear error, and reads every other.
-pub const STATE_FILE_VERSION: u32 = 2;
+/// The newest format this build reads. It writes version 3 only while the
+/// gate is read-only (`maintenance.mode`), version 2 only while a watch
+/// after a switch runs (the `watch` field), and version 1 otherwise, so
+/// that an older build refuses a file it would misread, with a clear
+/// error, and reads every other.
+pub const STATE_FILE_VERSION: u32 = 3;
 
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,9 @@ struct MaintenanceFile {
     message: Option<String>,
     retry_after_s: Option<u64>,
     since: Option<String>,
+    /// `read_only`; absent for `full` (and in files before version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
 }
 
 /// Only the version, read first so a newer file gets a clear error rather
@@ -250,6 +254,14 @@ pub fn decode(text: &str) -> Result<(Decisions, Option<PendingWatch>), DecodeErr
             message: file.maintenance.message,
             retry_after: file.maintenance.retry_after_s.map(Duration::from_secs),
             since,
+            mode: match &file.maintenance.mode {
+                None => MaintenanceMode::Full,
+                Some(text) => MaintenanceMode::parse(text).ok_or_else(|| {
+                    corrupt(format!(
+                        "maintenance.mode `{text}` is not full or read_only"
+                    ))
+                })?,
+            },
         },
         generation: file.generation,
     };
@@ -327,8 +339,18 @@ fn sync_directory(dir: &Path) -> std::io::Result<()> {
 /// `decisions`, and the watch running beside them, in the state file's
 /// format (pretty JSON, a final newline).
 pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
+    let mode = decisions.maintenance.mode;
+    // The lowest version that holds it all, so an older build reads every
+    // file it can.
+    let version = if mode != MaintenanceMode::Full {
+        3
+    } else if watch.is_some() {
+        2
+    } else {
+        1
+    };
     let file = StateFile {
-        version: if watch.is_some() { 2 } else { 1 },
+        version,
         live_pool: decisions.live_pool.clone(),
         previous_pool: decisions.previous_pool.clone(),
         maintenance: MaintenanceFile {
@@ -336,6 +358,7 @@ pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
             message: decisions.maintenance.message.clone(),
             retry_after_s: decisions.maintenance.retry_after.map(|d| d.as_secs()),
             since: decisions.maintenance.since.map(rfc3339),
+            mode: (mode != MaintenanceMode::Full).then(|| mode.as_str().to_owned()),
         },
         generation: decisions.generation,
         watch: watch.map(|watch| WatchFile {
@@ -502,6 +525,7 @@ mod tests {
                 message: Some("back soon".to_owned()),
                 retry_after: Some(Duration::from_secs(600)),
                 since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+                mode: MaintenanceMode::Full,
             },
             generation: 7,
         }
@@ -524,9 +548,20 @@ mod tests {
             until: SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000),
         };
         save(&path, &decisions(), Some(&watch)).unwrap();
-        assert_eq!(load(&path).unwrap(), Some((decisions(), Some(watch))));
+        assert_eq!(
+            load(&path).unwrap(),
+            Some((decisions(), Some(watch.clone())))
+        );
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 2"), "{text}");
+        // So is a read-only gate, which an older build would misread.
+        let mut read_only = decisions();
+        read_only.maintenance.mode = MaintenanceMode::ReadOnly;
+        save(&path, &read_only, Some(&watch)).unwrap();
+        assert_eq!(load(&path).unwrap(), Some((read_only, Some(watch))));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 3"), "{text}");
+        assert!(text.contains("\"mode\": \"read_only\""), "{text}");
     }
 
     #[test]

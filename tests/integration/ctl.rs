@@ -225,3 +225,30 @@ async fn sighup_reloads_the_config() {
     let (status, _, body) = get(&format!("http://{}/", served.addr)).await;
     assert_eq!((status, body.as_str()), (200, "one"));
 }
+
+#[tokio::test]
+async fn ctl_turns_on_read_only_maintenance() {
+    let blue = Upstream::named("blue").await;
+    let served = Served::start(&config_text(&[blue.addr], &[blue.addr], "")).await;
+    let config = config_arg(&served.config);
+    let (code, out, err) = ctl(
+        &["--config", &config, "maintenance", "on", "--read-only"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("read-only: reads still pass"), "{out}");
+    let (_, out, _) = ctl(&["--config", &config, "status"], &[]).await;
+    assert!(
+        out.contains("maintenance   ON (read-only: reads pass)"),
+        "{out}"
+    );
+    assert_eq!(get(&format!("http://{}/", served.addr)).await.0, 200);
+    // --read-only means nothing with off.
+    let (code, _, err) = ctl(
+        &["--config", &config, "maintenance", "off", "--read-only"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+}

@@ -279,3 +279,88 @@ async fn a_gate_without_its_own_text_follows_the_config_through_reloads() {
     assert_eq!(body, r#"{"message":"Operator says hi"}"#);
     assert_eq!(headers["retry-after"], "60");
 }
+
+/// `method /path` through `proxy`: the status.
+async fn status_of_request(proxy: &Proxy, method: &str, path: &str) -> u16 {
+    let request = Request::builder()
+        .method(method)
+        .uri(proxy.url(path))
+        .body(full(if method == "POST" { "{}" } else { "" }))
+        .unwrap();
+    send(request).await.0
+}
+
+#[tokio::test]
+async fn read_only_maintenance_lets_reads_through_and_holds_back_writes() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let (status, doc) = proxy
+        .admin(
+            "PUT",
+            "/v1/maintenance",
+            Some(r#"{"enabled": true, "mode": "read_only"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["maintenance"]["mode"], "read_only");
+    for method in ["GET", "HEAD", "OPTIONS"] {
+        assert_eq!(
+            status_of_request(&proxy, method, "/orders").await,
+            200,
+            "{method}"
+        );
+    }
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        assert_eq!(
+            status_of_request(&proxy, method, "/orders").await,
+            503,
+            "{method}"
+        );
+    }
+    // allow_paths let every method through.
+    assert_eq!(status_of_request(&proxy, "POST", "/health").await, 200);
+    // A WebSocket upgrade is a read.
+    let echo = Upstream::websocket_echo().await;
+    let ws = Proxy::start(&[echo.addr], &[echo.addr]).await;
+    ws.admin(
+        "PUT",
+        "/v1/maintenance",
+        Some(r#"{"enabled": true, "mode": "read_only"}"#),
+    )
+    .await;
+    let (mut stream, head) = open_websocket(ws.addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(websocket_echoes(&mut stream).await);
+    // An unknown mode is refused; off clears the mode.
+    let (status, _) = proxy
+        .admin(
+            "PUT",
+            "/v1/maintenance",
+            Some(r#"{"enabled": true, "mode": "writes"}"#),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (_, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": false}"#))
+        .await;
+    assert_eq!(doc["maintenance"]["mode"], "full");
+}
+
+#[tokio::test]
+async fn a_read_only_gate_survives_a_restart() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    proxy
+        .admin(
+            "PUT",
+            "/v1/maintenance",
+            Some(r#"{"enabled": true, "mode": "read_only"}"#),
+        )
+        .await;
+    let dir = proxy.stop().await;
+    let proxy = Proxy::in_dir(dir).await;
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["mode"], "read_only", "{doc}");
+    assert_eq!(status_of_request(&proxy, "GET", "/").await, 200);
+    assert_eq!(status_of_request(&proxy, "POST", "/").await, 503);
+}
