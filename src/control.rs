@@ -16,6 +16,7 @@ mod commit;
 mod error;
 mod events;
 pub mod fleet;
+mod schedule;
 pub mod watch;
 
 use std::fmt;
@@ -57,6 +58,8 @@ pub enum Via {
     Watcher,
     /// The watch after a switch (an automatic rollback).
     SwitchWatch,
+    /// The clock: the gate's end came.
+    Schedule,
 }
 
 impl fmt::Display for Via {
@@ -66,6 +69,7 @@ impl fmt::Display for Via {
             Via::Socket(None) => f.write_str("admin socket"),
             Via::Tcp(peer) => write!(f, "admin tcp {peer}"),
             Via::Signal => f.write_str("SIGHUP"),
+            Via::Schedule => f.write_str("schedule"),
             Via::Watcher => f.write_str("config watcher"),
             Via::SwitchWatch => f.write_str("switch watch"),
         }
@@ -83,6 +87,11 @@ pub struct MaintenanceChange {
     pub retry_after: Option<Duration>,
     /// Which requests the gate holds back (read-only lets reads through).
     pub mode: MaintenanceMode,
+    /// When the gate turns itself off; `None` stays on until turned off.
+    pub until: Option<SystemTime>,
+    /// Set by the schedule ending the gate: the change is made only if the
+    /// gate is still on with this end (another change may have moved it).
+    pub ending: Option<SystemTime>,
 }
 
 /// What `Control` did last and is doing now, besides the decisions.
@@ -246,6 +255,11 @@ impl Control {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         let old = &current.decisions.maintenance;
+        if let Some(ending) = change.ending {
+            if !(old.enabled && old.until == Some(ending)) {
+                return Ok(current);
+            }
+        }
         let since = match (change.enabled, old.since) {
             (false, _) => None,
             (true, Some(since)) if old.enabled => Some(since),
@@ -263,6 +277,8 @@ impl Control {
             } else {
                 MaintenanceMode::Full
             },
+            // Off clears the end too.
+            until: change.until.filter(|_| change.enabled),
         };
         let decisions = Decisions {
             maintenance,

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
@@ -66,6 +66,10 @@ pub enum CtlAction {
         /// upgrades still reach the live pool.
         #[arg(long)]
         read_only: bool,
+        /// When the gate turns itself off: an RFC 3339 time
+        /// (`2026-12-01T10:30:00Z`), or a duration from now (`45m`).
+        #[arg(long, value_parser = parse_until)]
+        until: Option<SystemTime>,
     },
     /// Make POOL live (after probing it, unless --force).
     Switch {
@@ -92,6 +96,16 @@ pub enum OnOff {
     On,
     /// Gate off.
     Off,
+}
+
+/// `--until`: an RFC 3339 time, or a duration from now.
+fn parse_until(text: &str) -> Result<SystemTime, String> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(SystemTime::now() + duration);
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        format!("`{text}` is neither a time like 2026-12-01T10:30:00Z nor a duration like 45m")
+    })
 }
 
 /// Where the admin API is.
@@ -175,11 +189,13 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             message,
             retry_after,
             read_only,
+            until,
         } => {
-            if state == OnOff::Off && (message.is_some() || retry_after.is_some() || read_only) {
+            let extras = message.is_some() || retry_after.is_some() || read_only || until.is_some();
+            if state == OnOff::Off && extras {
                 return Err(Failure {
                     lines: vec![
-                        "--message, --retry-after and --read-only apply only to `maintenance on`"
+                        "--message, --retry-after, --read-only and --until apply only to `maintenance on`"
                             .to_owned(),
                     ],
                     usage: true,
@@ -190,6 +206,7 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
                 message,
                 retry_after: retry_after.map(|d| humantime::format_duration(d).to_string()),
                 mode: read_only.then(|| "read_only".to_owned()),
+                until: until.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             };
             let body = json_body(&request);
             let (status, body) =
@@ -202,8 +219,12 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
                 } else {
                     ""
                 };
+                let ends = match &m.until {
+                    Some(until) => format!(", until {until}"),
+                    None => String::new(),
+                };
                 format!(
-                    "maintenance on: \"{}\" (Retry-After {}s{reads}), generation {}\n",
+                    "maintenance on: \"{}\" (Retry-After {}s{reads}{ends}), generation {}\n",
                     m.message, m.retry_after_s, document.generation
                 )
             } else {
@@ -424,13 +445,17 @@ fn render_status(document: &StatusDocument) -> String {
     if m.enabled {
         let _ = writeln!(
             out,
-            "maintenance   ON{} since {}: \"{}\" (Retry-After {}s)",
+            "maintenance   ON{} since {}{}: \"{}\" (Retry-After {}s)",
             if m.mode == "read_only" {
                 " (read-only: reads pass)"
             } else {
                 ""
             },
             m.since.as_deref().unwrap_or("?"),
+            m.until
+                .as_ref()
+                .map(|until| format!(", ends {until}"))
+                .unwrap_or_default(),
             m.message,
             m.retry_after_s
         );

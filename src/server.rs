@@ -101,6 +101,13 @@ impl Server {
                 (Decisions::initial(&config), None)
             }
         };
+        // A gate whose end passed while the process was stopped is off
+        // before anything is served. (A fleet's gate is ended by whichever
+        // instance's clock gets there first.)
+        let decisions = match &config.cluster {
+            None => end_if_due(&state_file, decisions, watch.as_ref())?,
+            Some(_) => decisions,
+        };
         // A fleet's decisions are the ones in etcd; this instance's state
         // file is its copy of the last it applied.
         let (fleet, adopted) = match &config.cluster {
@@ -201,6 +208,7 @@ impl Server {
             .serve(Router::new(self.control.clone(), self.metrics.clone()));
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
         let fleet = self.control.follow_fleet();
+        let schedule = self.control.keep_schedule();
         let reaper = spawn_reaper(self.proxy.state().clone());
         let watcher = match crate::reload::watch(self.control.clone()) {
             Ok(watcher) => Some(watcher),
@@ -212,6 +220,7 @@ impl Server {
         shutdown.await;
         drop(hangups);
         drop(fleet);
+        drop(schedule);
         // Changes stop waiting for this instance at once.
         self.control.leave_fleet().await;
         drop(watcher);
@@ -258,4 +267,33 @@ fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
             }
         }
     })
+}
+
+/// `decisions` with the gate off if its end has passed, saved (one more
+/// generation, as if the clock had turned it off while running).
+fn end_if_due(
+    state_file: &Path,
+    mut decisions: Decisions,
+    watch: Option<&crate::state::PendingWatch>,
+) -> Result<Decisions, ServeError> {
+    let m = &decisions.maintenance;
+    let due = m.enabled
+        && m.until
+            .is_some_and(|until| until <= std::time::SystemTime::now());
+    if !due {
+        return Ok(decisions);
+    }
+    // As `maintenance off` leaves it.
+    decisions.maintenance = crate::state::MaintenanceState {
+        enabled: false,
+        message: None,
+        retry_after: None,
+        since: None,
+        mode: crate::state::MaintenanceMode::Full,
+        until: None,
+    };
+    decisions.generation = decisions.generation.saturating_add(1);
+    persist::save(state_file, &decisions, watch)?;
+    info!(target: "audit", via = "schedule", generation = decisions.generation, "maintenance off: its end passed while stopped");
+    Ok(decisions)
 }

@@ -60,6 +60,9 @@ pub struct MaintenanceState {
     pub since: Option<SystemTime>,
     /// Which requests it holds back.
     pub mode: MaintenanceMode,
+    /// When the gate turns itself off; `None` while it stays on until
+    /// turned off.
+    pub until: Option<SystemTime>,
 }
 
 /// Which requests the gate holds back.
@@ -102,6 +105,15 @@ impl MaintenanceState {
     pub fn retry_after(&self, config: &Maintenance) -> Duration {
         self.retry_after.unwrap_or(config.retry_after)
     }
+
+    /// The `Retry-After` users get at `now`: with an end, the whole seconds
+    /// left until it (at least 1); else [`MaintenanceState::retry_after`].
+    pub fn retry_after_now(&self, config: &Maintenance, now: SystemTime) -> Duration {
+        match self.until {
+            Some(until) => seconds_left(until, now),
+            None => self.retry_after(config),
+        }
+    }
 }
 
 impl Decisions {
@@ -117,6 +129,7 @@ impl Decisions {
                 retry_after: None,
                 since: None,
                 mode: MaintenanceMode::Full,
+                until: None,
             },
             generation: 0,
         }
@@ -318,4 +331,11 @@ impl SharedState {
         self.current.store(Arc::new(snapshot));
         self.changes.send_replace(());
     }
+}
+
+/// The whole seconds from `now` until `until`, rounded up, and at least 1.
+pub fn seconds_left(until: SystemTime, now: SystemTime) -> Duration {
+    let left = until.duration_since(now).unwrap_or_default();
+    let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    Duration::from_secs(seconds.max(1))
 }

@@ -5,7 +5,7 @@
 //! fields may be added, never renamed or removed.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -32,9 +32,30 @@ pub struct MaintenanceRequest {
     /// `full` (the default) or `read_only`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// When the gate turns itself off (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 impl MaintenanceRequest {
+    /// The requested end, if any: a time to come.
+    pub fn until(&self) -> Result<Option<SystemTime>, AdminError> {
+        let Some(text) = &self.until else {
+            return Ok(None);
+        };
+        let until = humantime::parse_rfc3339_weak(text).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "until: `{text}` is not an RFC 3339 time ({e}); write it like \"2026-12-01T10:30:00Z\""
+            ))
+        })?;
+        if until <= SystemTime::now() {
+            return Err(AdminError::BadRequest(format!(
+                "until: `{text}` has passed; give a time to come"
+            )));
+        }
+        Ok(Some(until))
+    }
+
     /// The requested mode; `full` when none is given.
     pub fn mode(&self) -> Result<MaintenanceMode, AdminError> {
         match self.mode.as_deref() {
@@ -180,6 +201,9 @@ pub struct MaintenanceStatus {
     /// `full` or `read_only` (reads pass).
     #[serde(default = "full")]
     pub mode: String,
+    /// When the gate turns itself off (RFC 3339), or null.
+    #[serde(default)]
+    pub until: Option<String>,
 }
 
 fn full() -> String {
@@ -281,9 +305,12 @@ impl StatusDocument {
             maintenance: MaintenanceStatus {
                 enabled: m.enabled,
                 message: m.message(&snapshot.config.maintenance).to_owned(),
-                retry_after_s: m.retry_after(&snapshot.config.maintenance).as_secs(),
+                retry_after_s: m
+                    .retry_after_now(&snapshot.config.maintenance, SystemTime::now())
+                    .as_secs(),
                 since: m.since.map(rfc3339),
                 mode: m.mode.as_str().to_owned(),
+                until: m.until.map(rfc3339),
             },
             pools,
             config: ConfigStatus {

@@ -172,6 +172,8 @@ impl Router {
             enabled: request.enabled,
             retry_after: request.retry_after()?,
             mode: request.mode()?,
+            until: request.until()?,
+            ending: None,
             message: request.message,
         };
         let snapshot = self.control.set_maintenance(change, via).await?;

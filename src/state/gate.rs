@@ -9,13 +9,14 @@
 pub mod path;
 
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Method, Response, StatusCode};
 use ipnet::IpNet;
 
-use super::{MaintenanceMode, MaintenanceState};
+use super::{seconds_left, MaintenanceMode, MaintenanceState};
 use crate::body::Body;
 use crate::config::Maintenance;
 use path::contains_ignore_case;
@@ -27,6 +28,8 @@ pub struct Gate {
     bypass_cidrs: Vec<IpNet>,
     /// Whether reads pass (read-only maintenance).
     reads_pass: bool,
+    /// When the gate turns itself off: `Retry-After` counts down to it.
+    until: Option<SystemTime>,
     json: Page,
     html: Option<Page>,
 }
@@ -58,6 +61,7 @@ impl Gate {
             allow_paths: config.allow_paths.clone(),
             bypass_cidrs: config.bypass_cidrs.clone(),
             reads_pass: state.mode == MaintenanceMode::ReadOnly,
+            until: state.until,
             json: Page::new(Bytes::from(json), "application/json", &retry_after),
             html: config
                 .html_page
@@ -90,6 +94,12 @@ impl Gate {
         let mut response = Response::new(Body::full(page.body.clone()));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         *response.headers_mut() = page.headers.clone();
+        if let Some(until) = self.until {
+            let left = seconds_left(until, SystemTime::now());
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(left.as_secs()));
+        }
         response
     }
 }

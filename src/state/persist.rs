@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{Decisions, MaintenanceMode, MaintenanceState, PendingWatch};
 
 /// The newest format this build reads. It writes version 3 only while the
-/// gate is read-only (`maintenance.mode`), version 2 only while a watch
+/// gate is read-only or has an end (`maintenance.mode`, `.until`), version 2 only while a watch
 /// after a switch runs (the `watch` field), and version 1 otherwise, so
 /// that an older build refuses a file it would misread, with a clear
 /// error, and reads every other.
@@ -146,6 +146,9 @@ struct MaintenanceFile {
     /// `read_only`; absent for `full` (and in files before version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
+    /// When the gate turns itself off (RFC 3339); absent without an end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
 }
 
 /// Only the version, read first so a newer file gets a clear error rather
@@ -262,6 +265,13 @@ pub fn decode(text: &str) -> Result<(Decisions, Option<PendingWatch>), DecodeErr
                     ))
                 })?,
             },
+            until: match &file.maintenance.until {
+                None => None,
+                Some(text) => Some(
+                    humantime::parse_rfc3339(text)
+                        .map_err(|e| corrupt(format!("maintenance.until `{text}`: {e}")))?,
+                ),
+            },
         },
         generation: file.generation,
     };
@@ -342,7 +352,7 @@ pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
     let mode = decisions.maintenance.mode;
     // The lowest version that holds it all, so an older build reads every
     // file it can.
-    let version = if mode != MaintenanceMode::Full {
+    let version = if mode != MaintenanceMode::Full || decisions.maintenance.until.is_some() {
         3
     } else if watch.is_some() {
         2
@@ -359,6 +369,7 @@ pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
             retry_after_s: decisions.maintenance.retry_after.map(|d| d.as_secs()),
             since: decisions.maintenance.since.map(rfc3339),
             mode: (mode != MaintenanceMode::Full).then(|| mode.as_str().to_owned()),
+            until: decisions.maintenance.until.map(rfc3339),
         },
         generation: decisions.generation,
         watch: watch.map(|watch| WatchFile {
@@ -526,6 +537,7 @@ mod tests {
                 retry_after: Some(Duration::from_secs(600)),
                 since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
                 mode: MaintenanceMode::Full,
+                until: None,
             },
             generation: 7,
         }
@@ -557,6 +569,8 @@ mod tests {
         // So is a read-only gate, which an older build would misread.
         let mut read_only = decisions();
         read_only.maintenance.mode = MaintenanceMode::ReadOnly;
+        read_only.maintenance.until =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000));
         save(&path, &read_only, Some(&watch)).unwrap();
         assert_eq!(load(&path).unwrap(), Some((read_only, Some(watch))));
         let text = fs::read_to_string(&path).unwrap();

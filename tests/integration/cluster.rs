@@ -35,6 +35,16 @@ fn instance(
     )
 }
 
+/// Waits until `count` instances are registered, as `proxy` sees them:
+/// only those count for a change's acknowledgements.
+async fn registered(proxy: &Proxy, count: usize) {
+    until("every instance registered", || async {
+        let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+        doc["cluster"]["instances"].as_array().map_or(0, Vec::len) == count
+    })
+    .await;
+}
+
 /// The pool `proxy` sends a request to, by the upstream's answer.
 async fn serving(proxy: &Proxy) -> String {
     get(&proxy.url("/")).await.2
@@ -122,6 +132,7 @@ async fn concurrent_changes_through_two_instances_are_both_kept() {
     let prefix = prefix();
     let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
     let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    registered(&a, 2).await;
     let (switched, gated) = tokio::join!(
         a.admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#)),
         b.admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#)),
@@ -146,6 +157,8 @@ async fn an_etcd_outage_fails_no_request_and_refuses_changes() {
     let prefix = prefix();
     let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
     let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    // Both registered, so the switch waits for both to apply it.
+    registered(&a, 2).await;
     let (status, _) = a
         .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
         .await;
@@ -358,4 +371,36 @@ async fn a_frozen_etcd_refuses_changes_in_time_and_fails_no_request() {
     })
     .await;
     assert_eq!(serving(&a).await, "green");
+}
+
+#[tokio::test]
+async fn a_gate_with_an_end_turns_off_once_for_the_whole_fleet() {
+    let etcd = EtcdServer::start().await;
+    let (blue, green) = (
+        Upstream::named("blue").await,
+        Upstream::named("green").await,
+    );
+    let prefix = prefix();
+    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    registered(&a, 2).await;
+    let end = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(2),
+    );
+    let body = format!(r#"{{"enabled": true, "until": "{end}"}}"#);
+    let (status, doc) = a.admin("PUT", "/v1/maintenance", Some(&body)).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(get(&b.url("/")).await.0, 503, "b applied the gate");
+    for proxy in [&a, &b] {
+        until("the gate ended", || async {
+            get(&proxy.url("/")).await.0 == 200
+        })
+        .await;
+    }
+    // Both clocks fired; one change was made.
+    for proxy in [&a, &b] {
+        let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+        assert_eq!(doc["generation"], 2, "{doc}");
+        assert_eq!(doc["maintenance"]["enabled"], false);
+    }
 }

@@ -232,7 +232,15 @@ async fn ctl_turns_on_read_only_maintenance() {
     let served = Served::start(&config_text(&[blue.addr], &[blue.addr], "")).await;
     let config = config_arg(&served.config);
     let (code, out, err) = ctl(
-        &["--config", &config, "maintenance", "on", "--read-only"],
+        &[
+            "--config",
+            &config,
+            "maintenance",
+            "on",
+            "--read-only",
+            "--until",
+            "45m",
+        ],
         &[],
     )
     .await;
@@ -243,6 +251,14 @@ async fn ctl_turns_on_read_only_maintenance() {
         out.contains("maintenance   ON (read-only: reads pass)"),
         "{out}"
     );
+    assert!(out.contains(", ends 20"), "the end is shown: {out}");
+    // A time that is neither RFC 3339 nor a duration is a usage error.
+    let (code, _, err) = ctl(
+        &["--config", &config, "maintenance", "on", "--until", "soon"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
     assert_eq!(get(&format!("http://{}/", served.addr)).await.0, 200);
     // --read-only means nothing with off.
     let (code, _, err) = ctl(

@@ -364,3 +364,76 @@ async fn a_read_only_gate_survives_a_restart() {
     assert_eq!(status_of_request(&proxy, "GET", "/").await, 200);
     assert_eq!(status_of_request(&proxy, "POST", "/").await, 503);
 }
+
+/// An RFC 3339 time `from_now` ahead (or behind, if negative).
+fn rfc3339_in(seconds: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let at = if seconds >= 0 {
+        now + std::time::Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        now - std::time::Duration::from_secs(seconds.unsigned_abs())
+    };
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[tokio::test]
+async fn a_gate_with_an_end_counts_down_and_turns_itself_off_durably() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let body = format!(r#"{{"enabled": true, "until": "{}"}}"#, rfc3339_in(3));
+    let (status, doc) = proxy.admin("PUT", "/v1/maintenance", Some(&body)).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc["maintenance"]["until"].is_string(), "{doc}");
+    assert_eq!(doc["generation"], 1);
+    // Retry-After is the seconds left, not retry_after.
+    let (status, headers, _) = get(&proxy.url("/")).await;
+    assert_eq!(status, 503);
+    let left: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&left), "Retry-After {left}");
+    // At the end the gate is off, by itself, as a change of its own.
+    until("the gate turned itself off", || async {
+        get(&proxy.url("/")).await.0 == 200
+    })
+    .await;
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], false, "{doc}");
+    assert_eq!(doc["maintenance"]["until"], serde_json::Value::Null);
+    assert_eq!(doc["generation"], 2);
+    assert_eq!(doc["last_event"]["kind"], "maintenance");
+    // Durably.
+    let dir = proxy.stop().await;
+    let proxy = Proxy::in_dir(dir).await;
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+}
+
+#[tokio::test]
+async fn an_end_in_the_past_is_refused_and_one_passed_while_stopped_is_applied_at_start() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let body = format!(r#"{{"enabled": true, "until": "{}"}}"#, rfc3339_in(-60));
+    let (status, doc) = proxy.admin("PUT", "/v1/maintenance", Some(&body)).await;
+    assert_eq!(status, 400, "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has passed"),
+        "{doc}"
+    );
+    // On with an end, then stopped; the end passes while it is stopped
+    // (the state file is moved back in time rather than the test waiting).
+    let body = format!(r#"{{"enabled": true, "until": "{}"}}"#, rfc3339_in(3600));
+    proxy.admin("PUT", "/v1/maintenance", Some(&body)).await;
+    let dir = proxy.stop().await;
+    let path = dir.path().join("run/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["maintenance"]["until"] = serde_json::Value::String(rfc3339_in(-1));
+    std::fs::write(&path, state.to_string()).unwrap();
+    let proxy = Proxy::in_dir(dir).await;
+    // Off from the first request on, not only once a timer fired.
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["maintenance"]["enabled"], false, "{doc}");
+    assert_eq!(doc["generation"], 2);
+}
