@@ -19,8 +19,6 @@ pub mod fleet;
 mod schedule;
 pub mod watch;
 
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,7 +33,7 @@ use crate::state::{
 };
 use commit::Committed;
 pub use error::{ControlError, ReloadRefusal};
-pub use events::{Event, EventKind};
+pub use events::{Event, EventKind, Via};
 use fleet::Fleet;
 
 /// How many times in a row a change may lose its compare-and-swap to
@@ -43,38 +41,6 @@ use fleet::Fleet;
 const MAX_RACES: u32 = 10;
 /// The pause after a lost race, times the number of races so far.
 const RACE_PAUSE: Duration = Duration::from_millis(5);
-
-/// Where a change came from, for the audit log.
-#[derive(Debug, Clone, Copy)]
-pub enum Via {
-    /// The admin unix socket, from a process of this user id (when the
-    /// kernel says).
-    Socket(Option<u32>),
-    /// The TCP admin listener, from this client.
-    Tcp(SocketAddr),
-    /// `SIGHUP`.
-    Signal,
-    /// The config file watcher.
-    Watcher,
-    /// The watch after a switch (an automatic rollback).
-    SwitchWatch,
-    /// The clock: the gate's end came.
-    Schedule,
-}
-
-impl fmt::Display for Via {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Via::Socket(Some(uid)) => write!(f, "admin socket uid {uid}"),
-            Via::Socket(None) => f.write_str("admin socket"),
-            Via::Tcp(peer) => write!(f, "admin tcp {peer}"),
-            Via::Signal => f.write_str("SIGHUP"),
-            Via::Schedule => f.write_str("schedule"),
-            Via::Watcher => f.write_str("config watcher"),
-            Via::SwitchWatch => f.write_str("switch watch"),
-        }
-    }
-}
 
 /// A requested change of the maintenance gate.
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,8 @@
-//! What the control plane did last, as the status document reports it.
+//! What the control plane did last, as the status document reports it,
+//! and where each change came from, as the audit log names it.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 /// What happened last, for the status document.
@@ -40,6 +43,38 @@ impl EventKind {
             EventKind::AutoRollbackRefused => "auto_rollback_refused",
             EventKind::Maintenance => "maintenance",
             EventKind::Reload => "reload",
+        }
+    }
+}
+
+/// Where a change came from, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// The admin unix socket, from a process of this user id (when the
+    /// kernel says).
+    Socket(Option<u32>),
+    /// The TCP admin listener, from this client.
+    Tcp(SocketAddr),
+    /// `SIGHUP`.
+    Signal,
+    /// The config file watcher.
+    Watcher,
+    /// The watch after a switch (an automatic rollback).
+    SwitchWatch,
+    /// The clock: the gate's end came.
+    Schedule,
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Socket(Some(uid)) => write!(f, "admin socket uid {uid}"),
+            Via::Socket(None) => f.write_str("admin socket"),
+            Via::Tcp(peer) => write!(f, "admin tcp {peer}"),
+            Via::Signal => f.write_str("SIGHUP"),
+            Via::Schedule => f.write_str("schedule"),
+            Via::Watcher => f.write_str("config watcher"),
+            Via::SwitchWatch => f.write_str("switch watch"),
         }
     }
 }
