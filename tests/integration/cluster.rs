@@ -7,32 +7,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::support::*;
 
-/// A key prefix of its own for each fleet, so tests never share decisions.
-fn prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "/test/{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+/// A fleet under test: its own etcd, a blue and a green upstream, and a
+/// key prefix of its own, so tests never share decisions.
+struct TestFleet {
+    etcd: EtcdServer,
+    blue: Upstream,
+    green: Upstream,
+    prefix: String,
 }
 
-/// The config of instance `name` of the fleet at `prefix`.
-fn instance(
-    blue: &Upstream,
-    green: &Upstream,
-    etcd: &EtcdServer,
-    prefix: &str,
-    name: &str,
-) -> String {
-    config_text(
-        &[blue.addr],
-        &[green.addr],
-        &format!(
-            "[cluster]\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\ninstance = \"{name}\"\nack_timeout = \"2s\"\nlease_ttl = \"2s\"\n",
-            etcd.endpoint
-        ),
-    )
+impl TestFleet {
+    async fn start() -> TestFleet {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TestFleet {
+            etcd: EtcdServer::start().await,
+            blue: Upstream::named("blue").await,
+            green: Upstream::named("green").await,
+            prefix: format!(
+                "/test/{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+
+    /// The config of instance `name`.
+    fn config(&self, name: &str) -> String {
+        config_text(
+            &[self.blue.addr],
+            &[self.green.addr],
+            &format!(
+                "[cluster]\nendpoints = [\"{}\"]\nprefix = \"{}\"\ninstance = \"{name}\"\nack_timeout = \"2s\"\nlease_ttl = \"2s\"\n",
+                self.etcd.endpoint, self.prefix
+            ),
+        )
+    }
+
+    /// Instance `name`, started in this process.
+    async fn instance(&self, name: &str) -> Proxy {
+        Proxy::with_config(&self.config(name)).await
+    }
 }
 
 /// Waits until `count` instances are registered, as `proxy` sees them:
@@ -52,15 +66,10 @@ async fn serving(proxy: &Proxy) -> String {
 
 #[tokio::test]
 async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() {
-    let etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
-    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
-    let c = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "c")).await;
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    let b = fleet.instance("b").await;
+    let c = fleet.instance("c").await;
     for proxy in [&a, &b, &c] {
         assert_eq!(serving(proxy).await, "blue");
     }
@@ -84,7 +93,7 @@ async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() 
     }
     let (_, doc) = c.admin("GET", "/v1/status", None).await;
     assert_eq!(doc["live_pool"], "green");
-    assert_eq!(doc["cluster"]["prefix"], prefix.as_str());
+    assert_eq!(doc["cluster"]["prefix"], fleet.prefix.as_str());
     assert_eq!(doc["cluster"]["instance"], "c");
     assert_eq!(doc["cluster"]["connected"], true);
     assert_eq!(
@@ -103,7 +112,10 @@ async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() 
         .unwrap();
     let shown = String::from_utf8_lossy(&output.stdout);
     assert!(
-        shown.contains(&format!("cluster       {prefix} as c, connected to etcd")),
+        shown.contains(&format!(
+            "cluster       {} as c, connected to etcd",
+            fleet.prefix
+        )),
         "{shown}"
     );
     for name in ["a", "b", "c"] {
@@ -116,7 +128,7 @@ async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() 
     }
     // A new instance adopts the fleet's decisions, whatever its own
     // initial_pool says.
-    let d = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "d")).await;
+    let d = fleet.instance("d").await;
     assert_eq!(serving(&d).await, "green");
     let (_, doc) = d.admin("GET", "/v1/status", None).await;
     assert_eq!(doc["generation"], 1);
@@ -124,14 +136,9 @@ async fn a_switch_through_one_instance_is_served_by_all_when_the_call_returns() 
 
 #[tokio::test]
 async fn concurrent_changes_through_two_instances_are_both_kept() {
-    let etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
-    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    let b = fleet.instance("b").await;
     registered(&a, 2).await;
     let (switched, gated) = tokio::join!(
         a.admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#)),
@@ -149,21 +156,16 @@ async fn concurrent_changes_through_two_instances_are_both_kept() {
 
 #[tokio::test]
 async fn an_etcd_outage_fails_no_request_and_refuses_changes() {
-    let mut etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
-    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let mut fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    let b = fleet.instance("b").await;
     // Both registered, so the switch waits for both to apply it.
     registered(&a, 2).await;
     let (status, _) = a
         .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
         .await;
     assert_eq!(status, 200);
-    etcd.kill().await;
+    fleet.etcd.kill().await;
     // Traffic goes on with the decisions last applied.
     for _ in 0..20 {
         assert_eq!(serving(&a).await, "green");
@@ -182,7 +184,7 @@ async fn an_etcd_outage_fails_no_request_and_refuses_changes() {
         0
     );
     // Back: changes go through again, and reach both.
-    etcd.restart().await;
+    fleet.etcd.restart().await;
     until("a change goes through again", || async {
         b.admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
             .await
@@ -197,22 +199,17 @@ async fn an_etcd_outage_fails_no_request_and_refuses_changes() {
 
 #[tokio::test]
 async fn an_instance_that_does_not_apply_a_change_is_named() {
-    let etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
     // An instance that registered and then froze: its lease lives on (kept
     // by this test), its generation stays.
-    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+    let mut client = etcd_client::Client::connect([fleet.etcd.endpoint.as_str()], None)
         .await
         .unwrap();
     let lease = client.lease_grant(30, None).await.unwrap().id();
     client
         .put(
-            format!("{prefix}/instances/frozen"),
+            format!("{}/instances/frozen", fleet.prefix),
             r#"{"generation": 0}"#,
             Some(etcd_client::PutOptions::new().with_lease(lease)),
         )
@@ -239,16 +236,12 @@ async fn an_instance_that_does_not_apply_a_change_is_named() {
 
 #[tokio::test]
 async fn a_frozen_instance_is_named_and_a_killed_one_stops_counting() {
-    let etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
+    let fleet = TestFleet::start().await;
     // A lease long enough that a busy machine never lets b's lapse before
     // it is frozen.
     let config = |name| {
-        instance(&blue, &green, &etcd, &prefix, name)
+        fleet
+            .config(name)
             .replace("lease_ttl = \"2s\"", "lease_ttl = \"5s\"")
     };
     let a = Proxy::with_config(&config("a")).await;
@@ -298,19 +291,14 @@ async fn a_frozen_instance_is_named_and_a_killed_one_stops_counting() {
 
 #[tokio::test]
 async fn a_restart_during_an_outage_starts_from_the_state_file_and_without_one_does_not_start() {
-    let mut etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
+    let mut fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
     let (status, _) = a
         .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
         .await;
     assert_eq!(status, 200);
     let dir = a.stop().await;
-    etcd.kill().await;
+    fleet.etcd.kill().await;
     // Its state file says green: it serves green, never initial_pool.
     let a = Proxy::in_dir(dir).await;
     assert_eq!(serving(&a).await, "green");
@@ -318,16 +306,13 @@ async fn a_restart_during_an_outage_starts_from_the_state_file_and_without_one_d
     assert_eq!(doc["cluster"]["connected"], false, "{doc}");
     // A new instance has nothing to start from.
     let dir = TempDir::new();
-    dir.write(
-        "switchyard.toml",
-        &instance(&blue, &green, &etcd, &prefix, "new"),
-    );
+    dir.write("switchyard.toml", &fleet.config("new"));
     let Err((error, _)) = Proxy::try_in_dir(dir).await else {
         panic!("an instance without a state file started while etcd was away");
     };
     assert!(error.contains("did not answer"), "{error}");
     // etcd back: the restarted instance reads the fleet's decisions again.
-    etcd.restart().await;
+    fleet.etcd.restart().await;
     until("connected again", || async {
         let (_, doc) = a.admin("GET", "/v1/status", None).await;
         doc["cluster"]["connected"] == true
@@ -340,14 +325,9 @@ async fn a_restart_during_an_outage_starts_from_the_state_file_and_without_one_d
 
 #[tokio::test]
 async fn a_frozen_etcd_refuses_changes_in_time_and_fails_no_request() {
-    let etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
-    etcd.signal("-STOP").await;
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    fleet.etcd.signal("-STOP").await;
     let started = tokio::time::Instant::now();
     let (status, doc) = a
         .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
@@ -362,7 +342,7 @@ async fn a_frozen_etcd_refuses_changes_in_time_and_fails_no_request() {
     for _ in 0..20 {
         assert_eq!(serving(&a).await, "blue");
     }
-    etcd.signal("-CONT").await;
+    fleet.etcd.signal("-CONT").await;
     until("a change goes through again", || async {
         a.admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
             .await
@@ -375,14 +355,9 @@ async fn a_frozen_etcd_refuses_changes_in_time_and_fails_no_request() {
 
 #[tokio::test]
 async fn a_gate_with_an_end_turns_off_once_for_the_whole_fleet() {
-    let etcd = EtcdServer::start().await;
-    let (blue, green) = (
-        Upstream::named("blue").await,
-        Upstream::named("green").await,
-    );
-    let prefix = prefix();
-    let a = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "a")).await;
-    let b = Proxy::with_config(&instance(&blue, &green, &etcd, &prefix, "b")).await;
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    let b = fleet.instance("b").await;
     registered(&a, 2).await;
     let end = humantime::format_rfc3339_seconds(
         std::time::SystemTime::now() + std::time::Duration::from_secs(2),
