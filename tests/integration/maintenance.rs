@@ -423,6 +423,16 @@ async fn an_end_in_the_past_is_refused_and_one_passed_while_stopped_is_applied_a
     // On with an end, then stopped; the end passes while it is stopped
     // (the state file is moved back in time rather than the test waiting).
     let body = format!(r#"{{"enabled": true, "until": "{}"}}"#, rfc3339_in(3600));
+    // Off clears the end.
+    proxy.admin("PUT", "/v1/maintenance", Some(&body)).await;
+    let (_, doc) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": false}"#))
+        .await;
+    assert_eq!(
+        doc["maintenance"]["until"],
+        serde_json::Value::Null,
+        "{doc}"
+    );
     proxy.admin("PUT", "/v1/maintenance", Some(&body)).await;
     let dir = proxy.stop().await;
     let path = dir.path().join("run/state.json");
@@ -435,5 +445,5 @@ async fn an_end_in_the_past_is_refused_and_one_passed_while_stopped_is_applied_a
     assert_eq!(get(&proxy.url("/")).await.0, 200);
     let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
     assert_eq!(doc["maintenance"]["enabled"], false, "{doc}");
-    assert_eq!(doc["generation"], 2);
+    assert_eq!(doc["generation"], 4, "on, off, on, and the end");
 }
