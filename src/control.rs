@@ -18,16 +18,18 @@ mod events;
 pub mod fleet;
 mod schedule;
 pub mod watch;
+mod windows;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::health;
+use crate::state::schedule::whole_second;
 use crate::state::{
     Decisions, MaintenanceMode, MaintenanceState, PendingWatch, SharedState, Snapshot,
 };
@@ -55,9 +57,6 @@ pub struct MaintenanceChange {
     pub mode: MaintenanceMode,
     /// When the gate turns itself off; `None` stays on until turned off.
     pub until: Option<SystemTime>,
-    /// Set by the schedule ending the gate: the change is made only if the
-    /// gate is still on with this end (another change may have moved it).
-    pub ending: Option<SystemTime>,
 }
 
 /// What `Control` did last and is doing now, besides the decisions.
@@ -221,15 +220,10 @@ impl Control {
         let _writer = self.writer.lock().await;
         let current = self.state.load_full();
         let old = &current.decisions.maintenance;
-        if let Some(ending) = change.ending {
-            if !(old.enabled && old.until == Some(ending)) {
-                return Ok(current);
-            }
-        }
         let since = match (change.enabled, old.since) {
             (false, _) => None,
             (true, Some(since)) if old.enabled => Some(since),
-            (true, _) => Some(now_seconds()),
+            (true, _) => Some(whole_second(SystemTime::now())),
         };
         // Texts not given follow the config, on or off.
         let maintenance = MaintenanceState {
@@ -559,12 +553,4 @@ fn on_off(enabled: bool) -> &'static str {
     } else {
         "off"
     }
-}
-
-/// Now, to the whole second: what the state file can hold exactly.
-fn now_seconds() -> SystemTime {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    UNIX_EPOCH + Duration::from_secs(seconds)
 }

@@ -102,8 +102,9 @@ impl Server {
             }
         };
         // A gate whose end passed while the process was stopped is off
-        // before anything is served. (A fleet's gate is ended by whichever
-        // instance's clock gets there first.)
+        // before anything is served, and a window whose start came is on.
+        // (A fleet's are changed by whichever instance's clock gets there
+        // first.)
         let decisions = match &config.cluster {
             None => end_if_due(&state_file, decisions, watch.as_ref())?,
             Some(_) => decisions,
@@ -269,31 +270,19 @@ fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
     })
 }
 
-/// `decisions` with the gate off if its end has passed, saved (one more
-/// generation, as if the clock had turned it off while running).
+/// `decisions` with every change the clock made while the process was
+/// stopped (the gate's end, a window's start), saved with one more
+/// generation, as if it had been running.
 fn end_if_due(
     state_file: &Path,
-    mut decisions: Decisions,
+    decisions: Decisions,
     watch: Option<&crate::state::PendingWatch>,
 ) -> Result<Decisions, ServeError> {
-    let m = &decisions.maintenance;
-    let due = m.enabled
-        && m.until
-            .is_some_and(|until| until <= std::time::SystemTime::now());
-    if !due {
+    let Some((mut decisions, what)) = decisions.timed_changes(std::time::SystemTime::now()) else {
         return Ok(decisions);
-    }
-    // As `maintenance off` leaves it.
-    decisions.maintenance = crate::state::MaintenanceState {
-        enabled: false,
-        message: None,
-        retry_after: None,
-        since: None,
-        mode: crate::state::MaintenanceMode::Full,
-        until: None,
     };
     decisions.generation = decisions.generation.saturating_add(1);
     persist::save(state_file, &decisions, watch)?;
-    info!(target: "audit", via = "schedule", generation = decisions.generation, "maintenance off: its end passed while stopped");
+    info!(target: "audit", via = "schedule", generation = decisions.generation, change = ?what, "a planned maintenance change came while stopped; made before serving");
     Ok(decisions)
 }

@@ -8,6 +8,7 @@
 
 pub mod gate;
 pub mod persist;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::config::{Config, Maintenance};
 use crate::metrics::Metrics;
 use crate::upstream::Pool;
 pub use gate::Gate;
+pub use schedule::Window;
 
 /// The decisions operators make and switchyard persists: which pool is
 /// live and whether the service is in maintenance.
@@ -31,6 +33,8 @@ pub struct Decisions {
     pub previous_pool: Option<String>,
     /// The maintenance gate.
     pub maintenance: MaintenanceState,
+    /// Maintenance windows planned ahead, soonest first, none overlapping.
+    pub windows: Vec<Window>,
     /// Increases by one with every change of the fields above.
     pub generation: u64,
 }
@@ -123,14 +127,8 @@ impl Decisions {
         Decisions {
             live_pool: config.state.initial_pool.clone(),
             previous_pool: None,
-            maintenance: MaintenanceState {
-                enabled: false,
-                message: None,
-                retry_after: None,
-                since: None,
-                mode: MaintenanceMode::Full,
-                until: None,
-            },
+            maintenance: MaintenanceState::off(),
+            windows: Vec::new(),
             generation: 0,
         }
     }

@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::config::MAX_RETRY_AFTER;
+use crate::config::{Maintenance, MAX_RETRY_AFTER};
 use crate::control::{Control, ControlError};
 use crate::envelope::ErrorDocument;
 use crate::state::persist::rfc3339;
-use crate::state::{MaintenanceMode, Snapshot};
+use crate::state::schedule::PlannedWindow;
+use crate::state::{MaintenanceMode, Snapshot, Window};
 
 /// `PUT /v1/maintenance`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,11 +44,7 @@ impl MaintenanceRequest {
         let Some(text) = &self.until else {
             return Ok(None);
         };
-        let until = humantime::parse_rfc3339_weak(text).map_err(|e| {
-            AdminError::BadRequest(format!(
-                "until: `{text}` is not an RFC 3339 time ({e}); write it like \"2026-12-01T10:30:00Z\""
-            ))
-        })?;
+        let until = parse_time("until", text)?;
         if until <= SystemTime::now() {
             return Err(AdminError::BadRequest(format!(
                 "until: `{text}` has passed; give a time to come"
@@ -58,14 +55,7 @@ impl MaintenanceRequest {
 
     /// The requested mode; `full` when none is given.
     pub fn mode(&self) -> Result<MaintenanceMode, AdminError> {
-        match self.mode.as_deref() {
-            None => Ok(MaintenanceMode::Full),
-            Some(text) => MaintenanceMode::parse(text).ok_or_else(|| {
-                AdminError::BadRequest(format!(
-                    "mode: `{text}` is not a mode; use \"full\" or \"read_only\""
-                ))
-            }),
-        }
+        parse_mode(self.mode.as_deref())
     }
 
     /// The requested `Retry-After`, if any.
@@ -86,6 +76,103 @@ impl MaintenanceRequest {
         }
         Ok(Some(retry_after))
     }
+}
+
+/// A mode as the admin API spells it; `full` when none is given.
+fn parse_mode(text: Option<&str>) -> Result<MaintenanceMode, AdminError> {
+    match text {
+        None => Ok(MaintenanceMode::Full),
+        Some(text) => MaintenanceMode::parse(text).ok_or_else(|| {
+            AdminError::BadRequest(format!(
+                "mode: `{text}` is not a mode; use \"full\" or \"read_only\""
+            ))
+        }),
+    }
+}
+
+/// The RFC 3339 time `text` of the field `field`.
+fn parse_time(field: &str, text: &str) -> Result<SystemTime, AdminError> {
+    humantime::parse_rfc3339_weak(text).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "{field}: `{text}` is not an RFC 3339 time ({e}); write it like \"2026-12-01T10:30:00Z\""
+        ))
+    })
+}
+
+/// `POST /v1/maintenance/windows`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowRequest {
+    /// When the gate goes on (RFC 3339).
+    pub starts_at: String,
+    /// When it goes off (RFC 3339).
+    pub ends_at: String,
+    /// The 503's message; without one, `maintenance.message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `full` (the default) or `read_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl WindowRequest {
+    /// The window asked for, its fields parsed (the control plane checks
+    /// it against the others).
+    pub fn planned(&self) -> Result<PlannedWindow, AdminError> {
+        Ok(PlannedWindow {
+            starts_at: parse_time("starts_at", &self.starts_at)?,
+            ends_at: parse_time("ends_at", &self.ends_at)?,
+            message: self.message.clone(),
+            mode: parse_mode(self.mode.as_deref())?,
+        })
+    }
+}
+
+/// A window, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowDocument {
+    /// Its id, for `DELETE /v1/maintenance/windows/{id}`.
+    pub id: String,
+    /// When the gate goes on (RFC 3339).
+    pub starts_at: String,
+    /// When it goes off (RFC 3339).
+    pub ends_at: String,
+    /// The 503's message while it runs.
+    pub message: String,
+    /// `full` or `read_only`.
+    pub mode: String,
+}
+
+impl WindowDocument {
+    /// `window` as shown under `config` (whose message it may follow).
+    pub fn of(window: &Window, config: &Maintenance) -> WindowDocument {
+        WindowDocument {
+            id: window.id.clone(),
+            starts_at: rfc3339(window.starts_at),
+            ends_at: rfc3339(window.ends_at),
+            message: window
+                .message
+                .clone()
+                .unwrap_or_else(|| config.message.clone()),
+            mode: window.mode.as_str().to_owned(),
+        }
+    }
+
+    /// The windows of `snapshot` not yet ended, soonest first.
+    pub fn list(snapshot: &Snapshot) -> Vec<WindowDocument> {
+        snapshot
+            .decisions
+            .windows_at(SystemTime::now())
+            .map(|w| WindowDocument::of(w, &snapshot.config.maintenance))
+            .collect()
+    }
+}
+
+/// `GET /v1/maintenance/windows`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowList {
+    /// The windows not yet ended, soonest first.
+    pub windows: Vec<WindowDocument>,
 }
 
 /// `POST /v1/switch`.
@@ -138,6 +225,9 @@ pub struct StatusDocument {
     /// The fleet this instance is one of; null without `[cluster]`.
     #[serde(default)]
     pub cluster: Option<ClusterDocument>,
+    /// Maintenance windows not yet ended, soonest first.
+    #[serde(default)]
+    pub windows: Vec<WindowDocument>,
 }
 
 /// The cluster part of the status document.
@@ -356,6 +446,7 @@ impl StatusDocument {
                     .map(|(name, generation)| InstanceDocument { name, generation })
                     .collect(),
             }),
+            windows: WindowDocument::list(snapshot),
         }
     }
 }
@@ -407,6 +498,8 @@ impl AdminError {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ControlError::UnknownWindow(_) => StatusCode::NOT_FOUND,
+                ControlError::Window(_) => StatusCode::BAD_REQUEST,
                 ControlError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ControlError::NotAcknowledged(_) => StatusCode::GATEWAY_TIMEOUT,
             },
@@ -434,6 +527,8 @@ impl AdminError {
                 ControlError::ClusterUnavailable(_) => "cluster_unavailable",
                 ControlError::NotAcknowledged(_) => "not_acknowledged",
                 ControlError::Raced => "raced",
+                ControlError::UnknownWindow(_) => "unknown_window",
+                ControlError::Window(_) => "bad_request",
             },
         }
     }

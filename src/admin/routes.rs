@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::api::{
     AdminError, MaintenanceRequest, RollbackRequest, ServiceContext, StatusDocument, SwitchRequest,
+    WindowDocument, WindowList, WindowRequest,
 };
 use crate::control::{Control, MaintenanceChange, Via};
 use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
@@ -136,6 +137,15 @@ impl Router {
                 self.rollback(request, via).await
             }
             (&Method::POST, "/v1/reload") => self.reload(via).await,
+            (&Method::GET, "/v1/maintenance/windows") => Ok(self.windows()),
+            (&Method::POST, "/v1/maintenance/windows") => {
+                self.plan_window(required(self.read_body(body).await?)?, via)
+                    .await
+            }
+            (&Method::DELETE, path) if window_id(path).is_some() => {
+                let id = window_id(path).expect("matched above");
+                self.cancel_window(id, via).await
+            }
             (&Method::GET, "/metrics") => Ok(self.metrics()),
             (&Method::PATCH, "/service-context") => {
                 self.service_context(required(self.read_body(body).await?)?, via)
@@ -173,7 +183,6 @@ impl Router {
             retry_after: request.retry_after()?,
             mode: request.mode()?,
             until: request.until()?,
-            ending: None,
             message: request.message,
         };
         let snapshot = self.control.set_maintenance(change, via).await?;
@@ -214,6 +223,38 @@ impl Router {
         ))
     }
 
+    /// `GET /v1/maintenance/windows`.
+    fn windows(&self) -> AdminResponse {
+        let snapshot = self.control.state().load_full();
+        json(
+            StatusCode::OK,
+            &WindowList {
+                windows: WindowDocument::list(&snapshot),
+            },
+        )
+    }
+
+    /// `POST /v1/maintenance/windows`.
+    async fn plan_window(
+        &self,
+        request: WindowRequest,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        let (window, snapshot) = self.control.plan_window(request.planned()?, via).await?;
+        Ok(json(
+            StatusCode::CREATED,
+            &WindowDocument::of(&window, &snapshot.config.maintenance),
+        ))
+    }
+
+    /// `DELETE /v1/maintenance/windows/{id}`.
+    async fn cancel_window(&self, id: &str, via: Via) -> Result<AdminResponse, AdminError> {
+        self.control.cancel_window(id, via).await?;
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
+    }
+
     /// `GET /metrics`.
     fn metrics(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
@@ -251,8 +292,16 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/maintenance" => Some("PUT"),
         "/v1/switch" | "/v1/rollback" | "/v1/reload" => Some("POST"),
         "/service-context" => Some("PATCH"),
+        "/v1/maintenance/windows" => Some("GET, POST"),
+        path if window_id(path).is_some() => Some("DELETE"),
         _ => None,
     }
+}
+
+/// The `{id}` of `/v1/maintenance/windows/{id}`.
+fn window_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/maintenance/windows/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Parses a JSON body that must be there.

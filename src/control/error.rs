@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::config::ConfigError;
 use crate::health::ProbeResult;
 use crate::state::persist::PersistError;
+use crate::state::schedule::WindowRefusal;
 use crate::state::MissingLivePool;
 
 /// Why a change was refused. Nothing changed, except after
@@ -59,6 +60,12 @@ pub enum ControlError {
     /// The config file cannot be applied; the old config keeps serving.
     #[error("invalid config: {}", .0.lines().join("; "))]
     InvalidConfig(ReloadRefusal),
+    /// No planned window has this id.
+    #[error("no window `{0}` is planned")]
+    UnknownWindow(String),
+    /// The window cannot be planned as asked.
+    #[error(transparent)]
+    Window(#[from] WindowRefusal),
 }
 
 /// Why a reload was refused.

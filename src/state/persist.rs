@@ -22,11 +22,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Decisions, MaintenanceMode, MaintenanceState, PendingWatch};
+use super::{Decisions, MaintenanceMode, MaintenanceState, PendingWatch, Window};
 
 /// The newest format this build reads. It writes version 3 only while the
-/// gate is read-only or has an end (`maintenance.mode`, `.until`), version 2 only while a watch
-/// after a switch runs (the `watch` field), and version 1 otherwise, so
+/// gate is read-only or has an end (`maintenance.mode`, `.until`) or
+/// windows are planned (`windows`), version 2 only while a watch after a
+/// switch runs (the `watch` field), and version 1 otherwise, so
 /// that an older build refuses a file it would misread, with a clear
 /// error, and reads every other.
 pub const STATE_FILE_VERSION: u32 = 3;
@@ -127,6 +128,20 @@ struct StateFile {
     /// Only while a watch after a switch runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     watch: Option<WatchFile>,
+    /// Only while windows are planned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    windows: Vec<WindowFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    id: String,
+    starts_at: String,
+    ends_at: String,
+    message: Option<String>,
+    mode: String,
+    started: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -249,6 +264,29 @@ pub fn decode(text: &str) -> Result<(Decisions, Option<PendingWatch>), DecodeErr
             pool: watch.pool,
         }),
     };
+    let windows = file
+        .windows
+        .into_iter()
+        .map(|w| {
+            let time = |field: &str, text: &str| {
+                humantime::parse_rfc3339(text)
+                    .map_err(|e| corrupt(format!("windows.{field} `{text}`: {e}")))
+            };
+            Ok(Window {
+                starts_at: time("starts_at", &w.starts_at)?,
+                ends_at: time("ends_at", &w.ends_at)?,
+                mode: MaintenanceMode::parse(&w.mode).ok_or_else(|| {
+                    corrupt(format!(
+                        "windows.mode `{}` is not full or read_only",
+                        w.mode
+                    ))
+                })?,
+                id: w.id,
+                message: w.message,
+                started: w.started,
+            })
+        })
+        .collect::<Result<Vec<_>, DecodeError>>()?;
     let decisions = Decisions {
         live_pool: file.live_pool,
         previous_pool: file.previous_pool,
@@ -273,6 +311,7 @@ pub fn decode(text: &str) -> Result<(Decisions, Option<PendingWatch>), DecodeErr
                 ),
             },
         },
+        windows,
         generation: file.generation,
     };
     Ok((decisions, watch))
@@ -352,7 +391,10 @@ pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
     let mode = decisions.maintenance.mode;
     // The lowest version that holds it all, so an older build reads every
     // file it can.
-    let version = if mode != MaintenanceMode::Full || decisions.maintenance.until.is_some() {
+    let version = if mode != MaintenanceMode::Full
+        || decisions.maintenance.until.is_some()
+        || !decisions.windows.is_empty()
+    {
         3
     } else if watch.is_some() {
         2
@@ -376,6 +418,18 @@ pub fn encode(decisions: &Decisions, watch: Option<&PendingWatch>) -> Vec<u8> {
             pool: watch.pool.clone(),
             until: rfc3339(watch.until),
         }),
+        windows: decisions
+            .windows
+            .iter()
+            .map(|w| WindowFile {
+                id: w.id.clone(),
+                starts_at: rfc3339(w.starts_at),
+                ends_at: rfc3339(w.ends_at),
+                message: w.message.clone(),
+                mode: w.mode.as_str().to_owned(),
+                started: w.started,
+            })
+            .collect(),
     };
     let mut text = serde_json::to_vec_pretty(&file).expect("the state file serializes");
     text.push(b'\n');

@@ -379,3 +379,40 @@ async fn a_gate_with_an_end_turns_off_once_for_the_whole_fleet() {
         assert_eq!(doc["maintenance"]["enabled"], false);
     }
 }
+
+#[tokio::test]
+async fn a_window_planned_through_one_instance_runs_once_on_all() {
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    let b = fleet.instance("b").await;
+    registered(&a, 2).await;
+    let body = format!(
+        r#"{{"starts_at": "{}", "ends_at": "{}"}}"#,
+        rfc3339_in(2),
+        rfc3339_in(4)
+    );
+    let (status, doc) = a
+        .admin("POST", "/v1/maintenance/windows", Some(&body))
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    let (_, listed) = b.admin("GET", "/v1/maintenance/windows", None).await;
+    assert_eq!(listed["windows"][0]["id"], doc["id"], "b has the window");
+    for proxy in [&a, &b] {
+        until("the window started", || async {
+            get(&proxy.url("/")).await.0 == 503
+        })
+        .await;
+    }
+    for proxy in [&a, &b] {
+        until("the window ended", || async {
+            get(&proxy.url("/")).await.0 == 200
+        })
+        .await;
+    }
+    // Both clocks fired at the start and at the end; one change each.
+    for proxy in [&a, &b] {
+        let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+        assert_eq!(doc["generation"], 3, "planned, started, ended: {doc}");
+        assert_eq!(doc["windows"], serde_json::json!([]));
+    }
+}

@@ -5,26 +5,6 @@ use std::path::Path;
 
 use crate::support::*;
 
-/// Runs `switchyard ctl ARGS` and returns exit code, stdout and stderr.
-async fn ctl(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = tokio::process::Command::new(BIN);
-    command
-        .arg("ctl")
-        .args(args)
-        .env_remove("SWITCHYARD_ADMIN")
-        .env_remove("SWITCHYARD_CONFIG")
-        .env_remove("SWITCHYARD_TOKEN");
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    let output = within(command.output()).await.unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 fn config_arg(path: &Path) -> String {
     path.display().to_string()
 }

@@ -18,6 +18,7 @@
 //! - `safety`: health checks, passive health, preview, tunnel drain,
 //!   automatic rollback.
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
+//! - `windows`: maintenance windows planned ahead.
 //! - `cluster`: a fleet of instances holding one decision through a real
 //!   etcd.
 
@@ -37,3 +38,4 @@ mod safety;
 mod support;
 mod switching;
 mod tls;
+mod windows;

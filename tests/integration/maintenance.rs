@@ -365,17 +365,6 @@ async fn a_read_only_gate_survives_a_restart() {
     assert_eq!(status_of_request(&proxy, "POST", "/").await, 503);
 }
 
-/// An RFC 3339 time `from_now` ahead (or behind, if negative).
-fn rfc3339_in(seconds: i64) -> String {
-    let now = std::time::SystemTime::now();
-    let at = if seconds >= 0 {
-        now + std::time::Duration::from_secs(seconds.unsigned_abs())
-    } else {
-        now - std::time::Duration::from_secs(seconds.unsigned_abs())
-    };
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
 #[tokio::test]
 async fn a_gate_with_an_end_counts_down_and_turns_itself_off_durably() {
     let blue = Upstream::named("blue").await;

@@ -864,3 +864,34 @@ async fn etcd_health(port: u16) -> Option<bool> {
     stream.read_to_end(&mut answer).await.ok()?;
     Some(String::from_utf8_lossy(&answer).contains("\"health\":\"true\""))
 }
+
+/// Runs `switchyard ctl ARGS` and returns exit code, stdout and stderr.
+pub async fn ctl(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .arg("ctl")
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN")
+        .env_remove("SWITCHYARD_CONFIG")
+        .env_remove("SWITCHYARD_TOKEN");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let output = within(command.output()).await.unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// An RFC 3339 time `from_now` ahead (or behind, if negative).
+pub fn rfc3339_in(seconds: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let at = if seconds >= 0 {
+        now + std::time::Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        now - std::time::Duration::from_secs(seconds.unsigned_abs())
+    };
+    humantime::format_rfc3339_seconds(at).to_string()
+}

@@ -33,6 +33,7 @@ fn decisions() -> Decisions {
             mode: MaintenanceMode::Full,
             until: None,
         },
+        windows: Vec::new(),
         generation: 7,
     }
 }
@@ -69,6 +70,22 @@ fn decisions_survive_a_round_trip() {
     let text = fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"version\": 3"), "{text}");
     assert!(text.contains("\"mode\": \"read_only\""), "{text}");
+    // And planned windows, started or not.
+    let mut planned = decisions();
+    for (id, started) in [("w8", true), ("w9", false)] {
+        planned.windows.push(Window {
+            id: id.to_owned(),
+            starts_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+            ends_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_003_600),
+            message: started.then(|| "planned".to_owned()),
+            mode: MaintenanceMode::ReadOnly,
+            started,
+        });
+    }
+    save(&path, &planned, None).unwrap();
+    assert_eq!(load(&path).unwrap(), Some((planned, None)));
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"version\": 3"), "{text}");
 }
 
 #[test]
