@@ -185,33 +185,48 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
     /// The token `token_file` held when the config was loaded: a reload
     /// after rotating it takes the new one at once.
-    pub token: Option<BearerToken>,
+    pub token: Option<Secret>,
     /// Most connections the TCP listener keeps open at once; more are
     /// closed as they arrive.
     pub max_connections: usize,
 }
 
-/// A bearer token, kept out of logs and debug output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct BearerToken(Vec<u8>);
+/// The shortest `maintenance.bypass_secret_file` accepted: the bypass
+/// tokens' HMAC-SHA256 key should hold as much as its output.
+pub const MIN_BYPASS_SECRET_BYTES: usize = 32;
 
-impl BearerToken {
-    /// The token read from a file's text, surrounding white space trimmed
-    /// (a trailing newline does not count); `None` if nothing is left.
-    pub fn from_file_text(text: &str) -> Option<BearerToken> {
+/// A secret read from a file (a bearer token, the bypass tokens' key),
+/// kept out of logs and debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret in a file's text, surrounding white space trimmed (a
+    /// trailing newline does not count); `None` if nothing is left.
+    pub fn from_file_text(text: &str) -> Option<Secret> {
         let token = text.trim();
-        (!token.is_empty()).then(|| BearerToken(token.as_bytes().to_vec()))
+        (!token.is_empty()).then(|| Secret(token.as_bytes().to_vec()))
     }
 
-    /// The token's bytes.
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty (never, when read by [`Secret::from_file_text`]).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The secret's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
 
-impl std::fmt::Debug for BearerToken {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BearerToken(..)")
+        f.write_str("Secret(..)")
     }
 }
 
@@ -237,6 +252,9 @@ pub struct Maintenance {
     pub bypass_cidrs: Vec<IpNet>,
     /// HTML page served to clients that prefer `text/html`.
     pub html_page: Option<HtmlPage>,
+    /// The key of bypass tokens, read from `bypass_secret_file` when the
+    /// config is loaded; without it, no token is issued or honoured.
+    pub bypass_secret: Option<Secret>,
 }
 
 /// A maintenance page, read when the config is loaded.

@@ -18,8 +18,8 @@ use clap::{Args, Subcommand};
 use http::Method;
 
 use crate::admin::api::{
-    MaintenanceRequest, RollbackRequest, StatusDocument, SwitchRequest, WindowDocument, WindowList,
-    WindowRequest,
+    BypassTokenDocument, BypassTokenRequest, MaintenanceRequest, RollbackRequest, StatusDocument,
+    SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
 use crate::config::DEFAULT_CONFIG_PATH;
 use client::{call, endpoint, expect_done, expect_ok, json_body, Failure};
@@ -69,6 +69,16 @@ pub enum CtlAction {
     },
     /// Re-read the config file now.
     Reload,
+    /// Issue a bypass token (printed alone on stdout) that lets its bearer
+    /// through the maintenance gate.
+    BypassToken {
+        /// How long it holds, e.g. `1h` (at most 30 days).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Who or what it is for, signed into it and logged.
+        #[arg(long)]
+        label: Option<String>,
+    },
 }
 
 /// What `ctl maintenance` does.
@@ -194,6 +204,21 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             let (status, body) = call(&endpoint, Method::POST, "/v1/rollback", Some(body)).await?;
             let document: StatusDocument = expect_ok(status, &body, "rollback")?;
             Ok(pools_line("rolled back: live pool", &document))
+        }
+        CtlAction::BypassToken { ttl, label } => {
+            let body = json_body(&BypassTokenRequest {
+                ttl: humantime::format_duration(ttl).to_string(),
+                label,
+            });
+            let path = "/v1/bypass-tokens";
+            let (status, body) = call(&endpoint, Method::POST, path, Some(body)).await?;
+            let issued: BypassTokenDocument = expect_ok(status, &body, "bypass token")?;
+            eprintln!(
+                "switchyard ctl: bypass token valid until {}; send it as `X-Switchyard-Bypass: TOKEN`, or open {}?token=TOKEN in a browser",
+                issued.expires_at,
+                crate::bypass::BROWSER_PATH
+            );
+            Ok(format!("{}\n", issued.token))
         }
         CtlAction::Reload => {
             let (status, body) = call(&endpoint, Method::POST, "/v1/reload", None).await?;

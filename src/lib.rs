@@ -5,6 +5,7 @@
 //! list, and those beside it where it says so.
 //!
 //! - [`accept`]: what every accept loop does when `accept` fails.
+//! - [`bypass`]: signed bypass tokens, and where a request carries one.
 //! - [`config`]: the TOML file, validated into one [`config::Config`] with
 //!   every problem's position.
 //! - [`envelope`]: the JSON error envelope of every answer switchyard
@@ -31,6 +32,7 @@
 //!   `switchyard ctl` (the admin API's client), the zero-setup tour.
 
 pub mod accept;
+pub mod bypass;
 pub mod config;
 pub mod envelope;
 pub mod metrics;
@@ -63,6 +65,7 @@ mod tests {
     /// Each top-level module's layer, as listed above: 0 at the bottom.
     const LAYERS: &[(&str, u8)] = &[
         ("accept", 0),
+        ("bypass", 0),
         ("config", 0),
         ("envelope", 0),
         ("metrics", 0),

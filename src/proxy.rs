@@ -16,6 +16,7 @@ mod error;
 mod forward;
 mod frontdoor;
 pub mod headers;
+mod pass;
 mod tunnel;
 mod unread;
 
@@ -215,10 +216,24 @@ impl Proxy {
                 target.authority.as_ref(),
             )));
         }
+        if pass::is_browser_path(request.uri().path()) {
+            return Ok(Routing::Answered(pass::answer(
+                request,
+                snapshot.bypass.as_ref(),
+                client.https,
+            )));
+        }
         if let Some(gate) = &snapshot.gate {
             let bypass =
                 client.route == Route::Preview && preview.is_some_and(|p| p.bypass_maintenance);
-            if !bypass && !gate.admits(request.method(), request.uri().path(), client.addr.ip()) {
+            let admitted = bypass
+                || gate.admits(
+                    request.method(),
+                    request.uri().path(),
+                    client.addr.ip(),
+                    crate::bypass::token_in(request.headers()),
+                );
+            if !admitted {
                 self.metrics.count_gated();
                 return Ok(Routing::Answered(
                     gate.response(request.headers().get(ACCEPT)),
@@ -256,8 +271,12 @@ impl Proxy {
         } = destination;
         let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
-        // Kept for a tunnel, which the gate keeps judging by it.
+        // Kept for a tunnel, which the gate keeps judging by them.
         let upgrade_path = target.upgrade.then(|| parts.uri.path().to_owned());
+        let upgrade_token = target
+            .upgrade
+            .then(|| crate::bypass::token_in(&parts.headers).map(str::to_owned))
+            .flatten();
         let mut headers = parts.headers;
         headers::prepare_request(
             &mut headers,
@@ -292,6 +311,7 @@ impl Proxy {
                         route: *route,
                         path: upgrade_path.unwrap_or_default(),
                         client: client.addr.ip(),
+                        token: upgrade_token,
                     };
                     Ok(self.tunnel(answer, client_upgrade, origin))
                 }

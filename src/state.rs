@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
+use crate::bypass::BypassKey;
 use crate::config::{Config, Maintenance};
 use crate::metrics::Metrics;
 use crate::upstream::Pool;
@@ -157,6 +158,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// The maintenance answer, ready to send; `None` while the gate is off.
     pub gate: Option<Arc<Gate>>,
+    /// The key of bypass tokens, with `maintenance.bypass_secret_file`.
+    pub bypass: Option<BypassKey>,
     /// The config this snapshot was built from.
     pub config: Arc<Config>,
     /// When the config was loaded and how the last reload went.
@@ -221,6 +224,7 @@ impl Snapshot {
             preview: self.preview.clone(),
             pools: self.pools.clone(),
             gate: self.gate.clone(),
+            bypass: self.bypass.clone(),
             config: self.config.clone(),
             config_info: ConfigInfo {
                 loaded_at: self.config_info.loaded_at,
@@ -249,16 +253,25 @@ impl Snapshot {
             .or_else(|| pools.values().find(|p| !Arc::ptr_eq(p, &live)))
             .unwrap_or(&live)
             .clone();
-        let gate = decisions
+        let bypass = config
             .maintenance
-            .enabled
-            .then(|| Arc::new(Gate::new(&config.maintenance, &decisions.maintenance)));
+            .bypass_secret
+            .as_ref()
+            .map(|secret| BypassKey::new(secret.as_bytes()));
+        let gate = decisions.maintenance.enabled.then(|| {
+            Arc::new(Gate::new(
+                &config.maintenance,
+                &decisions.maintenance,
+                bypass.as_ref(),
+            ))
+        });
         Ok(Snapshot {
             decisions,
             live,
             preview,
             pools,
             gate,
+            bypass,
             config,
             config_info,
             metrics,

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use crate::bypass;
 use crate::config::{Maintenance, MAX_RETRY_AFTER};
 use crate::control::{Control, ControlError};
 use crate::envelope::ErrorDocument;
@@ -173,6 +174,58 @@ impl WindowDocument {
 pub struct WindowList {
     /// The windows not yet ended, soonest first.
     pub windows: Vec<WindowDocument>,
+}
+
+/// `POST /v1/bypass-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BypassTokenRequest {
+    /// How long the token holds, as a humantime string (`"1h"`).
+    pub ttl: String,
+    /// Who or what it is for, signed into it (`"qa"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl BypassTokenRequest {
+    /// The token's life: more than nothing, at most [`bypass::MAX_TTL`].
+    pub fn ttl(&self) -> Result<Duration, AdminError> {
+        let ttl = humantime::parse_duration(&self.ttl).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "ttl: `{}` is not a duration ({e}); write it like \"1h\"",
+                self.ttl
+            ))
+        })?;
+        if ttl < Duration::from_secs(1) || ttl > bypass::MAX_TTL {
+            return Err(AdminError::BadRequest(format!(
+                "ttl: `{}` is not between 1s and {}",
+                self.ttl,
+                humantime::format_duration(bypass::MAX_TTL)
+            )));
+        }
+        Ok(ttl)
+    }
+
+    /// The label, checked: short, and no control characters (it is logged).
+    pub fn label(&self) -> Result<&str, AdminError> {
+        let label = self.label.as_deref().unwrap_or("");
+        if label.len() > bypass::MAX_LABEL_BYTES || label.chars().any(char::is_control) {
+            return Err(AdminError::BadRequest(format!(
+                "label: at most {} bytes, without control characters",
+                bypass::MAX_LABEL_BYTES
+            )));
+        }
+        Ok(label)
+    }
+}
+
+/// The answer of `POST /v1/bypass-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BypassTokenDocument {
+    /// The token, for `X-Switchyard-Bypass` or the `switchyard_bypass` cookie.
+    pub token: String,
+    /// When it stops holding (RFC 3339).
+    pub expires_at: String,
 }
 
 /// `POST /v1/switch`.
@@ -474,6 +527,9 @@ pub enum AdminError {
     /// The body is larger than any admin call needs.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// A bypass token was asked for, but no secret signs them.
+    #[error("bypass tokens are not configured: set maintenance.bypass_secret_file")]
+    BypassNotConfigured,
     /// The control plane refused the change.
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -488,6 +544,7 @@ impl AdminError {
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::BypassNotConfigured => StatusCode::CONFLICT,
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => StatusCode::NOT_FOUND,
                 ControlError::PoolUnhealthy { .. }
@@ -514,6 +571,7 @@ impl AdminError {
             AdminError::NotFound(_) => "not_found",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::TooLarge(_) => "payload_too_large",
+            AdminError::BypassNotConfigured => "bypass_not_configured",
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => "unknown_pool",
                 ControlError::PoolUnhealthy { .. } => "pool_unhealthy",

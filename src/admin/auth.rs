@@ -10,10 +10,10 @@ use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use crate::config::BearerToken;
+use crate::config::Secret;
 
 /// Whether `headers` carry `Authorization: Bearer <token>`.
-pub fn admits(token: &BearerToken, headers: &HeaderMap) -> bool {
+pub fn admits(token: &Secret, headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return false;
     };
@@ -34,7 +34,7 @@ mod tests {
 
     #[test]
     fn only_the_exact_bearer_token_is_admitted() {
-        let token = BearerToken::from_file_text("s3cret\n").unwrap();
+        let token = Secret::from_file_text("s3cret\n").unwrap();
         let with = |value: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());

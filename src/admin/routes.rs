@@ -1,6 +1,7 @@
 //! The admin router: one function per endpoint, callable without a socket.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
@@ -11,11 +12,13 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::api::{
-    AdminError, MaintenanceRequest, RollbackRequest, ServiceContext, StatusDocument, SwitchRequest,
-    WindowDocument, WindowList, WindowRequest,
+    AdminError, BypassTokenDocument, BypassTokenRequest, MaintenanceRequest, RollbackRequest,
+    ServiceContext, StatusDocument, SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
 use crate::control::{Control, MaintenanceChange, Via};
 use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
+use crate::state::persist::rfc3339;
+use crate::state::schedule::whole_second;
 use crate::state::Snapshot;
 
 /// The largest request body an admin call accepts.
@@ -138,6 +141,9 @@ impl Router {
             }
             (&Method::POST, "/v1/reload") => self.reload(via).await,
             (&Method::GET, "/v1/maintenance/windows") => Ok(self.windows()),
+            (&Method::POST, "/v1/bypass-tokens") => {
+                self.bypass_token(required(self.read_body(body).await?)?, via)
+            }
             (&Method::POST, "/v1/maintenance/windows") => {
                 self.plan_window(required(self.read_body(body).await?)?, via)
                     .await
@@ -255,6 +261,40 @@ impl Router {
         Ok(response)
     }
 
+    /// `POST /v1/bypass-tokens`: a token signed, not stored, so nothing
+    /// changes (no generation moves); the audit log records who asked.
+    fn bypass_token(
+        &self,
+        request: BypassTokenRequest,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        let ttl = request.ttl()?;
+        let label = request.label()?;
+        let snapshot = self.control.state().load_full();
+        let key = snapshot
+            .bypass
+            .as_ref()
+            .ok_or(AdminError::BypassNotConfigured)?;
+        // To the second, as the token holds it.
+        let expires_at = whole_second(SystemTime::now() + ttl);
+        let token = key.issue(label, expires_at);
+        info!(
+            target: "audit",
+            via = %via,
+            change = "bypass_token",
+            label = ?label,
+            expires_at = %rfc3339(expires_at),
+            "bypass token issued"
+        );
+        Ok(json(
+            StatusCode::CREATED,
+            &BypassTokenDocument {
+                token,
+                expires_at: rfc3339(expires_at),
+            },
+        ))
+    }
+
     /// `GET /metrics`.
     fn metrics(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
@@ -293,6 +333,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/switch" | "/v1/rollback" | "/v1/reload" => Some("POST"),
         "/service-context" => Some("PATCH"),
         "/v1/maintenance/windows" => Some("GET, POST"),
+        "/v1/bypass-tokens" => Some("POST"),
         path if window_id(path).is_some() => Some("DELETE"),
         _ => None,
     }

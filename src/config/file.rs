@@ -80,6 +80,7 @@ pub struct MaintenanceSection {
     pub allow_paths: Option<Vec<Spanned<String>>>,
     pub bypass_cidrs: Option<Vec<Spanned<String>>>,
     pub html_page: Option<Spanned<String>>,
+    pub bypass_secret_file: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME]`: one upstream pool.

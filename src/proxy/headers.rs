@@ -141,6 +141,8 @@ pub fn prepare_request(
     upgrade: bool,
 ) {
     strip(headers, upgrade, true);
+    // A pass through the gate is the proxy's, never the application's.
+    crate::bypass::strip(headers);
     // The proxy answers `100-continue` itself when it reads the body.
     headers.remove(EXPECT);
     if !headers.contains_key(HOST) {

@@ -76,6 +76,9 @@ pub(super) struct TunnelOrigin {
     pub(super) route: Route,
     pub(super) path: String,
     pub(super) client: std::net::IpAddr,
+    /// The bypass token its request carried: one that expires, or whose
+    /// secret changes, no longer lets it through.
+    pub(super) token: Option<String>,
 }
 
 impl TunnelOrigin {
@@ -96,7 +99,14 @@ impl TunnelOrigin {
                 .gate
                 .as_ref()
                 // Only WebSocket upgrades are tunnelled, and they are GETs.
-                .is_some_and(|gate| !gate.admits(&http::Method::GET, &self.path, self.client));
+                .is_some_and(|gate| {
+                    !gate.admits(
+                        &http::Method::GET,
+                        &self.path,
+                        self.client,
+                        self.token.as_deref(),
+                    )
+                });
         routed_here && !gated
     }
 }

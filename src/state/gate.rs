@@ -18,6 +18,7 @@ use ipnet::IpNet;
 
 use super::{seconds_left, MaintenanceMode, MaintenanceState};
 use crate::body::Body;
+use crate::bypass::BypassKey;
 use crate::config::Maintenance;
 use path::contains_ignore_case;
 
@@ -30,6 +31,8 @@ pub struct Gate {
     reads_pass: bool,
     /// When the gate turns itself off: `Retry-After` counts down to it.
     until: Option<SystemTime>,
+    /// The key of bypass tokens, with `maintenance.bypass_secret_file`.
+    bypass: Option<BypassKey>,
     json: Page,
     html: Option<Page>,
 }
@@ -54,7 +57,7 @@ impl Page {
 impl Gate {
     /// The gate for the decided `state`, with the exceptions and page of
     /// the config's `[maintenance]`.
-    pub fn new(config: &Maintenance, state: &MaintenanceState) -> Gate {
+    pub fn new(config: &Maintenance, state: &MaintenanceState, bypass: Option<&BypassKey>) -> Gate {
         let json = serde_json::json!({ "message": state.message(config) }).to_string();
         let retry_after = HeaderValue::from(state.retry_after(config).as_secs());
         Gate {
@@ -62,6 +65,7 @@ impl Gate {
             bypass_cidrs: config.bypass_cidrs.clone(),
             reads_pass: state.mode == MaintenanceMode::ReadOnly,
             until: state.until,
+            bypass: bypass.cloned(),
             json: Page::new(Bytes::from(json), "application/json", &retry_after),
             html: config
                 .html_page
@@ -70,9 +74,18 @@ impl Gate {
         }
     }
 
-    /// Whether a `method` request for `path` from `client` still reaches
-    /// the live pool.
-    pub fn admits(&self, method: &Method, path: &str, client: IpAddr) -> bool {
+    /// Whether a `method` request for `path` from `client`, carrying the
+    /// bypass token `token` if any, still reaches the live pool.
+    pub fn admits(&self, method: &Method, path: &str, client: IpAddr, token: Option<&str>) -> bool {
+        self.admits_without_token(method, path, client)
+            || token.is_some_and(|token| {
+                self.bypass
+                    .as_ref()
+                    .is_some_and(|key| key.admits(token, SystemTime::now()))
+            })
+    }
+
+    fn admits_without_token(&self, method: &Method, path: &str, client: IpAddr) -> bool {
         // In read-only maintenance, reads pass (a WebSocket upgrade is a GET).
         if self.reads_pass && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return true;

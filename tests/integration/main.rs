@@ -19,10 +19,12 @@
 //!   automatic rollback.
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
 //! - `windows`: maintenance windows planned ahead.
+//! - `bypass`: bypass tokens through the gate.
 //! - `cluster`: a fleet of instances holding one decision through a real
 //!   etcd.
 
 mod admin;
+mod bypass;
 mod cluster;
 mod ctl;
 mod durability;

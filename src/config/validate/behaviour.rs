@@ -131,12 +131,49 @@ impl Validator<'_> {
                 }
             }
         });
+        let bypass_secret = section
+            .and_then(|s| s.bypass_secret_file.as_ref())
+            .and_then(|file| self.bypass_secret(file));
         Maintenance {
             message,
             retry_after,
             allow_paths,
             bypass_cidrs,
             html_page,
+            bypass_secret,
+        }
+    }
+
+    /// The secret in `maintenance.bypass_secret_file`, if it is readable
+    /// and long enough to sign with.
+    fn bypass_secret(&mut self, file: &Spanned<String>) -> Option<Secret> {
+        let path = self.path("maintenance.bypass_secret_file", file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.problem(
+                    Some(file.span()),
+                    format!(
+                        "maintenance.bypass_secret_file: cannot read {}: {e}",
+                        path.display()
+                    ),
+                );
+                return None;
+            }
+        };
+        match Secret::from_file_text(&text) {
+            Some(secret) if secret.len() >= MIN_BYPASS_SECRET_BYTES => Some(secret),
+            secret => {
+                self.problem(
+                    Some(file.span()),
+                    format!(
+                        "maintenance.bypass_secret_file: {} holds {} bytes (surrounding white space aside); a bypass secret needs at least {MIN_BYPASS_SECRET_BYTES} (try `openssl rand -hex 32`)",
+                        path.display(),
+                        secret.map_or(0, |s| s.len())
+                    ),
+                );
+                None
+            }
         }
     }
 

@@ -170,7 +170,7 @@ impl Validator<'_> {
             ),
             (_, Some((span, file))) => match std::fs::read_to_string(file) {
                 Ok(text) => {
-                    token = BearerToken::from_file_text(&text);
+                    token = Secret::from_file_text(&text);
                     if token.is_none() {
                         self.problem(
                             Some(span.clone()),
