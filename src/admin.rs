@@ -42,6 +42,7 @@ use crate::control::Via;
 use crate::shutdown::StopOnDrop;
 use crate::state::persist::replace_by_rename;
 use api::AdminError;
+use auth::Rights;
 pub use routes::Router;
 
 /// Why the admin API could not start.
@@ -262,16 +263,33 @@ where
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         async move {
-            // The token of the config in force now: a reload after
-            // rotating it takes effect for the next request.
-            if needs_token && !router.admits(request.headers()) {
-                info!(target: "audit", %via, method = %request.method(), path = %request.uri().path(), "admin call refused: no valid bearer token");
-                let error = AdminError::Unauthorized;
+            // The tokens of the config in force now: a reload after
+            // rotating one takes effect for the next request.
+            let rights = match needs_token {
+                false => Some(Rights::Full),
+                true => router.rights(request.headers()),
+            };
+            let refusal = match rights {
+                None => Some(AdminError::Unauthorized),
+                Some(Rights::Read)
+                    if !routes::only_reads(request.method(), request.uri().path()) =>
+                {
+                    Some(AdminError::Forbidden {
+                        method: request.method().clone(),
+                        path: request.uri().path().to_owned(),
+                    })
+                }
+                Some(_) => None,
+            };
+            if let Some(error) = refusal {
+                info!(target: "audit", %via, method = %request.method(), path = %request.uri().path(), %error, "admin call refused");
                 let mut response = routes::error_response(&error);
-                response.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
+                if let AdminError::Unauthorized = error {
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                }
                 return Ok::<_, Infallible>(response);
             }
             Ok(router.handle(request, via).await)

@@ -186,6 +186,11 @@ pub struct Admin {
     /// The token `token_file` held when the config was loaded: a reload
     /// after rotating it takes the new one at once.
     pub token: Option<Secret>,
+    /// File holding the read-only token of the TCP listener.
+    pub read_token_file: Option<PathBuf>,
+    /// The token `read_token_file` held when the config was loaded: it may
+    /// read the status, windows and metrics, and change nothing.
+    pub read_token: Option<Secret>,
     /// Most connections the TCP listener keeps open at once; more are
     /// closed as they arrive.
     pub max_connections: usize,

@@ -513,6 +513,14 @@ pub enum AdminError {
     /// No valid bearer token on the TCP listener.
     #[error("a valid `Authorization: Bearer <token>` header is required")]
     Unauthorized,
+    /// A read-only token asked for a call that is not a read.
+    #[error("this token may only read (GET /v1/status, GET /v1/maintenance/windows, GET /metrics); {method} {path} needs the full admin token")]
+    Forbidden {
+        /// The method used.
+        method: http::Method,
+        /// The path asked for.
+        path: String,
+    },
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NotFound(String),
@@ -541,6 +549,7 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -568,6 +577,7 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => "bad_request",
             AdminError::Unauthorized => "unauthorized",
+            AdminError::Forbidden { .. } => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::TooLarge(_) => "payload_too_large",

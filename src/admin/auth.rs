@@ -1,6 +1,7 @@
-//! The TCP admin listener's bearer token.
+//! The TCP admin listener's bearer tokens: `admin.token_file`'s, with
+//! full rights, and `admin.read_token_file`'s, which may only read.
 //!
-//! The token is read from `admin.token_file` with the rest of the config
+//! Each token is read with the rest of the config
 //! (surrounding whitespace trimmed, so a trailing newline does not
 //! matter), so a reload after rotating it takes the new one at once. Requests are
 //! checked in constant time, so response timing does not reveal how much
@@ -11,6 +12,28 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rights {
+    /// Every call.
+    Full,
+    /// The calls that change nothing (see [`super::routes::only_reads`]).
+    Read,
+}
+
+/// What the bearer token `headers` carry may do under the config's `full`
+/// and `read` tokens; `None` for no token, or another one.
+pub fn rights(full: Option<&Secret>, read: Option<&Secret>, headers: &HeaderMap) -> Option<Rights> {
+    // Both are compared, so the time taken does not tell which matched.
+    let is_full = full.is_some_and(|token| admits(token, headers));
+    let is_read = read.is_some_and(|token| admits(token, headers));
+    match (is_full, is_read) {
+        (true, _) => Some(Rights::Full),
+        (false, true) => Some(Rights::Read),
+        (false, false) => None,
+    }
+}
 
 /// Whether `headers` carry `Authorization: Bearer <token>`.
 pub fn admits(token: &Secret, headers: &HeaderMap) -> bool {

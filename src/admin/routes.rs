@@ -15,6 +15,7 @@ use super::api::{
     AdminError, BypassTokenDocument, BypassTokenRequest, MaintenanceRequest, RollbackRequest,
     ServiceContext, StatusDocument, SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
+use super::auth::Rights;
 use crate::control::{Control, MaintenanceChange, Via};
 use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
 use crate::state::persist::rfc3339;
@@ -43,16 +44,12 @@ impl Router {
         Router { control, metrics }
     }
 
-    /// Whether `headers` carry the bearer token of the config in force.
-    /// Without one (a reload removed it), nothing is admitted.
-    pub fn admits(&self, headers: &http::HeaderMap) -> bool {
+    /// What the bearer token in `headers` may do under the config in
+    /// force. Without tokens (a reload removed them), nothing is admitted.
+    pub fn rights(&self, headers: &http::HeaderMap) -> Option<Rights> {
         let snapshot = self.control.state().load();
-        snapshot
-            .config
-            .admin
-            .token
-            .as_ref()
-            .is_some_and(|token| super::auth::admits(token, headers))
+        let admin = &snapshot.config.admin;
+        super::auth::rights(admin.token.as_ref(), admin.read_token.as_ref(), headers)
     }
 
     /// The config in force now: the listeners take their limits from it,
@@ -323,6 +320,12 @@ impl Router {
         };
         Ok(json(StatusCode::OK, &answer))
     }
+}
+
+/// Whether `method` on `path` is one of the calls a read-only token may
+/// make: they change nothing.
+pub fn only_reads(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/v1/status" | "/v1/maintenance/windows" | "/metrics")
 }
 
 /// The methods a known path accepts, for 405's `Allow`.

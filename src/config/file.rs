@@ -60,6 +60,7 @@ pub struct AdminSection {
     pub socket: Option<Spanned<String>>,
     pub bind: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub read_token_file: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
 }
 

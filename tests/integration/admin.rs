@@ -344,3 +344,121 @@ async fn an_admin_body_that_stalls_is_refused_after_its_deadline() {
     let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
     assert_eq!(doc["maintenance"]["enabled"], false);
 }
+
+/// One call over TCP with `token`: the status code and the body.
+async fn tcp_call(
+    addr: std::net::SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(body.to_owned()))
+        .unwrap();
+    exchange(TcpStream::connect(addr).await.unwrap(), request).await
+}
+
+#[tokio::test]
+async fn a_read_only_token_reads_and_changes_nothing() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write("admin.token", "full-rights-token\n");
+    dir.write("read.token", "read-only-token\n");
+    dir.write("bypass.secret", "0123456789abcdef0123456789abcdef\n");
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\nread_token_file = \"read.token\"\n\
+             [maintenance]\nbypass_secret_file = \"bypass.secret\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let addr = proxy.admin_tcp.expect("the TCP admin listener is bound");
+    let read = "read-only-token";
+
+    for path in ["/v1/status", "/v1/maintenance/windows", "/metrics"] {
+        let (status, body) = tcp_call(addr, read, "GET", path, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let changes = [
+        ("PUT", "/v1/maintenance", r#"{"enabled": true}"#),
+        ("POST", "/v1/switch", r#"{"to": "green", "force": true}"#),
+        ("POST", "/v1/rollback", ""),
+        ("POST", "/v1/reload", ""),
+        ("POST", "/v1/bypass-tokens", r#"{"ttl": "1h"}"#),
+        (
+            "POST",
+            "/v1/maintenance/windows",
+            r#"{"starts_at": "2030-01-01T00:00:00Z", "ends_at": "2030-01-01T01:00:00Z"}"#,
+        ),
+        ("DELETE", "/v1/maintenance/windows/w1", ""),
+        ("PATCH", "/service-context", r#"{"maintenance": true}"#),
+        ("GET", "/v1/unknown", ""),
+    ];
+    for (method, path, body) in changes {
+        let (status, answer) = tcp_call(addr, read, method, path, body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(answer.contains("\"forbidden\""), "{answer}");
+    }
+    let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["generation"], 0, "nothing changed: {doc}");
+    assert_eq!(doc["maintenance"]["enabled"], false);
+    assert_eq!(get(&proxy.url("/")).await.0, 200);
+
+    // The full token keeps every right; another token has none.
+    let (status, _) = tcp_call(
+        addr,
+        "full-rights-token",
+        "POST",
+        "/v1/bypass-tokens",
+        r#"{"ttl": "1h"}"#,
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(tcp_status(addr, "read-only-tokenX").await, 401);
+
+    // ctl with the read token: status works, a change says why it cannot.
+    let admin = format!("http://{addr}");
+    let (code, out, err) = ctl(
+        &["--admin", &admin, "status"],
+        &[("SWITCHYARD_TOKEN", read)],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("live pool"), "{out}");
+    let (code, _, err) = ctl(
+        &["--admin", &admin, "maintenance", "on"],
+        &[("SWITCHYARD_TOKEN", read)],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("forbidden") && err.contains("full admin token"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_token_equal_to_the_full_one_fails_check() {
+    let dir = TempDir::new();
+    dir.write("admin.token", "same\n");
+    dir.write("read.token", "same");
+    let config = dir.write(
+        "switchyard.toml",
+        &config_text(
+            &["127.0.0.1:1".parse().unwrap()],
+            &["127.0.0.1:2".parse().unwrap()],
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\nread_token_file = \"read.token\"\n",
+        ),
+    );
+    let (code, _, err) = check(&config).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("admin.read_token_file"), "{err}");
+}

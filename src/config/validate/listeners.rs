@@ -162,28 +162,28 @@ impl Validator<'_> {
         let token_file = section
             .and_then(|s| s.token_file.as_ref())
             .map(|t| (t.span(), self.path("admin.token_file", t)));
-        let mut token = None;
-        match (&bind, &token_file) {
-            (Some((span, _)), None) => self.problem(
+        if let (Some((span, _)), None) = (&bind, &token_file) {
+            self.problem(
                 Some(span.clone()),
                 "admin.bind: a TCP admin listener needs admin.token_file (the bearer token clients must send)",
-            ),
-            (_, Some((span, file))) => match std::fs::read_to_string(file) {
-                Ok(text) => {
-                    token = Secret::from_file_text(&text);
-                    if token.is_none() {
-                        self.problem(
-                            Some(span.clone()),
-                            format!("admin.token_file: {} is empty", file.display()),
-                        );
-                    }
-                }
-                Err(e) => self.problem(
+            );
+        }
+        let token = token_file
+            .as_ref()
+            .and_then(|(span, file)| self.token("admin.token_file", span, file));
+        let read_token_file = section
+            .and_then(|s| s.read_token_file.as_ref())
+            .map(|t| (t.span(), self.path("admin.read_token_file", t)));
+        let read_token = read_token_file
+            .as_ref()
+            .and_then(|(span, file)| self.token("admin.read_token_file", span, file));
+        if let (Some(read), Some(full), Some((span, _))) = (&read_token, &token, &read_token_file) {
+            if read == full {
+                self.problem(
                     Some(span.clone()),
-                    format!("admin.token_file: cannot read {}: {e}", file.display()),
-                ),
-            },
-            (None, None) => {}
+                    "admin.read_token_file: holds the same token as admin.token_file; a read-only token must differ from the full one",
+                );
+            }
         }
         let max_connections = self.whole_number(
             "admin.max_connections",
@@ -196,7 +196,32 @@ impl Validator<'_> {
             bind: bind.map(|(_, addr)| addr),
             token_file: token_file.map(|(_, file)| file),
             token,
+            read_token_file: read_token_file.map(|(_, file)| file),
+            read_token,
             max_connections,
+        }
+    }
+
+    /// The token in `file`, named by `key`, if it is readable and not empty.
+    fn token(&mut self, key: &str, span: &std::ops::Range<usize>, file: &Path) -> Option<Secret> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let token = Secret::from_file_text(&text);
+                if token.is_none() {
+                    self.problem(
+                        Some(span.clone()),
+                        format!("{key}: {} is empty", file.display()),
+                    );
+                }
+                token
+            }
+            Err(e) => {
+                self.problem(
+                    Some(span.clone()),
+                    format!("{key}: cannot read {}: {e}", file.display()),
+                );
+                None
+            }
         }
     }
 }
