@@ -10,6 +10,10 @@
 //!   the generation it has applied, kept under its lease: an instance that
 //!   stops renewing it (killed, frozen, cut off) stops counting once the
 //!   lease expires.
+//! - `deploy`: the running `ctl deploy`'s lock, as the control plane
+//!   encodes it, under a lease of its own: created only if absent, so one
+//!   deploy runs at a time for the whole fleet, and gone when its `ctl`
+//!   stops renewing it.
 //!
 //! This module only speaks to etcd; applying what it reads is the control
 //! plane's, through its one writer. Every call is bounded by the
@@ -81,6 +85,7 @@ pub struct Etcd {
     decisions_key: String,
     instances_prefix: String,
     instance_key: String,
+    deploy_key: String,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -112,6 +117,7 @@ impl Etcd {
             decisions_key: format!("{}/decisions", config.prefix),
             instances_prefix: format!("{}/instances/", config.prefix),
             instance_key: format!("{}/instances/{}", config.prefix, config.instance),
+            deploy_key: format!("{}/deploy", config.prefix),
         })
     }
 
@@ -256,6 +262,53 @@ impl Etcd {
             .collect();
         instances.sort();
         Ok(instances)
+    }
+
+    /// Stores the deploy lock that `value_for` makes of a new lease of
+    /// `ttl`, unless a lock is there: `Ok(Ok(lease))` when taken,
+    /// `Ok(Err(held))` with the lock already there.
+    pub async fn take_lock(
+        &self,
+        value_for: impl FnOnce(i64) -> Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Result<i64, Vec<u8>>, ClusterError> {
+        let lease = self.grant_lease(ttl).await?;
+        let value = value_for(lease);
+        let key = self.deploy_key.as_str();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let mut client = self.client.clone();
+        let response = client.txn(txn).await?;
+        if response.succeeded() {
+            return Ok(Ok(lease));
+        }
+        // Not ours to keep; it would expire by itself.
+        let _ = self.revoke(lease).await;
+        let held = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        Ok(Err(held.unwrap_or_default()))
+    }
+
+    /// The deploy lock stored now, if any.
+    pub async fn read_lock(&self) -> Result<Option<Vec<u8>>, ClusterError> {
+        let mut client = self.client.clone();
+        let response = client.get(self.deploy_key.as_str(), None).await?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Renews `lease` once: whether it was still alive.
+    pub async fn renew(&self, lease: i64) -> Result<bool, ClusterError> {
+        let (mut keeper, mut renewals) = self.keep_alive(lease).await?;
+        keeper.keep_alive().await?;
+        Ok(renewals.message().await?.is_some_and(|r| r.ttl() > 0))
     }
 
     fn decode(&self, value: &[u8], revision: i64) -> Result<Stored, ClusterError> {

@@ -13,6 +13,7 @@
 //! when `[switch]` is configured (see [`watch`]).
 
 mod commit;
+pub mod deploy;
 mod error;
 mod events;
 pub mod fleet;
@@ -80,6 +81,9 @@ pub struct Control {
     /// Last event and running watch. A std mutex: held only to read or
     /// replace a field, never across an await.
     journal: std::sync::Mutex<Journal>,
+    /// The running deploy's lock, without a fleet (a fleet's is in etcd).
+    /// Held only to read or replace it.
+    deploy: std::sync::Mutex<Option<deploy::HeldHere>>,
     /// Itself, for the watch task to call back.
     me: Weak<Control>,
 }
@@ -96,6 +100,7 @@ impl Control {
             state_file,
             writer: Mutex::new(()),
             journal: std::sync::Mutex::new(Journal::default()),
+            deploy: std::sync::Mutex::new(None),
             me: me.clone(),
         })
     }
@@ -482,6 +487,17 @@ impl Control {
                 Err(ControlError::InvalidConfig(refusal))
             }
         }
+    }
+
+    /// Probes every upstream of `pool` now (the results count as health
+    /// checks), without changing anything else.
+    pub async fn probe(&self, pool: &str) -> Result<Vec<health::ProbeResult>, ControlError> {
+        let current = self.state.load_full();
+        let target = current
+            .pools
+            .get(pool)
+            .ok_or_else(|| ControlError::UnknownPool(pool.to_owned()))?;
+        Ok(health::probe_pool(target, &current.config.health).await)
     }
 
     /// Probes `pool`; fails unless at least one upstream passes.

@@ -7,6 +7,7 @@
 //! exit code 1.
 
 mod client;
+mod deploy;
 mod render;
 
 use std::fmt::Write as _;
@@ -69,6 +70,9 @@ pub enum CtlAction {
     },
     /// Re-read the config file now.
     Reload,
+    /// Run a migration as one guarded command: check, gate, migrate,
+    /// verify, switch, ungate, watch; undone on failure or Ctrl-C.
+    Deploy(deploy::DeployArgs),
     /// Issue a bypass token (printed alone on stdout) that lets its bearer
     /// through the maintenance gate.
     BypassToken {
@@ -158,21 +162,30 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let CtlAction::Deploy(deploy) = &args.action {
+        return match endpoint(&args) {
+            Ok(endpoint) => runtime.block_on(deploy::run(&endpoint, deploy)),
+            Err(failure) => report(&failure),
+        };
+    }
     match runtime.block_on(execute(args)) {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
         }
-        Err(failure) => {
-            for line in &failure.lines {
-                eprintln!("switchyard ctl: {line}");
-            }
-            if failure.usage {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Err(failure) => report(&failure),
+    }
+}
+
+/// Prints `failure` on stderr; its exit code.
+fn report(failure: &Failure) -> ExitCode {
+    for line in &failure.lines {
+        eprintln!("switchyard ctl: {line}");
+    }
+    if failure.usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -220,6 +233,7 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             );
             Ok(format!("{}\n", issued.token))
         }
+        CtlAction::Deploy(_) => unreachable!("deploy runs on its own"),
         CtlAction::Reload => {
             let (status, body) = call(&endpoint, Method::POST, "/v1/reload", None).await?;
             let document: StatusDocument = expect_ok(status, &body, "reload")?;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin::api::Listeners;
 use crate::admin::{AdminListeners, AdminStartError, Router};
 use crate::config::Config;
 use crate::control::fleet::{Fleet, JoinError};
@@ -198,15 +199,21 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // First: until it is listened for, a SIGHUP would end the process.
         let hangups = crate::reload::on_hangup(self.control.clone());
+        let bound = Listeners {
+            public: self.local_addr(Route::Live),
+            preview: self.local_addr(Route::Preview),
+        };
         for (route, listener) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, ?route, "listening");
             }
             tokio::spawn(accept_loop(self.proxy.clone(), listener, route));
         }
-        let admin = self
-            .admin
-            .serve(Router::new(self.control.clone(), self.metrics.clone()));
+        let admin = self.admin.serve(Router::new(
+            self.control.clone(),
+            self.metrics.clone(),
+            bound,
+        ));
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
         let fleet = self.control.follow_fleet();
         let schedule = self.control.keep_schedule();

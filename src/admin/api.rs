@@ -4,15 +4,18 @@
 //! can't drift apart. Field names are fixed by the interface contract;
 //! fields may be added, never renamed or removed.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+mod status;
+
+pub use status::*;
+
 use crate::bypass;
 use crate::config::{Maintenance, MAX_RETRY_AFTER};
-use crate::control::{Control, ControlError};
+use crate::control::ControlError;
 use crate::envelope::ErrorDocument;
 use crate::state::persist::rfc3339;
 use crate::state::schedule::PlannedWindow;
@@ -228,6 +231,82 @@ pub struct BypassTokenDocument {
     pub expires_at: String,
 }
 
+/// The answer of `POST /v1/pools/{name}/probe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeDocument {
+    /// The pool probed.
+    pub pool: String,
+    /// Whether at least one upstream passed (what a switch asks).
+    pub passed: bool,
+    /// Each upstream's result, in the pool's order.
+    pub upstreams: Vec<ProbeOutcome>,
+}
+
+/// One upstream's probe in a [`ProbeDocument`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeOutcome {
+    /// `host:port`.
+    pub addr: String,
+    /// Why it did not pass, or null.
+    pub error: Option<String>,
+}
+
+/// `POST /v1/deploys`: take the deploy lock.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployLockRequest {
+    /// The pool the deploy makes live.
+    pub pool: String,
+    /// Who runs it.
+    pub holder: String,
+    /// The lock's id, to take it again after the proxy lost it (a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// `POST /v1/deploys/{id}/steps`: one step of a deploy, for the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployStep {
+    /// The step: `check`, `gate`, `migrate`, `verify`, `switch`, `ungate`,
+    /// `watch`, or `undo`.
+    pub name: String,
+    /// `started`, `ok` or `failed`.
+    pub outcome: String,
+    /// What happened, in words.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl DeployStep {
+    /// Refuses names and outcomes that are not a deploy's, and details
+    /// longer than an audit line should be.
+    pub fn check(&self) -> Result<(), AdminError> {
+        const NAMES: [&str; 8] = [
+            "check", "gate", "migrate", "verify", "switch", "ungate", "watch", "undo",
+        ];
+        if !NAMES.contains(&self.name.as_str()) {
+            return Err(AdminError::BadRequest(format!(
+                "name: `{}` is not a deploy step ({})",
+                self.name,
+                NAMES.join(", ")
+            )));
+        }
+        if !["started", "ok", "failed"].contains(&self.outcome.as_str()) {
+            return Err(AdminError::BadRequest(format!(
+                "outcome: `{}` is not started, ok or failed",
+                self.outcome
+            )));
+        }
+        if self.detail.len() > 4096 {
+            return Err(AdminError::BadRequest(
+                "detail: at most 4096 bytes".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `POST /v1/switch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,254 +333,6 @@ pub struct RollbackRequest {
 pub struct ServiceContext {
     /// The maintenance flag.
     pub maintenance: bool,
-}
-
-/// `GET /v1/status` and the answer of every successful change.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusDocument {
-    /// The pool the public listener routes to.
-    pub live_pool: String,
-    /// The pool a rollback returns to.
-    pub previous_pool: Option<String>,
-    /// The maintenance gate.
-    pub maintenance: MaintenanceStatus,
-    /// Every pool by name.
-    pub pools: BTreeMap<String, PoolStatus>,
-    /// The serving config.
-    pub config: ConfigStatus,
-    /// Increases by one with every change of the persisted decisions.
-    pub generation: u64,
-    /// The watch after the last switch, while it runs.
-    pub watch: Option<WatchDocument>,
-    /// The last change, of any kind.
-    pub last_event: Option<EventDocument>,
-    /// The fleet this instance is one of; null without `[cluster]`.
-    #[serde(default)]
-    pub cluster: Option<ClusterDocument>,
-    /// Maintenance windows not yet ended, soonest first.
-    #[serde(default)]
-    pub windows: Vec<WindowDocument>,
-}
-
-/// The cluster part of the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterDocument {
-    /// `cluster.prefix`.
-    pub prefix: String,
-    /// This instance's name.
-    pub instance: String,
-    /// Whether this instance's last exchange with etcd succeeded.
-    pub connected: bool,
-    /// Every instance with a live lease.
-    pub instances: Vec<InstanceDocument>,
-}
-
-/// One instance of the fleet.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InstanceDocument {
-    /// Its name.
-    pub name: String,
-    /// The generation of the decisions it has applied.
-    pub generation: u64,
-}
-
-/// The watch part of the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WatchDocument {
-    /// The pool watched (the new live pool).
-    pub pool: String,
-    /// When the watch ends (RFC 3339).
-    pub until: String,
-    /// Requests the pool answered since the switch.
-    pub requests: u64,
-    /// How many of them were 5xx or upstream failures.
-    pub errors: u64,
-}
-
-/// The last-event part of the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventDocument {
-    /// `switch`, `rollback`, `auto_rollback`, `auto_rollback_refused`,
-    /// `maintenance` or `reload`.
-    pub kind: String,
-    /// When (RFC 3339).
-    pub at: String,
-    /// What happened, in words.
-    pub reason: String,
-}
-
-/// The maintenance part of the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MaintenanceStatus {
-    /// Whether the gate is on.
-    pub enabled: bool,
-    /// The 503's message.
-    pub message: String,
-    /// The 503's `Retry-After`, in seconds.
-    pub retry_after_s: u64,
-    /// When the gate was turned on (RFC 3339), or null while off.
-    pub since: Option<String>,
-    /// `full` or `read_only` (reads pass).
-    #[serde(default = "full")]
-    pub mode: String,
-    /// When the gate turns itself off (RFC 3339), or null.
-    #[serde(default)]
-    pub until: Option<String>,
-}
-
-fn full() -> String {
-    MaintenanceMode::Full.as_str().to_owned()
-}
-
-/// One pool in the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PoolStatus {
-    /// Its upstreams, in config order.
-    pub upstreams: Vec<UpstreamStatus>,
-    /// Requests in flight on the pool's upstreams.
-    pub in_flight: usize,
-    /// Upgraded connections (WebSocket) open to the pool's upstreams.
-    pub tunnels: usize,
-}
-
-/// One upstream in the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UpstreamStatus {
-    /// `host:port`.
-    pub addr: String,
-    /// Whether it counts as healthy.
-    pub healthy: bool,
-    /// When it was last probed (RFC 3339), or null.
-    pub last_check: Option<String>,
-    /// Why the last probe failed, or null.
-    pub last_error: Option<String>,
-    /// Failed probes in a row.
-    pub consecutive_failures: u32,
-}
-
-/// The config part of the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConfigStatus {
-    /// The config file as named at startup.
-    pub path: String,
-    /// When the serving config was loaded (RFC 3339).
-    pub loaded_at: String,
-    /// A digest of the serving config file's text: it changes when the
-    /// file does, so two proxies (or two reloads) can be compared.
-    pub version: String,
-    /// Why the last reload failed (one problem per line), or null.
-    pub last_reload_error: Option<String>,
-    /// Every TLS certificate the listeners serve.
-    #[serde(default)]
-    pub certificates: Vec<CertificateStatus>,
-}
-
-/// One TLS certificate in the status document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CertificateStatus {
-    /// `listener` or `preview`.
-    pub listener: String,
-    /// The certificate file.
-    pub cert: String,
-    /// The DNS names it covers.
-    pub names: Vec<String>,
-    /// When it expires (RFC 3339).
-    pub not_after: String,
-}
-
-impl StatusDocument {
-    /// The status as of `snapshot`, with `control`'s watch and last event.
-    pub fn of(snapshot: &Snapshot, control: &Control) -> StatusDocument {
-        let decisions = &snapshot.decisions;
-        let m = &decisions.maintenance;
-        let pools = snapshot
-            .pools
-            .iter()
-            .map(|(name, pool)| {
-                let upstreams = pool
-                    .upstreams
-                    .iter()
-                    .map(|u| {
-                        let probes = u.probes();
-                        UpstreamStatus {
-                            addr: u.authority.to_string(),
-                            healthy: u.is_healthy(),
-                            last_check: probes.last_check.map(rfc3339),
-                            last_error: probes.last_error,
-                            consecutive_failures: probes.consecutive_failures,
-                        }
-                    })
-                    .collect();
-                (
-                    name.clone(),
-                    PoolStatus {
-                        upstreams,
-                        in_flight: pool.in_flight(),
-                        tunnels: pool.tunnels(),
-                    },
-                )
-            })
-            .collect();
-        StatusDocument {
-            live_pool: decisions.live_pool.clone(),
-            previous_pool: decisions.previous_pool.clone(),
-            maintenance: MaintenanceStatus {
-                enabled: m.enabled,
-                message: m.message(&snapshot.config.maintenance).to_owned(),
-                retry_after_s: m
-                    .retry_after_now(&snapshot.config.maintenance, SystemTime::now())
-                    .as_secs(),
-                since: m.since.map(rfc3339),
-                mode: m.mode.as_str().to_owned(),
-                until: m.until.map(rfc3339),
-            },
-            pools,
-            config: ConfigStatus {
-                path: snapshot.config.path.display().to_string(),
-                loaded_at: rfc3339(snapshot.config_info.loaded_at),
-                version: format!("{:016x}", snapshot.config.digest),
-                certificates: snapshot
-                    .config
-                    .certificates()
-                    .into_iter()
-                    .map(|(listener, c)| CertificateStatus {
-                        listener: listener.to_owned(),
-                        cert: c.cert.display().to_string(),
-                        names: c.names.clone(),
-                        not_after: rfc3339(c.not_after),
-                    })
-                    .collect(),
-                last_reload_error: snapshot
-                    .config_info
-                    .last_reload_error
-                    .as_ref()
-                    .map(|lines| lines.join("\n")),
-            },
-            generation: decisions.generation,
-            watch: control.watch_status().map(|w| WatchDocument {
-                pool: w.pool,
-                until: rfc3339(w.until),
-                requests: w.requests,
-                errors: w.errors,
-            }),
-            last_event: control.last_event().map(|e| EventDocument {
-                kind: e.kind.as_str().to_owned(),
-                at: rfc3339(e.at),
-                reason: e.reason,
-            }),
-            cluster: control.fleet_status().map(|f| ClusterDocument {
-                prefix: f.prefix,
-                instance: f.instance,
-                connected: f.connected,
-                instances: f
-                    .instances
-                    .into_iter()
-                    .map(|(name, generation)| InstanceDocument { name, generation })
-                    .collect(),
-            }),
-            windows: WindowDocument::list(snapshot),
-        }
-    }
 }
 
 /// Why the admin API refused a request.
@@ -564,7 +395,10 @@ impl AdminError {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ControlError::UnknownWindow(_) => StatusCode::NOT_FOUND,
+                ControlError::UnknownWindow(_) | ControlError::UnknownDeploy(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                ControlError::DeployRunning(_) => StatusCode::CONFLICT,
                 ControlError::Window(_) => StatusCode::BAD_REQUEST,
                 ControlError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ControlError::NotAcknowledged(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -596,6 +430,8 @@ impl AdminError {
                 ControlError::NotAcknowledged(_) => "not_acknowledged",
                 ControlError::Raced => "raced",
                 ControlError::UnknownWindow(_) => "unknown_window",
+                ControlError::UnknownDeploy(_) => "unknown_deploy",
+                ControlError::DeployRunning(_) => "deploy_running",
                 ControlError::Window(_) => "bad_request",
             },
         }

@@ -12,7 +12,8 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::api::{
-    AdminError, BypassTokenDocument, BypassTokenRequest, MaintenanceRequest, RollbackRequest,
+    AdminError, BypassTokenDocument, BypassTokenRequest, DeployDocument, DeployLockRequest,
+    DeployStep, Listeners, MaintenanceRequest, ProbeDocument, ProbeOutcome, RollbackRequest,
     ServiceContext, StatusDocument, SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
 use super::auth::Rights;
@@ -33,15 +34,30 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 pub struct Router {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
+    listeners: Listeners,
 }
 
 /// An admin answer.
 pub type AdminResponse = Response<Full<Bytes>>;
 
 impl Router {
-    /// A router over the control plane and the metrics.
-    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>) -> Router {
-        Router { control, metrics }
+    /// A router over the control plane and the metrics, for a proxy
+    /// whose listeners are bound to `listeners`.
+    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>, listeners: Listeners) -> Router {
+        Router {
+            control,
+            metrics,
+            listeners,
+        }
+    }
+
+    /// The status document as of `snapshot`, as a 200.
+    async fn status_of(&self, snapshot: &Snapshot) -> AdminResponse {
+        let deploy = self.control.running_deploy().await;
+        json(
+            StatusCode::OK,
+            &StatusDocument::of(snapshot, &self.control, self.listeners, deploy),
+        )
     }
 
     /// What the bearer token in `headers` may do under the config in
@@ -145,6 +161,53 @@ impl Router {
                 self.plan_window(required(self.read_body(body).await?)?, via)
                     .await
             }
+            (&Method::POST, path) if probe_pool(path).is_some() => {
+                let pool = probe_pool(path).expect("matched above");
+                let results = self.control.probe(pool).await?;
+                let upstreams: Vec<ProbeOutcome> = results
+                    .iter()
+                    .map(|r| ProbeOutcome {
+                        addr: r.upstream.to_string(),
+                        error: r.outcome.as_ref().err().map(ToString::to_string),
+                    })
+                    .collect();
+                Ok(json(
+                    StatusCode::OK,
+                    &ProbeDocument {
+                        pool: pool.to_owned(),
+                        passed: upstreams.iter().any(|u| u.error.is_none()),
+                        upstreams,
+                    },
+                ))
+            }
+            (&Method::POST, "/v1/deploys") => {
+                let request: DeployLockRequest = required(self.read_body(body).await?)?;
+                let lock = self
+                    .control
+                    .take_deploy_lock(&request.pool, &request.holder, request.id)
+                    .await?;
+                info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "taken", deploy = %lock.id, pool = %lock.pool, holder = ?lock.holder, "deploy lock taken");
+                Ok(json(StatusCode::CREATED, &DeployDocument::of(lock)))
+            }
+            (&Method::PUT, path) if deploy_id(path).is_some() => {
+                let id = deploy_id(path).expect("matched above");
+                let lock = self.control.renew_deploy_lock(id).await?;
+                Ok(json(StatusCode::OK, &DeployDocument::of(lock)))
+            }
+            (&Method::DELETE, path) if deploy_id(path).is_some() => {
+                let id = deploy_id(path).expect("matched above");
+                self.control.release_deploy_lock(id).await?;
+                info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "released", deploy = %id, "deploy lock released");
+                Ok(no_content())
+            }
+            (&Method::POST, path) if deploy_steps_id(path).is_some() => {
+                let id = deploy_steps_id(path).expect("matched above");
+                let step: DeployStep = required(self.read_body(body).await?)?;
+                step.check()?;
+                // Debug-quoted: a newline in a detail must not forge a line.
+                info!(target: "audit", %via, change = "deploy", deploy = %id, step = %step.name, outcome = %step.outcome, detail = ?step.detail, "deploy step {} {}", step.name, step.outcome);
+                Ok(no_content())
+            }
             (&Method::DELETE, path) if window_id(path).is_some() => {
                 let id = window_id(path).expect("matched above");
                 self.cancel_window(id, via).await
@@ -169,10 +232,7 @@ impl Router {
         // In a fleet, each instance's generation as etcd has it now.
         self.control.refresh_fleet().await;
         let snapshot = self.control.state().load_full();
-        json(
-            StatusCode::OK,
-            &StatusDocument::of(&snapshot, &self.control),
-        )
+        self.status_of(&snapshot).await
     }
 
     /// `PUT /v1/maintenance`.
@@ -189,19 +249,13 @@ impl Router {
             message: request.message,
         };
         let snapshot = self.control.set_maintenance(change, via).await?;
-        Ok(json(
-            StatusCode::OK,
-            &StatusDocument::of(&snapshot, &self.control),
-        ))
+        Ok(self.status_of(&snapshot).await)
     }
 
     /// `POST /v1/switch`.
     async fn switch(&self, request: SwitchRequest, via: Via) -> Result<AdminResponse, AdminError> {
         let snapshot = self.control.switch(&request.to, request.force, via).await?;
-        Ok(json(
-            StatusCode::OK,
-            &StatusDocument::of(&snapshot, &self.control),
-        ))
+        Ok(self.status_of(&snapshot).await)
     }
 
     /// `POST /v1/rollback`.
@@ -211,19 +265,13 @@ impl Router {
         via: Via,
     ) -> Result<AdminResponse, AdminError> {
         let snapshot = self.control.rollback(request.force, via).await?;
-        Ok(json(
-            StatusCode::OK,
-            &StatusDocument::of(&snapshot, &self.control),
-        ))
+        Ok(self.status_of(&snapshot).await)
     }
 
     /// `POST /v1/reload`.
     async fn reload(&self, via: Via) -> Result<AdminResponse, AdminError> {
         let snapshot = self.control.reload(via).await?;
-        Ok(json(
-            StatusCode::OK,
-            &StatusDocument::of(&snapshot, &self.control),
-        ))
+        Ok(self.status_of(&snapshot).await)
     }
 
     /// `GET /v1/maintenance/windows`.
@@ -253,9 +301,7 @@ impl Router {
     /// `DELETE /v1/maintenance/windows/{id}`.
     async fn cancel_window(&self, id: &str, via: Via) -> Result<AdminResponse, AdminError> {
         self.control.cancel_window(id, via).await?;
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        Ok(response)
+        Ok(no_content())
     }
 
     /// `POST /v1/bypass-tokens`: a token signed, not stored, so nothing
@@ -336,10 +382,32 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/switch" | "/v1/rollback" | "/v1/reload" => Some("POST"),
         "/service-context" => Some("PATCH"),
         "/v1/maintenance/windows" => Some("GET, POST"),
-        "/v1/bypass-tokens" => Some("POST"),
+        "/v1/bypass-tokens" | "/v1/deploys" => Some("POST"),
+        path if deploy_id(path).is_some() => Some("PUT, DELETE"),
+        path if deploy_steps_id(path).is_some() || probe_pool(path).is_some() => Some("POST"),
         path if window_id(path).is_some() => Some("DELETE"),
         _ => None,
     }
+}
+
+/// The `{name}` of `/v1/pools/{name}/probe`.
+fn probe_pool(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/pools/")?
+        .strip_suffix("/probe")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// The `{id}` of `/v1/deploys/{id}`.
+fn deploy_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/deploys/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The `{id}` of `/v1/deploys/{id}/steps`.
+fn deploy_steps_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/deploys/")?
+        .strip_suffix("/steps")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// The `{id}` of `/v1/maintenance/windows/{id}`.
@@ -375,6 +443,13 @@ fn optional<T: DeserializeOwned>(body: Bytes) -> Result<Option<T>, AdminError> {
 /// The answer to a refused admin call.
 pub fn error_response(error: &AdminError) -> AdminResponse {
     json(error.status(), &error.document())
+}
+
+/// A `204 No Content`.
+fn no_content() -> AdminResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
 }
 
 /// A JSON answer.
@@ -451,6 +526,10 @@ mod tests {
         Router::new(
             Control::new(Arc::new(SharedState::new(snapshot)), None),
             metrics,
+            Listeners {
+                public: None,
+                preview: None,
+            },
         )
     }
 

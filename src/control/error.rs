@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::deploy::DeployLock;
 use crate::config::ConfigError;
 use crate::health::ProbeResult;
 use crate::state::persist::PersistError;
@@ -63,6 +64,13 @@ pub enum ControlError {
     /// No planned window has this id.
     #[error("no window `{0}` is planned")]
     UnknownWindow(String),
+    /// Another deploy holds the deploy lock.
+    #[error("a deploy of `{}` by {} is running since {} (lock {}); wait for it to end, or for its lock to lapse {}s after its ctl stops", .0.pool, .0.holder, .0.started_at, .0.id, super::deploy::LOCK_TTL.as_secs())]
+    DeployRunning(DeployLock),
+    /// No deploy holds the lock under this id (it lapsed, or the proxy
+    /// restarted).
+    #[error("no deploy holds lock `{0}` (it lapsed, was released, or the proxy restarted)")]
+    UnknownDeploy(String),
     /// The window cannot be planned as asked.
     #[error(transparent)]
     Window(#[from] WindowRefusal),

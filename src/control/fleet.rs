@@ -202,6 +202,11 @@ impl Fleet {
         *self.instances.lock().expect("instances lock") = instances;
     }
 
+    /// The fleet's etcd, for the deploy lock.
+    pub(super) fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
     /// This instance's name.
     pub fn instance(&self) -> &str {
         &self.config.instance

@@ -416,3 +416,60 @@ async fn a_window_planned_through_one_instance_runs_once_on_all() {
         assert_eq!(doc["windows"], serde_json::json!([]));
     }
 }
+
+#[tokio::test]
+async fn a_deploy_through_one_instance_locks_out_a_deploy_through_another() {
+    let fleet = TestFleet::start().await;
+    let a = fleet.instance("a").await;
+    let b = fleet.instance("b").await;
+    registered(&a, 2).await;
+    let scratch = TempDir::new();
+    let waiting = scratch.path().join("waiting");
+    let proceed = scratch.path().join("proceed");
+    let migrate = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+        waiting.display(),
+        proceed.display()
+    );
+    let deploy = |admin: &std::path::Path, migrate: Option<&str>| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .arg("ctl")
+            .arg("--admin")
+            .arg(admin)
+            .args(["deploy", "green"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(migrate) = migrate {
+            command.args(["--migrate", migrate]);
+        }
+        command.spawn().unwrap()
+    };
+    let first = deploy(&a.admin, Some(&migrate));
+    let path = waiting.clone();
+    eventually("the migration started", move || path.exists()).await;
+    let (_, doc) = b.admin("GET", "/v1/status", None).await;
+    assert_eq!(doc["deploy"]["pool"], "green", "b sees a's deploy: {doc}");
+    let second = within(deploy(&b.admin, None).wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("deploy_running"), "{err}");
+    std::fs::write(&proceed, "").unwrap();
+    let first = within(first.wait_with_output()).await.unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(serving(&b).await, "green");
+    let (_, doc) = b.admin("GET", "/v1/status", None).await;
+    assert_eq!(
+        doc["deploy"],
+        serde_json::Value::Null,
+        "released for the fleet"
+    );
+}

@@ -20,6 +20,8 @@
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
 //! - `windows`: maintenance windows planned ahead.
 //! - `bypass`: bypass tokens through the gate.
+//! - `deploy`: `ctl deploy` with real shell commands as migration and
+//!   verification.
 //! - `cluster`: a fleet of instances holding one decision through a real
 //!   etcd.
 
@@ -27,6 +29,7 @@ mod admin;
 mod bypass;
 mod cluster;
 mod ctl;
+mod deploy;
 mod durability;
 mod failures;
 mod front_door;

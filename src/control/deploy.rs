@@ -1,0 +1,214 @@
+//! The deploy lock: while a `ctl deploy` runs, a second one against the
+//! same proxy (or any instance of its fleet) is refused, naming the first.
+//!
+//! The lock is not a decision: it is not in the state file and moves no
+//! generation. Its `ctl` renews it every few seconds; when the `ctl` dies,
+//! the lock lapses [`LOCK_TTL`] after its last renewal. One process keeps
+//! it in memory; a fleet keeps it in etcd under a lease of its own, so
+//! every instance sees the same lock.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use super::{Control, ControlError};
+use crate::state::persist::rfc3339;
+
+/// How long a lock holds after its last renewal.
+pub const LOCK_TTL: Duration = Duration::from_secs(10);
+
+/// A running deploy, as the lock records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployLock {
+    /// The lock's id: the deploy's `ctl` renews and releases it by it.
+    pub id: String,
+    /// The pool the deploy makes live.
+    pub pool: String,
+    /// Who runs it (`user@host pid N`, as its `ctl` says).
+    pub holder: String,
+    /// When it began (RFC 3339).
+    pub started_at: String,
+    /// In a fleet, the lease that keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+}
+
+/// The lock of one process, with when it lapses.
+#[derive(Debug)]
+pub(super) struct HeldHere {
+    lock: DeployLock,
+    lapses_at: Instant,
+}
+
+impl Control {
+    /// Takes the deploy lock for a deploy of `pool` by `holder`; with `id`,
+    /// takes it again under that id (after a restart of the proxy lost it),
+    /// if no other deploy took it meanwhile.
+    pub async fn take_deploy_lock(
+        &self,
+        pool: &str,
+        holder: &str,
+        id: Option<String>,
+    ) -> Result<DeployLock, ControlError> {
+        let mut lock = DeployLock {
+            id: id.unwrap_or_else(new_id),
+            pool: pool.to_owned(),
+            holder: holder.to_owned(),
+            started_at: rfc3339(SystemTime::now()),
+            lease: None,
+        };
+        match &self.fleet {
+            None => {
+                let mut held = self.deploy_lock_here();
+                match held.as_ref() {
+                    Some(other) if other.lapses_at > Instant::now() && other.lock.id != lock.id => {
+                        return Err(ControlError::DeployRunning(other.lock.clone()));
+                    }
+                    _ => {}
+                }
+                *held = Some(HeldHere {
+                    lock: lock.clone(),
+                    lapses_at: Instant::now() + LOCK_TTL,
+                });
+                Ok(lock)
+            }
+            Some(fleet) => {
+                let etcd = fleet.etcd();
+                let unavailable = |e: crate::cluster::ClusterError| {
+                    ControlError::ClusterUnavailable(format!("the deploy lock: {e}"))
+                };
+                // The record names the lease that keeps it, so any
+                // instance can renew it.
+                let taken = etcd
+                    .take_lock(
+                        |lease| {
+                            lock.lease = Some(lease);
+                            encode(&lock)
+                        },
+                        LOCK_TTL,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                match taken {
+                    Ok(_) => Ok(lock),
+                    Err(held) => match decode(&held) {
+                        Some(other) if other.id == lock.id => {
+                            // Ours already (a retry): renew it.
+                            self.renew_deploy_lock(&lock.id).await
+                        }
+                        Some(other) => Err(ControlError::DeployRunning(other)),
+                        None => Err(ControlError::ClusterUnavailable(
+                            "the deploy lock in etcd is unreadable; delete its key by hand"
+                                .to_owned(),
+                        )),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Renews the deploy lock `id` for another [`LOCK_TTL`].
+    pub async fn renew_deploy_lock(&self, id: &str) -> Result<DeployLock, ControlError> {
+        let unknown = || ControlError::UnknownDeploy(id.to_owned());
+        match &self.fleet {
+            None => {
+                let mut held = self.deploy_lock_here();
+                match held.as_mut() {
+                    Some(here) if here.lock.id == id && here.lapses_at > Instant::now() => {
+                        here.lapses_at = Instant::now() + LOCK_TTL;
+                        Ok(here.lock.clone())
+                    }
+                    _ => Err(unknown()),
+                }
+            }
+            Some(fleet) => {
+                let lock = self
+                    .fleet_lock()
+                    .await?
+                    .filter(|l| l.id == id)
+                    .ok_or_else(unknown)?;
+                let lease = lock.lease.ok_or_else(unknown)?;
+                let alive = fleet.etcd().renew(lease).await.map_err(|e| {
+                    ControlError::ClusterUnavailable(format!("renewing the deploy lock: {e}"))
+                })?;
+                if alive {
+                    Ok(lock)
+                } else {
+                    Err(unknown())
+                }
+            }
+        }
+    }
+
+    /// Releases the deploy lock `id`.
+    pub async fn release_deploy_lock(&self, id: &str) -> Result<(), ControlError> {
+        let unknown = || ControlError::UnknownDeploy(id.to_owned());
+        match &self.fleet {
+            None => {
+                let mut held = self.deploy_lock_here();
+                match held.as_ref() {
+                    Some(here) if here.lock.id == id => {
+                        *held = None;
+                        Ok(())
+                    }
+                    _ => Err(unknown()),
+                }
+            }
+            Some(fleet) => {
+                let lock = self
+                    .fleet_lock()
+                    .await?
+                    .filter(|l| l.id == id)
+                    .ok_or_else(unknown)?;
+                let lease = lock.lease.ok_or_else(unknown)?;
+                // The key goes with its lease.
+                fleet.etcd().revoke(lease).await.map_err(|e| {
+                    ControlError::ClusterUnavailable(format!("releasing the deploy lock: {e}"))
+                })
+            }
+        }
+    }
+
+    /// The deploy running now, if any (`None` too when etcd cannot say).
+    pub async fn running_deploy(&self) -> Option<DeployLock> {
+        match &self.fleet {
+            None => self
+                .deploy_lock_here()
+                .as_ref()
+                .filter(|here| here.lapses_at > Instant::now())
+                .map(|here| here.lock.clone()),
+            Some(_) => self.fleet_lock().await.ok().flatten(),
+        }
+    }
+
+    async fn fleet_lock(&self) -> Result<Option<DeployLock>, ControlError> {
+        let fleet = self.fleet.as_ref().expect("only called in a fleet");
+        let value = fleet.etcd().read_lock().await.map_err(|e| {
+            ControlError::ClusterUnavailable(format!("reading the deploy lock: {e}"))
+        })?;
+        Ok(value.as_deref().and_then(decode))
+    }
+
+    fn deploy_lock_here(&self) -> std::sync::MutexGuard<'_, Option<HeldHere>> {
+        self.deploy.lock().expect("deploy lock poisoned")
+    }
+}
+
+fn encode(lock: &DeployLock) -> Vec<u8> {
+    serde_json::to_vec(lock).expect("a lock serializes")
+}
+
+fn decode(value: &[u8]) -> Option<DeployLock> {
+    serde_json::from_slice(value).ok()
+}
+
+/// A fresh lock id: 64 random bits, so two `ctl`s never pick the same.
+fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random source works");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("d-{hex}")
+}
