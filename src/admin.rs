@@ -10,6 +10,15 @@
 //! | `POST /v1/reload` | re-read the config file |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `PATCH /service-context` | the maintenance flag, for existing pipelines |
+//! | `GET`, `POST /v1/maintenance/windows` | list or plan maintenance windows |
+//! | `DELETE /v1/maintenance/windows/{id}` | cancel a window |
+//! | `POST /v1/bypass-tokens` | issue a bypass token (`ttl`, `label`) |
+//! | `POST /v1/pools/{name}/probe` | probe a pool's upstreams now |
+//! | `POST /v1/deploys`, `PUT`/`DELETE /v1/deploys/{id}` | take, renew, release the deploy lock |
+//! | `POST /v1/deploys/{id}/steps` | a deploy step, for the audit log |
+//!
+//! On TCP, `admin.token_file`'s token may do all of it; `admin.read_token_file`'s
+//! only the `GET`s of status, windows and metrics (`403 forbidden` otherwise).
 //!
 //! The unix socket is created with mode 0600: it is bound under a temporary
 //! name, restricted, then renamed into place, so there is no moment when
@@ -19,6 +28,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod resource;
 pub mod routes;
 
 use std::convert::Infallible;
@@ -43,6 +53,7 @@ use crate::shutdown::StopOnDrop;
 use crate::state::persist::replace_by_rename;
 use api::AdminError;
 use auth::Rights;
+use resource::Resource;
 pub use routes::Router;
 
 /// Why the admin API could not start.
@@ -272,7 +283,8 @@ where
             let refusal = match rights {
                 None => Some(AdminError::Unauthorized),
                 Some(Rights::Read)
-                    if !routes::only_reads(request.method(), request.uri().path()) =>
+                    if !Resource::of(request.uri().path())
+                        .is_some_and(|r| r.only_reads(request.method())) =>
                 {
                     Some(AdminError::Forbidden {
                         method: request.method().clone(),

@@ -12,12 +12,14 @@
 //! upstream (see [`strip`]), gate on or off, so the application never sees
 //! a pass it did not issue.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue, COOKIE};
 use http::HeaderMap;
+use memchr::memmem;
 use ring::hmac;
 
 /// The header that carries a token.
@@ -88,15 +90,23 @@ pub fn token_in(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(&HEADER) {
         return value.to_str().ok().map(str::trim);
     }
+    // Cookies are read as bytes: a browser sends raw UTF-8 in other
+    // cookies' values, and that must not hide ours.
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
+        .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
         .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE_NAME).then(|| value.trim_matches('"'))
+            let value = ours(pair)?;
+            std::str::from_utf8(value).ok().map(|v| v.trim_matches('"'))
         })
+}
+
+/// The value of `pair` (`name=value`, as a `Cookie` header lists them) if
+/// it is the bypass cookie.
+fn ours(pair: &[u8]) -> Option<&[u8]> {
+    let at = pair.iter().position(|b| *b == b'=')?;
+    (pair[..at].trim_ascii() == COOKIE_NAME.as_bytes()).then(|| pair[at + 1..].trim_ascii())
 }
 
 /// Removes the bypass header and cookie from a request's headers, keeping
@@ -104,10 +114,12 @@ pub fn token_in(headers: &HeaderMap) -> Option<&str> {
 pub fn strip(headers: &mut HeaderMap) {
     headers.remove(&HEADER);
     // Most requests carry no such cookie: one scan, no allocation.
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(COOKIE_NAME));
     let carries = headers
         .get_all(COOKIE)
         .iter()
-        .any(|value| contains(value.as_bytes(), COOKIE_NAME.as_bytes()));
+        .any(|value| FINDER.find(value.as_bytes()).is_some());
     if !carries {
         return;
     }
@@ -115,22 +127,15 @@ pub fn strip(headers: &mut HeaderMap) {
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| {
-            let Ok(text) = value.to_str() else {
-                // Not text: no cookie of ours can be parsed out of it, and
-                // the application reads it as it would have.
-                return Some(value.clone());
-            };
-            let pairs: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
-                .filter(|pair| {
-                    !pair.is_empty()
-                        && pair.split_once('=').map_or(*pair, |(name, _)| name.trim())
-                            != COOKIE_NAME
-                })
+            let pairs: Vec<&[u8]> = value
+                .as_bytes()
+                .split(|b| *b == b';')
+                .map(<[u8]>::trim_ascii)
+                .filter(|pair| !pair.is_empty() && ours(pair).is_none())
                 .collect();
-            (!pairs.is_empty())
-                .then(|| HeaderValue::from_str(&pairs.join("; ")).expect("parts of a valid value"))
+            (!pairs.is_empty()).then(|| {
+                HeaderValue::from_bytes(&pairs.join(&b"; "[..])).expect("parts of a valid value")
+            })
         })
         .collect();
     headers.remove(COOKIE);
@@ -150,10 +155,6 @@ pub fn set_cookie(token: &str, expires_at: SystemTime, secure: bool) -> HeaderVa
         "{COOKIE_NAME}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
     ))
     .expect("a token is made of URL-safe characters")
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -212,6 +213,15 @@ mod tests {
         assert!(!headers.contains_key(&HEADER));
         let cookies: Vec<_> = headers.get_all(COOKIE).iter().collect();
         assert_eq!(cookies, ["a=1; b=2", "c=3"]);
+        // Raw UTF-8 in another cookie hides nothing.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_bytes("name=Zoë; switchyard_bypass=T".as_bytes()).unwrap(),
+        );
+        assert_eq!(token_in(&headers), Some("T"));
+        strip(&mut headers);
+        assert_eq!(headers[COOKIE].as_bytes(), "name=Zoë".as_bytes());
         // A cookie that merely contains the name is kept.
         let mut headers = HeaderMap::new();
         headers.insert(COOKIE, HeaderValue::from_static("not_switchyard_bypass=1"));

@@ -43,6 +43,9 @@ pub enum ClusterError {
     /// etcd did not answer, or answered with an error.
     #[error("etcd is unreachable: {0}")]
     Unreachable(#[from] etcd_client::Error),
+    /// etcd did not answer within the time given.
+    #[error("etcd did not answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
     /// The decisions in etcd are not in a format this version reads.
     #[error("the decisions in etcd at {key} are unreadable: {reason}")]
     Unreadable {
@@ -304,11 +307,18 @@ impl Etcd {
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    /// Renews `lease` once: whether it was still alive.
-    pub async fn renew(&self, lease: i64) -> Result<bool, ClusterError> {
-        let (mut keeper, mut renewals) = self.keep_alive(lease).await?;
-        keeper.keep_alive().await?;
-        Ok(renewals.message().await?.is_some_and(|r| r.ttl() > 0))
+    /// Renews `lease` once, within `timeout` (a stream's answer is not
+    /// bounded by the connection's request timeout): whether it was still
+    /// alive.
+    pub async fn renew(&self, lease: i64, timeout: Duration) -> Result<bool, ClusterError> {
+        let renewal = async {
+            let (mut keeper, mut renewals) = self.keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            Ok(renewals.message().await?.is_some_and(|r| r.ttl() > 0))
+        };
+        tokio::time::timeout(timeout, renewal)
+            .await
+            .unwrap_or(Err(ClusterError::TimedOut(timeout)))
     }
 
     fn decode(&self, value: &[u8], revision: i64) -> Result<Stored, ClusterError> {

@@ -213,6 +213,18 @@ impl Secret {
         (!token.is_empty()).then(|| Secret(token.as_bytes().to_vec()))
     }
 
+    /// A key file's bytes as they are, binary or not, but for one final
+    /// newline (`\n` or `\r\n`), which editors and `echo` add.
+    pub fn from_file_bytes(mut bytes: Vec<u8>) -> Secret {
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        Secret(bytes)
+    }
+
     /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -23,6 +23,7 @@ use crate::admin::api::{
     SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
 use crate::config::DEFAULT_CONFIG_PATH;
+use crate::state::persist::rfc3339;
 use client::{call, endpoint, expect_done, expect_ok, json_body, Failure};
 use render::{pools_line, render_status, window_line};
 
@@ -145,11 +146,6 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
     })
 }
 
-/// `time` as the admin API takes it.
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 /// Runs one `ctl` command.
 pub fn run(args: CtlArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -262,13 +258,7 @@ async fn maintenance(
             mode: read_only.then(|| "read_only".to_owned()),
             until: until.map(rfc3339),
         },
-        MaintenanceAction::Off => MaintenanceRequest {
-            enabled: false,
-            message: None,
-            retry_after: None,
-            mode: None,
-            until: None,
-        },
+        MaintenanceAction::Off => MaintenanceRequest::off(),
         MaintenanceAction::Schedule {
             from,
             until,
@@ -303,7 +293,8 @@ async fn maintenance(
             return Ok(out);
         }
         MaintenanceAction::Cancel { id } => {
-            if id.is_empty() || id.contains(['/', '?', '#']) || id.chars().any(char::is_control) {
+            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if id.is_empty() || !id.chars().all(valid) {
                 return Err(Failure {
                     lines: vec![format!(
                         "`{id}` is not a window id; `maintenance windows` lists them"

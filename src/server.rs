@@ -107,7 +107,7 @@ impl Server {
         // (A fleet's are changed by whichever instance's clock gets there
         // first.)
         let decisions = match &config.cluster {
-            None => end_if_due(&state_file, decisions, watch.as_ref())?,
+            None => catch_up_on_the_clock(&state_file, decisions, watch.as_ref())?,
             Some(_) => decisions,
         };
         // A fleet's decisions are the ones in etcd; this instance's state
@@ -280,7 +280,7 @@ fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
 /// `decisions` with every change the clock made while the process was
 /// stopped (the gate's end, a window's start), saved with one more
 /// generation, as if it had been running.
-fn end_if_due(
+fn catch_up_on_the_clock(
     state_file: &Path,
     decisions: Decisions,
     watch: Option<&crate::state::PendingWatch>,

@@ -18,7 +18,7 @@ use crate::config::{Maintenance, MAX_RETRY_AFTER};
 use crate::control::ControlError;
 use crate::envelope::ErrorDocument;
 use crate::state::persist::rfc3339;
-use crate::state::schedule::PlannedWindow;
+use crate::state::schedule::{whole_second, PlannedWindow, MAX_MESSAGE_BYTES};
 use crate::state::{MaintenanceMode, Snapshot, Window};
 
 /// `PUT /v1/maintenance`.
@@ -43,6 +43,17 @@ pub struct MaintenanceRequest {
 }
 
 impl MaintenanceRequest {
+    /// `{"enabled": false}`: maintenance off.
+    pub fn off() -> MaintenanceRequest {
+        MaintenanceRequest {
+            enabled: false,
+            message: None,
+            retry_after: None,
+            mode: None,
+            until: None,
+        }
+    }
+
     /// The requested end, if any: a time to come.
     pub fn until(&self) -> Result<Option<SystemTime>, AdminError> {
         let Some(text) = &self.until else {
@@ -94,13 +105,17 @@ fn parse_mode(text: Option<&str>) -> Result<MaintenanceMode, AdminError> {
     }
 }
 
-/// The RFC 3339 time `text` of the field `field`.
+/// The RFC 3339 time `text` of the field `field`, to the whole second
+/// (what the state file and a fleet's copy hold, so that every copy of a
+/// decision is the same).
 fn parse_time(field: &str, text: &str) -> Result<SystemTime, AdminError> {
-    humantime::parse_rfc3339_weak(text).map_err(|e| {
-        AdminError::BadRequest(format!(
-            "{field}: `{text}` is not an RFC 3339 time ({e}); write it like \"2026-12-01T10:30:00Z\""
-        ))
-    })
+    humantime::parse_rfc3339_weak(text)
+        .map(whole_second)
+        .map_err(|e| {
+            AdminError::BadRequest(format!(
+                "{field}: `{text}` is not an RFC 3339 time ({e}); write it like \"2026-12-01T10:30:00Z\""
+            ))
+        })
 }
 
 /// `POST /v1/maintenance/windows`.
@@ -123,6 +138,15 @@ impl WindowRequest {
     /// The window asked for, its fields parsed (the control plane checks
     /// it against the others).
     pub fn planned(&self) -> Result<PlannedWindow, AdminError> {
+        if self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_MESSAGE_BYTES)
+        {
+            return Err(AdminError::BadRequest(format!(
+                "message: at most {MAX_MESSAGE_BYTES} bytes"
+            )));
+        }
         Ok(PlannedWindow {
             starts_at: parse_time("starts_at", &self.starts_at)?,
             ends_at: parse_time("ends_at", &self.ends_at)?,

@@ -17,7 +17,8 @@ use super::api::{
     ServiceContext, StatusDocument, SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
 use super::auth::Rights;
-use crate::control::{Control, MaintenanceChange, Via};
+use super::resource::Resource;
+use crate::control::{Control, ControlError, MaintenanceChange, Via};
 use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
 use crate::state::persist::rfc3339;
 use crate::state::schedule::whole_second;
@@ -121,10 +122,10 @@ impl Router {
                 }
                 let mut response = error_response(&error);
                 if let AdminError::MethodNotAllowed { .. } = error {
-                    if let Some(allow) = allowed_methods(&path) {
+                    if let Some(resource) = Resource::of(&path) {
                         response
                             .headers_mut()
-                            .insert(ALLOW, HeaderValue::from_static(allow));
+                            .insert(ALLOW, HeaderValue::from_static(resource.allowed_methods()));
                     }
                 }
                 response
@@ -138,93 +139,114 @@ impl Router {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = request.into_parts();
-        match (&parts.method, parts.uri.path()) {
-            (&Method::GET, "/v1/status") => Ok(self.status().await),
-            (&Method::PUT, "/v1/maintenance") => {
+        let path = parts.uri.path();
+        let Some(resource) = Resource::of(path) else {
+            return Err(AdminError::NotFound(path.to_owned()));
+        };
+        match (&parts.method, resource) {
+            (&Method::GET, Resource::Status) => Ok(self.status().await),
+            (&Method::PUT, Resource::Maintenance) => {
                 self.maintenance(required(self.read_body(body).await?)?, via)
                     .await
             }
-            (&Method::POST, "/v1/switch") => {
+            (&Method::POST, Resource::Switch) => {
                 self.switch(required(self.read_body(body).await?)?, via)
                     .await
             }
-            (&Method::POST, "/v1/rollback") => {
+            (&Method::POST, Resource::Rollback) => {
                 let request = optional(self.read_body(body).await?)?.unwrap_or_default();
                 self.rollback(request, via).await
             }
-            (&Method::POST, "/v1/reload") => self.reload(via).await,
-            (&Method::GET, "/v1/maintenance/windows") => Ok(self.windows()),
-            (&Method::POST, "/v1/bypass-tokens") => {
-                self.bypass_token(required(self.read_body(body).await?)?, via)
-            }
-            (&Method::POST, "/v1/maintenance/windows") => {
+            (&Method::POST, Resource::Reload) => self.reload(via).await,
+            (&Method::GET, Resource::Windows) => Ok(self.windows()),
+            (&Method::POST, Resource::Windows) => {
                 self.plan_window(required(self.read_body(body).await?)?, via)
                     .await
             }
-            (&Method::POST, path) if probe_pool(path).is_some() => {
-                let pool = probe_pool(path).expect("matched above");
-                let results = self.control.probe(pool).await?;
-                let upstreams: Vec<ProbeOutcome> = results
-                    .iter()
-                    .map(|r| ProbeOutcome {
-                        addr: r.upstream.to_string(),
-                        error: r.outcome.as_ref().err().map(ToString::to_string),
-                    })
-                    .collect();
-                Ok(json(
-                    StatusCode::OK,
-                    &ProbeDocument {
-                        pool: pool.to_owned(),
-                        passed: upstreams.iter().any(|u| u.error.is_none()),
-                        upstreams,
-                    },
-                ))
+            (&Method::DELETE, Resource::Window(id)) => self.cancel_window(id, via).await,
+            (&Method::POST, Resource::BypassTokens) => {
+                self.bypass_token(required(self.read_body(body).await?)?, via)
             }
-            (&Method::POST, "/v1/deploys") => {
-                let request: DeployLockRequest = required(self.read_body(body).await?)?;
-                let lock = self
-                    .control
-                    .take_deploy_lock(&request.pool, &request.holder, request.id)
-                    .await?;
-                info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "taken", deploy = %lock.id, pool = %lock.pool, holder = ?lock.holder, "deploy lock taken");
-                Ok(json(StatusCode::CREATED, &DeployDocument::of(lock)))
+            (&Method::POST, Resource::PoolProbe(pool)) => self.probe(pool).await,
+            (&Method::POST, Resource::Deploys) => {
+                self.take_deploy_lock(required(self.read_body(body).await?)?, via)
+                    .await
             }
-            (&Method::PUT, path) if deploy_id(path).is_some() => {
-                let id = deploy_id(path).expect("matched above");
+            (&Method::PUT, Resource::Deploy(id)) => {
                 let lock = self.control.renew_deploy_lock(id).await?;
                 Ok(json(StatusCode::OK, &DeployDocument::of(lock)))
             }
-            (&Method::DELETE, path) if deploy_id(path).is_some() => {
-                let id = deploy_id(path).expect("matched above");
+            (&Method::DELETE, Resource::Deploy(id)) => {
                 self.control.release_deploy_lock(id).await?;
                 info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "released", deploy = %id, "deploy lock released");
                 Ok(no_content())
             }
-            (&Method::POST, path) if deploy_steps_id(path).is_some() => {
-                let id = deploy_steps_id(path).expect("matched above");
-                let step: DeployStep = required(self.read_body(body).await?)?;
-                step.check()?;
-                // Debug-quoted: a newline in a detail must not forge a line.
-                info!(target: "audit", %via, change = "deploy", deploy = %id, step = %step.name, outcome = %step.outcome, detail = ?step.detail, "deploy step {} {}", step.name, step.outcome);
-                Ok(no_content())
+            (&Method::POST, Resource::DeploySteps(id)) => {
+                self.deploy_step(id, required(self.read_body(body).await?)?, via)
+                    .await
             }
-            (&Method::DELETE, path) if window_id(path).is_some() => {
-                let id = window_id(path).expect("matched above");
-                self.cancel_window(id, via).await
-            }
-            (&Method::GET, "/metrics") => Ok(self.metrics()),
-            (&Method::PATCH, "/service-context") => {
+            (&Method::GET, Resource::Metrics) => Ok(self.metrics()),
+            (&Method::PATCH, Resource::ServiceContext) => {
                 self.service_context(required(self.read_body(body).await?)?, via)
                     .await
             }
-            (method, path) => Err(match allowed_methods(path) {
-                Some(_) => AdminError::MethodNotAllowed {
-                    method: method.clone(),
-                    path: path.to_owned(),
-                },
-                None => AdminError::NotFound(path.to_owned()),
+            (method, _) => Err(AdminError::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
             }),
         }
+    }
+
+    /// `POST /v1/pools/{name}/probe`.
+    async fn probe(&self, pool: &str) -> Result<AdminResponse, AdminError> {
+        let results = self.control.probe(pool).await?;
+        let upstreams: Vec<ProbeOutcome> = results
+            .iter()
+            .map(|r| ProbeOutcome {
+                addr: r.upstream.to_string(),
+                error: r.outcome.as_ref().err().map(ToString::to_string),
+            })
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &ProbeDocument {
+                pool: pool.to_owned(),
+                passed: upstreams.iter().any(|u| u.error.is_none()),
+                upstreams,
+            },
+        ))
+    }
+
+    /// `POST /v1/deploys`.
+    async fn take_deploy_lock(
+        &self,
+        request: DeployLockRequest,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        let lock = self
+            .control
+            .take_deploy_lock(&request.pool, &request.holder, request.id)
+            .await?;
+        info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "taken", deploy = %lock.id, pool = %lock.pool, holder = ?lock.holder, "deploy lock taken");
+        Ok(json(StatusCode::CREATED, &DeployDocument::of(lock)))
+    }
+
+    /// `POST /v1/deploys/{id}/steps`: a line in the audit log, for the
+    /// deploy that holds the lock only.
+    async fn deploy_step(
+        &self,
+        id: &str,
+        step: DeployStep,
+        via: Via,
+    ) -> Result<AdminResponse, AdminError> {
+        step.check()?;
+        let running = self.control.running_deploy().await;
+        if running.is_none_or(|lock| lock.id != id) {
+            return Err(ControlError::UnknownDeploy(id.to_owned()).into());
+        }
+        // Debug-quoted: a newline in a detail must not forge a line.
+        info!(target: "audit", %via, change = "deploy", deploy = %id, step = %step.name, outcome = %step.outcome, detail = ?step.detail, "deploy step {} {}", step.name, step.outcome);
+        Ok(no_content())
     }
 
     /// `GET /v1/status`.
@@ -311,13 +333,13 @@ impl Router {
         request: BypassTokenRequest,
         via: Via,
     ) -> Result<AdminResponse, AdminError> {
-        let ttl = request.ttl()?;
-        let label = request.label()?;
         let snapshot = self.control.state().load_full();
         let key = snapshot
             .bypass
             .as_ref()
             .ok_or(AdminError::BypassNotConfigured)?;
+        let ttl = request.ttl()?;
+        let label = request.label()?;
         // To the second, as the token holds it.
         let expires_at = whole_second(SystemTime::now() + ttl);
         let token = key.issue(label, expires_at);
@@ -366,54 +388,6 @@ impl Router {
         };
         Ok(json(StatusCode::OK, &answer))
     }
-}
-
-/// Whether `method` on `path` is one of the calls a read-only token may
-/// make: they change nothing.
-pub fn only_reads(method: &Method, path: &str) -> bool {
-    *method == Method::GET && matches!(path, "/v1/status" | "/v1/maintenance/windows" | "/metrics")
-}
-
-/// The methods a known path accepts, for 405's `Allow`.
-fn allowed_methods(path: &str) -> Option<&'static str> {
-    match path {
-        "/v1/status" | "/metrics" => Some("GET"),
-        "/v1/maintenance" => Some("PUT"),
-        "/v1/switch" | "/v1/rollback" | "/v1/reload" => Some("POST"),
-        "/service-context" => Some("PATCH"),
-        "/v1/maintenance/windows" => Some("GET, POST"),
-        "/v1/bypass-tokens" | "/v1/deploys" => Some("POST"),
-        path if deploy_id(path).is_some() => Some("PUT, DELETE"),
-        path if deploy_steps_id(path).is_some() || probe_pool(path).is_some() => Some("POST"),
-        path if window_id(path).is_some() => Some("DELETE"),
-        _ => None,
-    }
-}
-
-/// The `{name}` of `/v1/pools/{name}/probe`.
-fn probe_pool(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/pools/")?
-        .strip_suffix("/probe")
-        .filter(|name| !name.is_empty() && !name.contains('/'))
-}
-
-/// The `{id}` of `/v1/deploys/{id}`.
-fn deploy_id(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/deploys/")
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-}
-
-/// The `{id}` of `/v1/deploys/{id}/steps`.
-fn deploy_steps_id(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/deploys/")?
-        .strip_suffix("/steps")
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-}
-
-/// The `{id}` of `/v1/maintenance/windows/{id}`.
-fn window_id(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/maintenance/windows/")
-        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Parses a JSON body that must be there.

@@ -17,6 +17,8 @@ use crate::state::persist::rfc3339;
 
 /// How long a lock holds after its last renewal.
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
+/// The most a status document waits for a fleet's lock.
+const STATUS_BUDGET: Duration = Duration::from_millis(500);
 
 /// A running deploy, as the lock records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,13 +125,8 @@ impl Control {
                 }
             }
             Some(fleet) => {
-                let lock = self
-                    .fleet_lock()
-                    .await?
-                    .filter(|l| l.id == id)
-                    .ok_or_else(unknown)?;
-                let lease = lock.lease.ok_or_else(unknown)?;
-                let alive = fleet.etcd().renew(lease).await.map_err(|e| {
+                let (lock, lease) = self.fleet_lock_of(id).await?;
+                let alive = fleet.etcd().renew(lease, LOCK_TTL / 3).await.map_err(|e| {
                     ControlError::ClusterUnavailable(format!("renewing the deploy lock: {e}"))
                 })?;
                 if alive {
@@ -156,12 +153,7 @@ impl Control {
                 }
             }
             Some(fleet) => {
-                let lock = self
-                    .fleet_lock()
-                    .await?
-                    .filter(|l| l.id == id)
-                    .ok_or_else(unknown)?;
-                let lease = lock.lease.ok_or_else(unknown)?;
+                let (_, lease) = self.fleet_lock_of(id).await?;
                 // The key goes with its lease.
                 fleet.etcd().revoke(lease).await.map_err(|e| {
                     ControlError::ClusterUnavailable(format!("releasing the deploy lock: {e}"))
@@ -178,8 +170,22 @@ impl Control {
                 .as_ref()
                 .filter(|here| here.lapses_at > Instant::now())
                 .map(|here| here.lock.clone()),
-            Some(_) => self.fleet_lock().await.ok().flatten(),
+            // The status must answer while etcd is away.
+            Some(_) => tokio::time::timeout(STATUS_BUDGET, self.fleet_lock())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
         }
+    }
+
+    /// The fleet's lock if it is `id`'s, with the lease that keeps it.
+    async fn fleet_lock_of(&self, id: &str) -> Result<(DeployLock, i64), ControlError> {
+        self.fleet_lock()
+            .await?
+            .filter(|lock| lock.id == id)
+            .and_then(|lock| lock.lease.map(|lease| (lock, lease)))
+            .ok_or_else(|| ControlError::UnknownDeploy(id.to_owned()))
     }
 
     async fn fleet_lock(&self) -> Result<Option<DeployLock>, ControlError> {

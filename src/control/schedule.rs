@@ -27,6 +27,8 @@ impl Control {
 
     async fn follow_schedule(self: Arc<Self>) {
         let mut changes = self.state.subscribe();
+        // Warned once per run of failures, not every second of an outage.
+        let mut warned = false;
         loop {
             let next = self.state.load().decisions.next_timed_change();
             let Some(next) = next else {
@@ -37,12 +39,17 @@ impl Control {
             };
             let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::select! {
-                () = tokio::time::sleep(wait) => {
-                    if let Err(error) = self.make_timed_changes().await {
-                        warn!(%error, "a planned maintenance change is due, but could not be made; trying again");
+                () = tokio::time::sleep(wait) => match self.make_timed_changes().await {
+                    // Made; some instances apply it late, and say so.
+                    Ok(_) | Err(ControlError::NotAcknowledged(_)) => warned = false,
+                    Err(error) => {
+                        if !warned {
+                            warn!(%error, "a planned maintenance change is due, but could not be made; trying again every second");
+                            warned = true;
+                        }
                         tokio::time::sleep(RETRY).await;
                     }
-                }
+                },
                 changed = changes.changed() => if changed.is_err() { return },
             }
         }

@@ -11,6 +11,7 @@
 
 mod command;
 mod lock;
+mod signals;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -19,12 +20,14 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{ArgGroup, Args};
 use http::Method;
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::client::{call, expect_ok, json_body, Endpoint, Failure};
 use crate::admin::api::{MaintenanceRequest, ProbeDocument, StatusDocument, SwitchRequest};
+use crate::state::persist::rfc3339;
 use lock::HeldLock;
+use signals::listen_for_signals;
+pub use signals::Interrupt;
 
 /// How long the undo keeps trying to reach the proxy (it may be restarting).
 const UNDO_PATIENCE: Duration = Duration::from_secs(30);
@@ -68,24 +71,6 @@ pub struct DeployArgs {
     /// Print one JSON document at the end, and nothing else, on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Why a deploy stops early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interrupt {
-    /// SIGINT (Ctrl-C): exit code 130.
-    Interrupt,
-    /// SIGTERM: exit code 143.
-    Terminate,
-}
-
-impl std::fmt::Display for Interrupt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Interrupt::Interrupt => "interrupted (SIGINT)",
-            Interrupt::Terminate => "terminated (SIGTERM)",
-        })
-    }
 }
 
 /// One step as the JSON document reports it.
@@ -206,31 +191,15 @@ pub async fn run(endpoint: &Endpoint, args: &DeployArgs) -> ExitCode {
     code
 }
 
-/// Sets `interrupt` at the first SIGINT or SIGTERM.
-fn listen_for_signals(
-    interrupt: watch::Sender<Option<Interrupt>>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut interrupts = signal(SignalKind::interrupt())?;
-    let mut terminates = signal(SignalKind::terminate())?;
-    Ok(tokio::spawn(async move {
-        let why = tokio::select! {
-            _ = interrupts.recv() => Interrupt::Interrupt,
-            _ = terminates.recv() => Interrupt::Terminate,
-        };
-        interrupt.send_replace(Some(why));
-        // Later signals are ignored while the undo runs: it is bounded.
-        loop {
-            tokio::select! {
-                _ = interrupts.recv() => {}
-                _ = terminates.recv() => {}
-            }
-        }
-    }))
-}
-
 impl Deploy<'_> {
     /// Every step, in order; the first that fails names itself.
     async fn playbook(&mut self) -> Result<(), (&'static str, StepFailure)> {
+        // The lock first, so that every step, the check's start included,
+        // is written to the audit log under it.
+        match HeldLock::take(self.endpoint, &self.args.pool, &holder()).await {
+            Ok(lock) => self.lock = Some(lock),
+            Err(refused) => return Err(self.refused("check", refused.into())),
+        }
         self.step("check", |d| Box::pin(d.check())).await?;
         if self.args.maintenance || self.args.read_only {
             self.step("gate", |d| Box::pin(d.gate())).await?;
@@ -271,22 +240,18 @@ impl Deploy<'_> {
         if let Some(lock) = &self.lock {
             lock.record(self.endpoint, name, "started", "").await;
         }
-        let outcome = match self.lock.as_ref().and_then(HeldLock::lost) {
-            Some(why) => Err(failed(format!("the deploy lock was lost: {why}"))),
-            None => {
-                let mut interrupt = self.interrupt.clone();
-                let interrupted = async move {
-                    let why = interrupt.wait_for(Option::is_some).await;
-                    why.map_or(Interrupt::Terminate, |w| w.expect("waited for Some"))
-                };
-                tokio::select! {
-                    outcome = run(self) => outcome,
-                    why = interrupted, if !matches!(name, "migrate" | "verify") => Err(StepFailure {
-                        detail: why.to_string(),
-                        interrupt: Some(why),
-                    }),
-                }
-            }
+        // Admin calls are not raced against a signal: the proxy finishes a
+        // change it began whatever the caller does, so a step that sent
+        // one waits for its answer, and the undo knows what was done. The
+        // commands and the watch stop early by themselves.
+        let interrupted = *self.interrupt.borrow();
+        let outcome = match (interrupted, self.lock.as_ref().and_then(HeldLock::lost)) {
+            (Some(why), _) => Err(StepFailure {
+                detail: format!("{why} before it began"),
+                interrupt: Some(why),
+            }),
+            (None, Some(why)) => Err(failed(format!("the deploy lock was lost: {why}"))),
+            (None, None) => run(self).await,
         };
         let ended_at = SystemTime::now();
         let took = clock.elapsed().as_secs_f64();
@@ -313,6 +278,24 @@ impl Deploy<'_> {
         outcome.map(|_| ()).map_err(|failure| (name, failure))
     }
 
+    /// Records `name` as failed before it could begin.
+    fn refused(&mut self, name: &'static str, failure: StepFailure) -> (&'static str, StepFailure) {
+        let now = SystemTime::now();
+        self.say(&format!(
+            "{} {name:<8} FAILED: {}",
+            time_of_day(now),
+            failure.detail
+        ));
+        self.steps.push(StepRecord {
+            name,
+            ok: false,
+            started_at: rfc3339(now),
+            ended_at: rfc3339(now),
+            detail: failure.detail.clone(),
+        });
+        (name, failure)
+    }
+
     /// Progress: on stdout, or on stderr with `--json`.
     fn say(&self, line: &str) {
         if self.args.json {
@@ -322,12 +305,10 @@ impl Deploy<'_> {
         }
     }
 
-    /// Step 1: the lock; POOL exists and is not live; `--watch` has a
-    /// `[switch]` to rely on; POOL passes a probe (unless `--force`).
+    /// Step 1 (the lock taken): POOL exists and is not live; `--watch` has
+    /// a `[switch]` to rely on; POOL passes a probe (unless `--force`).
     async fn check(&mut self) -> Result<String, StepFailure> {
         let pool = &self.args.pool;
-        let lock = HeldLock::take(self.endpoint, pool, &holder()).await?;
-        self.lock = Some(lock);
         let status = status(self.endpoint).await?;
         if !status.pools.contains_key(pool) {
             let known: Vec<&str> = status.pools.keys().map(String::as_str).collect();
@@ -375,8 +356,14 @@ impl Deploy<'_> {
         Ok(detail)
     }
 
-    /// Step 2: maintenance on, in the mode asked for.
+    /// Step 2: maintenance on, in the mode asked for. A gate that is on
+    /// already (an operator's, a window's) is left as it is, end and all.
     async fn gate(&mut self) -> Result<String, StepFailure> {
+        if self.gate_was_on {
+            return Ok(
+                "maintenance was on already: left as it is, and on after the deploy".to_owned(),
+            );
+        }
         let request = MaintenanceRequest {
             enabled: true,
             message: self.args.message.clone(),
@@ -384,22 +371,16 @@ impl Deploy<'_> {
             mode: self.args.read_only.then(|| "read_only".to_owned()),
             until: None,
         };
+        // Marked before the call: if it fails half-way (the answer lost),
+        // the undo still turns off what may be on.
+        self.gate_is_ours = true;
         let document = maintenance(self.endpoint, &request).await?;
-        self.gate_is_ours = !self.gate_was_on;
         let mode = if self.args.read_only {
             "read-only maintenance"
         } else {
             "maintenance"
         };
-        let left_on = if self.gate_was_on {
-            " (it was on before the deploy, and is left on after it)"
-        } else {
-            ""
-        };
-        Ok(format!(
-            "{mode} on: \"{}\"{left_on}",
-            document.maintenance.message
-        ))
+        Ok(format!("{mode} on: \"{}\"", document.maintenance.message))
     }
 
     /// Steps 3 and 4: a command, with the deploy's environment.
@@ -447,7 +428,7 @@ impl Deploy<'_> {
 
     /// Step 6: maintenance off, the gate being this deploy's.
     async fn ungate(&mut self) -> Result<String, StepFailure> {
-        maintenance(self.endpoint, &off()).await?;
+        maintenance(self.endpoint, &MaintenanceRequest::off()).await?;
         self.gate_is_ours = false;
         Ok("maintenance off".to_owned())
     }
@@ -478,7 +459,17 @@ impl Deploy<'_> {
                     humantime::format_duration(how_long)
                 ));
             }
-            tokio::time::sleep(WATCH_POLL.min(until - Instant::now())).await;
+            let mut interrupt = self.interrupt.clone();
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_POLL.min(until - Instant::now())) => {}
+                why = interrupt.wait_for(Option::is_some) => {
+                    let why = why.map_or(Interrupt::Terminate, |w| w.expect("waited for Some"));
+                    return Err(StepFailure {
+                        detail: format!("{why} during the watch"),
+                        interrupt: Some(why),
+                    });
+                }
+            }
         }
     }
 
@@ -510,16 +501,16 @@ impl Deploy<'_> {
                 detail,
             });
         }
-        if self.steps.iter().any(|s| s.name == "switch" && s.ok) {
-            eprintln!(
-                "switchyard ctl: the switch to {} stands unless the watch rolled it back; `switchyard ctl rollback` returns to {}",
-                self.args.pool, self.live_before
-            );
-        } else if !self.live_before.is_empty() {
-            eprintln!(
-                "switchyard ctl: the live pool did not change: still {}",
+        // What the proxy says, not what this deploy believes: a switch
+        // whose answer was lost may have been made.
+        let live = status(self.endpoint).await.map(|s| s.live_pool);
+        match live {
+            Ok(live) if live == self.args.pool => eprintln!(
+                "switchyard ctl: {live} is live (the switch was made); `switchyard ctl rollback` returns to {}",
                 self.live_before
-            );
+            ),
+            Ok(live) => eprintln!("switchyard ctl: the live pool is {live}"),
+            Err(_) => eprintln!("switchyard ctl: the live pool could not be read back"),
         }
         if self.migrated {
             eprintln!(
@@ -533,7 +524,7 @@ impl Deploy<'_> {
     async fn gate_off_patiently(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + UNDO_PATIENCE;
         loop {
-            match maintenance(self.endpoint, &off()).await {
+            match maintenance(self.endpoint, &MaintenanceRequest::off()).await {
                 Ok(_) => {
                     self.gate_is_ours = false;
                     return Ok(());
@@ -563,16 +554,6 @@ async fn maintenance(
     expect_ok(code, &body, "maintenance change")
 }
 
-fn off() -> MaintenanceRequest {
-    MaintenanceRequest {
-        enabled: false,
-        message: None,
-        retry_after: None,
-        mode: None,
-        until: None,
-    }
-}
-
 /// `http://HOST:PORT` for a listener bound to `addr`, a wildcard address
 /// replaced by loopback.
 fn loopback_url(addr: &str) -> String {
@@ -598,10 +579,6 @@ fn holder() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
     format!("{user}@{host} pid {}", std::process::id())
-}
-
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// `HH:MM:SS` (UTC) of `time`, for progress lines.

@@ -100,12 +100,8 @@ impl TunnelOrigin {
                 .as_ref()
                 // Only WebSocket upgrades are tunnelled, and they are GETs.
                 .is_some_and(|gate| {
-                    !gate.admits(
-                        &http::Method::GET,
-                        &self.path,
-                        self.client,
-                        self.token.as_deref(),
-                    )
+                    !gate.admits(&http::Method::GET, &self.path, self.client)
+                        && !self.token.as_deref().is_some_and(|t| gate.honours(t))
                 });
         routed_here && !gated
     }

@@ -74,18 +74,17 @@ impl Gate {
         }
     }
 
-    /// Whether a `method` request for `path` from `client`, carrying the
-    /// bypass token `token` if any, still reaches the live pool.
-    pub fn admits(&self, method: &Method, path: &str, client: IpAddr, token: Option<&str>) -> bool {
-        self.admits_without_token(method, path, client)
-            || token.is_some_and(|token| {
-                self.bypass
-                    .as_ref()
-                    .is_some_and(|key| key.admits(token, SystemTime::now()))
-            })
+    /// Whether `token` is a bypass token that lets its bearer through now
+    /// (checked only for a request [`Gate::admits`] holds back).
+    pub fn honours(&self, token: &str) -> bool {
+        self.bypass
+            .as_ref()
+            .is_some_and(|key| key.admits(token, SystemTime::now()))
     }
 
-    fn admits_without_token(&self, method: &Method, path: &str, client: IpAddr) -> bool {
+    /// Whether a `method` request for `path` from `client` still reaches
+    /// the live pool, by the gate's mode, paths and addresses.
+    pub fn admits(&self, method: &Method, path: &str, client: IpAddr) -> bool {
         // In read-only maintenance, reads pass (a WebSocket upgrade is a GET).
         if self.reads_pass && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return true;

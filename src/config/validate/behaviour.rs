@@ -148,8 +148,8 @@ impl Validator<'_> {
     /// and long enough to sign with.
     fn bypass_secret(&mut self, file: &Spanned<String>) -> Option<Secret> {
         let path = self.path("maintenance.bypass_secret_file", file);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let secret = match std::fs::read(&path) {
+            Ok(bytes) => Secret::from_file_bytes(bytes),
             Err(e) => {
                 self.problem(
                     Some(file.span()),
@@ -161,20 +161,18 @@ impl Validator<'_> {
                 return None;
             }
         };
-        match Secret::from_file_text(&text) {
-            Some(secret) if secret.len() >= MIN_BYPASS_SECRET_BYTES => Some(secret),
-            secret => {
-                self.problem(
-                    Some(file.span()),
-                    format!(
-                        "maintenance.bypass_secret_file: {} holds {} bytes (surrounding white space aside); a bypass secret needs at least {MIN_BYPASS_SECRET_BYTES} (try `openssl rand -hex 32`)",
-                        path.display(),
-                        secret.map_or(0, |s| s.len())
-                    ),
-                );
-                None
-            }
+        if secret.len() < MIN_BYPASS_SECRET_BYTES {
+            self.problem(
+                Some(file.span()),
+                format!(
+                    "maintenance.bypass_secret_file: {} holds {} bytes (a final newline aside); a bypass secret needs at least {MIN_BYPASS_SECRET_BYTES} (try `openssl rand -hex 32`)",
+                    path.display(),
+                    secret.len()
+                ),
+            );
+            return None;
         }
+        Some(secret)
     }
 
     pub(super) fn timeouts(&mut self, section: Option<&Spanned<TimeoutsSection>>) -> Timeouts {

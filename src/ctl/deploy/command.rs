@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -80,7 +80,16 @@ pub async fn run(
     };
     if let Some(group) = group {
         let _ = kill_process_group(group, Signal::TERM);
-        if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+        // The shell may end at once while what it started goes on: the
+        // whole group gets its grace, then SIGKILL.
+        let ended = tokio::time::timeout(GRACE, async {
+            let _ = child.wait().await;
+            while test_kill_process_group(group).is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if ended.is_err() {
             let _ = kill_process_group(group, Signal::KILL);
             let _ = child.wait().await;
         }

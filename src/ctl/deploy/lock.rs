@@ -9,10 +9,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::api::{DeployDocument, DeployLockRequest, DeployStep};
+use crate::control::deploy::LOCK_TTL;
 use crate::ctl::client::{call, expect_ok, json_body, Endpoint, Failure};
 
-/// How often the lock is renewed: well within the proxy's 10 s.
-const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How often the lock is renewed: three times within its life, so one
+/// lost renewal does not lose it.
+const RENEW_EVERY: Duration = Duration::from_secs(LOCK_TTL.as_secs() / 3);
 
 /// The lock this deploy holds, renewed in the background until released.
 pub struct HeldLock {
@@ -89,13 +91,17 @@ async fn renew(
     let path = format!("/v1/deploys/{id}");
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        match call(&endpoint, Method::PUT, &path, None).await {
-            Ok((status, _)) if status == StatusCode::NOT_FOUND => {}
+        // Each call bounded by the pause between renewals: one that hangs
+        // must not let the lock lapse behind it.
+        let renewal = tokio::time::timeout(RENEW_EVERY, call(&endpoint, Method::PUT, &path, None));
+        match renewal.await {
+            Ok(Ok((status, _))) if status == StatusCode::NOT_FOUND => {}
             _ => continue,
         }
         let body = json_body(&request);
-        match call(&endpoint, Method::POST, "/v1/deploys", Some(body)).await {
-            Ok((status, body)) if status == StatusCode::CONFLICT => {
+        let retake = call(&endpoint, Method::POST, "/v1/deploys", Some(body));
+        match tokio::time::timeout(RENEW_EVERY, retake).await {
+            Ok(Ok((status, body))) if status == StatusCode::CONFLICT => {
                 let why = match expect_ok::<DeployDocument>(
                     status,
                     &body,
