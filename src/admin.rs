@@ -294,7 +294,7 @@ where
                 Some(_) => None,
             };
             if let Some(error) = refusal {
-                info!(target: "audit", %via, method = %request.method(), path = %request.uri().path(), %error, "admin call refused");
+                info!(target: "audit", %via, method = %request.method(), path = %request.uri().path(), error = ?error.to_string(), "admin call refused");
                 let mut response = routes::error_response(&error);
                 if let AdminError::Unauthorized = error {
                     response.headers_mut().insert(

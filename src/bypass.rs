@@ -123,6 +123,8 @@ pub fn strip(headers: &mut HeaderMap) {
     if !carries {
         return;
     }
+    // Every other pair is kept byte for byte, separators and all (a `;`
+    // inside a quoted value splits it, and is put back where it was).
     let kept: Vec<HeaderValue> = headers
         .get_all(COOKIE)
         .iter()
@@ -130,12 +132,12 @@ pub fn strip(headers: &mut HeaderMap) {
             let pairs: Vec<&[u8]> = value
                 .as_bytes()
                 .split(|b| *b == b';')
-                .map(<[u8]>::trim_ascii)
-                .filter(|pair| !pair.is_empty() && ours(pair).is_none())
+                .filter(|pair| ours(pair).is_none())
                 .collect();
-            (!pairs.is_empty()).then(|| {
-                HeaderValue::from_bytes(&pairs.join(&b"; "[..])).expect("parts of a valid value")
-            })
+            let joined = pairs.join(&b";"[..]);
+            let joined = joined.trim_ascii();
+            (!joined.is_empty())
+                .then(|| HeaderValue::from_bytes(joined).expect("parts of a valid value"))
         })
         .collect();
     headers.remove(COOKIE);
@@ -213,6 +215,14 @@ mod tests {
         assert!(!headers.contains_key(&HEADER));
         let cookies: Vec<_> = headers.get_all(COOKIE).iter().collect();
         assert_eq!(cookies, ["a=1; b=2", "c=3"]);
+        // The others are kept as they were, byte for byte.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("c=4;d=5;switchyard_bypass=T; q=\"a;b\""),
+        );
+        strip(&mut headers);
+        assert_eq!(headers[COOKIE], "c=4;d=5; q=\"a;b\"");
         // Raw UTF-8 in another cookie hides nothing.
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -141,7 +141,7 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
     if let Ok(duration) = humantime::parse_duration(text) {
         return Ok(SystemTime::now() + duration);
     }
-    humantime::parse_rfc3339_weak(text).map_err(|_| {
+    crate::state::persist::parse_rfc3339(text).map_err(|_| {
         format!("`{text}` is neither a time like 2026-12-01T10:30:00Z nor a duration like 45m")
     })
 }

@@ -216,7 +216,7 @@ impl Proxy {
                 target.authority.as_ref(),
             )));
         }
-        if pass::is_browser_path(request.uri().path()) {
+        if pass::is_reserved(request.uri().path()) {
             return Ok(Routing::Answered(pass::answer(
                 request,
                 snapshot.bypass.as_ref(),

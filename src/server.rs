@@ -161,6 +161,7 @@ impl Server {
                 if let Some(watch) = watch {
                     control.resume_watch(watch);
                 }
+                control.restore_deploy_lock();
                 control
             },
             metrics,

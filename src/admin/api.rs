@@ -17,7 +17,7 @@ use crate::bypass;
 use crate::config::{Maintenance, MAX_RETRY_AFTER};
 use crate::control::ControlError;
 use crate::envelope::ErrorDocument;
-use crate::state::persist::rfc3339;
+use crate::state::persist::{parse_rfc3339, rfc3339};
 use crate::state::schedule::{whole_second, PlannedWindow, MAX_MESSAGE_BYTES};
 use crate::state::{MaintenanceMode, Snapshot, Window};
 
@@ -109,7 +109,7 @@ fn parse_mode(text: Option<&str>) -> Result<MaintenanceMode, AdminError> {
 /// (what the state file and a fleet's copy hold, so that every copy of a
 /// decision is the same).
 fn parse_time(field: &str, text: &str) -> Result<SystemTime, AdminError> {
-    humantime::parse_rfc3339_weak(text)
+    parse_rfc3339(text)
         .map(whole_second)
         .map_err(|e| {
             AdminError::BadRequest(format!(
@@ -286,6 +286,27 @@ pub struct DeployLockRequest {
     /// The lock's id, to take it again after the proxy lost it (a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+}
+
+impl DeployLockRequest {
+    /// Refuses an id the proxy did not make, and a holder that would not
+    /// fit an audit line.
+    pub fn check(&self) -> Result<(), AdminError> {
+        if let Some(id) = &self.id {
+            if !crate::control::deploy::is_lock_id(id) {
+                return Err(AdminError::BadRequest(format!(
+                    "id: `{}` is not a deploy lock id (the proxy makes them: `d-` and 16 hex digits)",
+                    id.escape_debug()
+                )));
+            }
+        }
+        if self.holder.len() > 200 || self.holder.chars().any(char::is_control) {
+            return Err(AdminError::BadRequest(
+                "holder: at most 200 bytes, without control characters".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `POST /v1/deploys/{id}/steps`: one step of a deploy, for the audit log.

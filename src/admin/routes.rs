@@ -113,12 +113,13 @@ impl Router {
             Ok(response) => response,
             Err(error) => {
                 if error.status().is_server_error() {
-                    warn!(target: "audit", %error, %method, %path, %via, "admin call failed");
+                    warn!(target: "audit", error = ?error.to_string(), %method, %path, %via, "admin call failed");
                 } else if method != Method::GET {
                     // A refused change is part of the record, like a made one.
-                    info!(target: "audit", %error, %method, %path, %via, "admin call refused");
+                    // Debug-quoted: an error may echo what the caller sent, newlines too.
+                    info!(target: "audit", error = ?error.to_string(), %method, %path, %via, "admin call refused");
                 } else {
-                    debug!(%error, %method, %path, %via, "admin call refused");
+                    debug!(error = ?error.to_string(), %method, %path, %via, "admin call refused");
                 }
                 let mut response = error_response(&error);
                 if let AdminError::MethodNotAllowed { .. } = error {
@@ -223,11 +224,12 @@ impl Router {
         request: DeployLockRequest,
         via: Via,
     ) -> Result<AdminResponse, AdminError> {
+        request.check()?;
         let lock = self
             .control
             .take_deploy_lock(&request.pool, &request.holder, request.id)
             .await?;
-        info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "taken", deploy = %lock.id, pool = %lock.pool, holder = ?lock.holder, "deploy lock taken");
+        info!(target: "audit", %via, change = "deploy", step = "lock", outcome = "taken", deploy = %lock.id, pool = ?lock.pool, holder = ?lock.holder, "deploy lock taken");
         Ok(json(StatusCode::CREATED, &DeployDocument::of(lock)))
     }
 

@@ -7,13 +7,14 @@
 //! it in memory; a fleet keeps it in etcd under a lease of its own, so
 //! every instance sees the same lock.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use super::{Control, ControlError};
-use crate::state::persist::rfc3339;
+use crate::state::persist::{replace_by_rename, rfc3339};
 
 /// How long a lock holds after its last renewal.
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
@@ -53,6 +54,9 @@ impl Control {
         holder: &str,
         id: Option<String>,
     ) -> Result<DeployLock, ControlError> {
+        if !self.state.load().pools.contains_key(pool) {
+            return Err(ControlError::UnknownPool(pool.to_owned()));
+        }
         let mut lock = DeployLock {
             id: id.unwrap_or_else(new_id),
             pool: pool.to_owned(),
@@ -63,8 +67,13 @@ impl Control {
         match &self.fleet {
             None => {
                 let mut held = self.deploy_lock_here();
-                match held.as_ref() {
-                    Some(other) if other.lapses_at > Instant::now() && other.lock.id != lock.id => {
+                match held.as_mut() {
+                    // Taken again by its holder (a retry): renewed as it is.
+                    Some(here) if here.lapses_at > Instant::now() && here.lock.id == lock.id => {
+                        here.lapses_at = Instant::now() + LOCK_TTL;
+                        return Ok(here.lock.clone());
+                    }
+                    Some(other) if other.lapses_at > Instant::now() => {
                         return Err(ControlError::DeployRunning(other.lock.clone()));
                     }
                     _ => {}
@@ -73,6 +82,7 @@ impl Control {
                     lock: lock.clone(),
                     lapses_at: Instant::now() + LOCK_TTL,
                 });
+                self.keep_lock_file(held.as_ref().map(|h| &h.lock));
                 Ok(lock)
             }
             Some(fleet) => {
@@ -147,6 +157,7 @@ impl Control {
                 match held.as_ref() {
                     Some(here) if here.lock.id == id => {
                         *held = None;
+                        self.keep_lock_file(None);
                         Ok(())
                     }
                     _ => Err(unknown()),
@@ -196,9 +207,57 @@ impl Control {
         Ok(value.as_deref().and_then(decode))
     }
 
+    /// Takes back the lock a previous run of this process held (the file
+    /// beside the state file), for [`LOCK_TTL`]: its deploy may still be
+    /// running, and renews it if so; else it lapses. Without it, a restart
+    /// would let a second deploy in beside the first.
+    pub fn restore_deploy_lock(&self) {
+        // A fleet's lock is in etcd, and outlives any instance.
+        if self.fleet.is_some() {
+            return;
+        }
+        let Ok(text) = std::fs::read(lock_file(&self.state_file)) else {
+            return;
+        };
+        if let Some(lock) = decode(&text) {
+            tracing::info!(deploy = %lock.id, pool = ?lock.pool, "a deploy's lock from before the restart holds for {}s more", LOCK_TTL.as_secs());
+            *self.deploy_lock_here() = Some(HeldHere {
+                lock,
+                lapses_at: Instant::now() + LOCK_TTL,
+            });
+        }
+    }
+
+    /// Keeps the lock file in step with the lock held here (best effort:
+    /// without it, only a restart's protection is lost).
+    fn keep_lock_file(&self, lock: Option<&DeployLock>) {
+        let path = lock_file(&self.state_file);
+        let written = match lock {
+            None => std::fs::remove_file(&path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+            Some(lock) => replace_by_rename(&path, "tmp", |temp| {
+                std::fs::write(temp, encode(lock)).map_err(|e| ("write", e))
+            })
+            .map_err(|(_, e)| e),
+        };
+        if let Err(error) = written {
+            tracing::warn!(%error, file = %path.display(), "cannot keep the deploy lock's file; a restart would forget the lock");
+        }
+    }
+
     fn deploy_lock_here(&self) -> std::sync::MutexGuard<'_, Option<HeldHere>> {
         self.deploy.lock().expect("deploy lock poisoned")
     }
+}
+
+/// The file beside the state file that keeps the lock across a restart.
+fn lock_file(state_file: &Path) -> PathBuf {
+    let name = state_file
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy());
+    state_file.with_file_name(format!(".{name}.deploy"))
 }
 
 fn encode(lock: &DeployLock) -> Vec<u8> {
@@ -207,6 +266,12 @@ fn encode(lock: &DeployLock) -> Vec<u8> {
 
 fn decode(value: &[u8]) -> Option<DeployLock> {
     serde_json::from_slice(value).ok()
+}
+
+/// Whether `id` is one [`new_id`] makes.
+pub fn is_lock_id(id: &str) -> bool {
+    id.strip_prefix("d-")
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A fresh lock id: 64 random bits, so two `ctl`s never pick the same.

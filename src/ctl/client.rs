@@ -47,6 +47,12 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Its lines as one.
+    pub fn joined(&self) -> String {
+        self.lines.join("; ")
+    }
+
+    /// A failure of one line.
     pub fn one(line: impl Into<String>) -> Failure {
         Failure {
             lines: vec![line.into()],

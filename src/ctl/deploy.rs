@@ -23,11 +23,30 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::client::{call, expect_ok, json_body, Endpoint, Failure};
-use crate::admin::api::{MaintenanceRequest, ProbeDocument, StatusDocument, SwitchRequest};
+use crate::admin::api::{
+    MaintenanceRequest, MaintenanceStatus, ProbeDocument, StatusDocument, SwitchRequest,
+};
 use crate::state::persist::rfc3339;
 use lock::HeldLock;
 use signals::listen_for_signals;
 pub use signals::Interrupt;
+
+/// A line on stdout. A closed pipe (`ctl deploy ... | head`) must not
+/// stop a deploy half-way, so write errors are ignored.
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// A line on stderr, written as [`say_out`] writes.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// How long the undo keeps trying to reach the proxy (it may be restarting).
 const UNDO_PATIENCE: Duration = Duration::from_secs(30);
@@ -100,7 +119,7 @@ struct StepFailure {
 impl From<Failure> for StepFailure {
     fn from(failure: Failure) -> StepFailure {
         StepFailure {
-            detail: failure.lines.join("; "),
+            detail: failure.joined(),
             interrupt: None,
         }
     }
@@ -128,6 +147,8 @@ struct Deploy<'a> {
     gate_was_on: bool,
     /// Whether this deploy turned the gate on and has not turned it off.
     gate_is_ours: bool,
+    /// The gate as this deploy set it, to tell it from one set since.
+    our_gate: Option<GateMark>,
     /// Whether the migration started (it is never undone by switchyard).
     migrated: bool,
 }
@@ -138,7 +159,7 @@ pub async fn run(endpoint: &Endpoint, args: &DeployArgs) -> ExitCode {
     let listening = match listen_for_signals(interrupt) {
         Ok(listening) => listening,
         Err(error) => {
-            eprintln!("switchyard ctl: cannot listen for signals: {error}");
+            say_err!("switchyard ctl: cannot listen for signals: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -152,6 +173,7 @@ pub async fn run(endpoint: &Endpoint, args: &DeployArgs) -> ExitCode {
         preview_url: None,
         gate_was_on: false,
         gate_is_ours: false,
+        our_gate: None,
         migrated: false,
     };
     let started = Instant::now();
@@ -161,8 +183,7 @@ pub async fn run(endpoint: &Endpoint, args: &DeployArgs) -> ExitCode {
         Err((step, failure)) => {
             deploy.undo(step, failure).await;
             match failure.interrupt {
-                Some(Interrupt::Interrupt) => ExitCode::from(130),
-                Some(Interrupt::Terminate) => ExitCode::from(143),
+                Some(why) => ExitCode::from(why.exit_code()),
                 None => ExitCode::FAILURE,
             }
         }
@@ -177,12 +198,12 @@ pub async fn run(endpoint: &Endpoint, args: &DeployArgs) -> ExitCode {
             pool: &args.pool,
             steps: &deploy.steps,
         };
-        println!(
+        say_out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("the report serializes")
         );
     } else if outcome.is_ok() {
-        println!(
+        say_out!(
             "deploy of {} done in {:.1}s",
             args.pool,
             started.elapsed().as_secs_f64()
@@ -299,9 +320,9 @@ impl Deploy<'_> {
     /// Progress: on stdout, or on stderr with `--json`.
     fn say(&self, line: &str) {
         if self.args.json {
-            eprintln!("{line}");
+            say_err!("{line}");
         } else {
-            println!("{line}");
+            say_out!("{line}");
         }
     }
 
@@ -375,6 +396,7 @@ impl Deploy<'_> {
         // the undo still turns off what may be on.
         self.gate_is_ours = true;
         let document = maintenance(self.endpoint, &request).await?;
+        self.our_gate = Some(GateMark::of(&document));
         let mode = if self.args.read_only {
             "read-only maintenance"
         } else {
@@ -426,11 +448,14 @@ impl Deploy<'_> {
         ))
     }
 
-    /// Step 6: maintenance off, the gate being this deploy's.
+    /// Step 6: maintenance off, if the gate is still the one this deploy
+    /// turned on (a window or an operator may have taken it over since).
     async fn ungate(&mut self) -> Result<String, StepFailure> {
-        maintenance(self.endpoint, &MaintenanceRequest::off()).await?;
-        self.gate_is_ours = false;
-        Ok("maintenance off".to_owned())
+        match self.gate_off_if_ours(Instant::now()).await {
+            Ok(GateOff::TurnedOff) => Ok("maintenance off".to_owned()),
+            Ok(GateOff::NotOurs(why)) => Ok(format!("{why}: left as it is")),
+            Err(why) => Err(failed(why)),
+        }
     }
 
     /// Step 7: waits `how_long`, and fails if the switch was rolled back.
@@ -475,27 +500,35 @@ impl Deploy<'_> {
 
     /// Undoes what the deploy did after `step` failed, and says so.
     async fn undo(&mut self, step: &str, failure: &StepFailure) {
-        eprintln!(
+        say_err!(
             "switchyard ctl: deploy of {} failed at step {step}: {}",
-            self.args.pool, failure.detail
+            self.args.pool,
+            failure.detail
         );
         if self.gate_is_ours {
             let started_at = SystemTime::now();
-            let turned_off = self.gate_off_patiently().await;
-            let detail = match &turned_off {
-                Ok(()) => "maintenance off: the gate this deploy turned on is off again".to_owned(),
-                Err(why) => format!(
-                    "the gate this deploy turned on is STILL ON ({why}); turn it off with `switchyard ctl maintenance off`"
+            let turned_off = self.gate_off_if_ours(Instant::now() + UNDO_PATIENCE).await;
+            let (ok, detail) = match turned_off {
+                Ok(GateOff::TurnedOff) => (
+                    true,
+                    "maintenance off: the gate this deploy turned on is off again".to_owned(),
+                ),
+                Ok(GateOff::NotOurs(why)) => (true, format!("{why}: left as it is")),
+                Err(why) => (
+                    false,
+                    format!(
+                        "the gate this deploy turned on is STILL ON ({why}); turn it off with `switchyard ctl maintenance off`"
+                    ),
                 ),
             };
-            eprintln!("switchyard ctl: undo: {detail}");
+            say_err!("switchyard ctl: undo: {detail}");
             if let Some(lock) = &self.lock {
-                let outcome = if turned_off.is_ok() { "ok" } else { "failed" };
+                let outcome = if ok { "ok" } else { "failed" };
                 lock.record(self.endpoint, "undo", outcome, &detail).await;
             }
             self.steps.push(StepRecord {
                 name: "undo",
-                ok: turned_off.is_ok(),
+                ok,
                 started_at: rfc3339(started_at),
                 ended_at: rfc3339(SystemTime::now()),
                 detail,
@@ -504,35 +537,95 @@ impl Deploy<'_> {
         // What the proxy says, not what this deploy believes: a switch
         // whose answer was lost may have been made.
         let live = status(self.endpoint).await.map(|s| s.live_pool);
+        let switch_tried = self.steps.iter().any(|s| s.name == "switch");
         match live {
-            Ok(live) if live == self.args.pool => eprintln!(
+            Ok(live) if !switch_tried => {
+                say_err!("switchyard ctl: the live pool did not change: still {live}");
+            }
+            Ok(live) if live == self.args.pool => say_err!(
                 "switchyard ctl: {live} is live (the switch was made); `switchyard ctl rollback` returns to {}",
                 self.live_before
             ),
-            Ok(live) => eprintln!("switchyard ctl: the live pool is {live}"),
-            Err(_) => eprintln!("switchyard ctl: the live pool could not be read back"),
+            Ok(live) => say_err!("switchyard ctl: the live pool is {live}"),
+            Err(_) => say_err!("switchyard ctl: the live pool could not be read back"),
         }
         if self.migrated {
-            eprintln!(
+            say_err!(
                 "switchyard ctl: the migration ran (or started), and switchyard does not undo it: check the database before trying again"
             );
         }
     }
 
-    /// Turns the gate off, trying again for [`UNDO_PATIENCE`] while the
-    /// proxy cannot be reached (it may be restarting).
-    async fn gate_off_patiently(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + UNDO_PATIENCE;
+    /// Turns the gate off if it is still the one this deploy set, trying
+    /// again until `deadline` while the proxy cannot be reached (it may be
+    /// restarting). The gate is read, then turned off: a change made by
+    /// someone else in between is the one thing this cannot see.
+    async fn gate_off_if_ours(&mut self, deadline: Instant) -> Result<GateOff, String> {
         loop {
-            match maintenance(self.endpoint, &MaintenanceRequest::off()).await {
-                Ok(_) => {
-                    self.gate_is_ours = false;
-                    return Ok(());
+            let attempt = async {
+                let now = status(self.endpoint).await?;
+                let m = &now.maintenance;
+                if !m.enabled {
+                    return Ok::<_, Failure>(GateOff::NotOurs(
+                        "maintenance is off already".to_owned(),
+                    ));
                 }
-                Err(failure) if Instant::now() >= deadline => return Err(failure.lines.join("; ")),
+                if let Some(why) = self.our_gate.as_ref().and_then(|ours| ours.taken_over(m)) {
+                    return Ok(GateOff::NotOurs(why));
+                }
+                maintenance(self.endpoint, &MaintenanceRequest::off()).await?;
+                Ok(GateOff::TurnedOff)
+            };
+            match attempt.await {
+                Ok(off) => {
+                    self.gate_is_ours = false;
+                    return Ok(off);
+                }
+                Err(failure) if Instant::now() >= deadline => return Err(failure.joined()),
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
         }
+    }
+}
+
+/// What turning the deploy's gate off came to.
+enum GateOff {
+    /// It was this deploy's, and is off.
+    TurnedOff,
+    /// Someone else's now (why), or off already: left as it is.
+    NotOurs(String),
+}
+
+/// The gate as this deploy turned it on: when, with what message, in what
+/// mode, with no end.
+#[derive(Debug)]
+struct GateMark {
+    since: Option<String>,
+    message: String,
+    mode: String,
+}
+
+impl GateMark {
+    fn of(document: &StatusDocument) -> GateMark {
+        let m = &document.maintenance;
+        GateMark {
+            since: m.since.clone(),
+            message: m.message.clone(),
+            mode: m.mode.clone(),
+        }
+    }
+
+    /// Why the gate `now` is no longer this deploy's, if it is not.
+    fn taken_over(&self, now: &MaintenanceStatus) -> Option<String> {
+        if let Some(until) = &now.until {
+            return Some(format!(
+                "the gate now ends by itself at {until} (a window, or an operator)"
+            ));
+        }
+        if now.since != self.since || now.message != self.message || now.mode != self.mode {
+            return Some("the gate was changed since this deploy turned it on".to_owned());
+        }
+        None
     }
 }
 

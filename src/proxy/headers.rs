@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::Authority;
@@ -143,6 +143,7 @@ pub fn prepare_request(
     strip(headers, upgrade, true);
     // A pass through the gate is the proxy's, never the application's.
     crate::bypass::strip(headers);
+    join_cookies(headers);
     // The proxy answers `100-continue` itself when it reads the body.
     headers.remove(EXPECT);
     if !headers.contains_key(HOST) {
@@ -160,6 +161,25 @@ pub fn prepare_request(
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// Joins the `Cookie` fields of a request into one, with `; ` (RFC 9113
+/// §8.2.3): HTTP/2 clients send each cookie as a field of its own, and an
+/// HTTP/1.1 application may read only the first.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    let joined =
+        HeaderValue::from_bytes(&joined).expect("valid values joined by a valid separator");
+    headers.insert(COOKIE, joined);
 }
 
 /// Headers with which a client could make the application read another

@@ -1,8 +1,9 @@
 //! The browser path of bypass tokens: a tester opens
 //! `/.switchyard/bypass?token=TOKEN` on the public listener, and a valid
 //! token comes back as the `switchyard_bypass` cookie with a redirect to
-//! `/`. The path is answered here and never forwarded, so neither it nor
-//! the token in its query reaches an upstream or its logs.
+//! `/`. Every path under `/.switchyard` is answered here and never
+//! forwarded, so neither the browser path nor a token in a query reaches
+//! an upstream or its logs.
 
 use std::time::SystemTime;
 
@@ -13,16 +14,37 @@ use super::error::json_response;
 use crate::body::Body;
 use crate::bypass::{self, BypassKey};
 
-/// Whether `path` (normalized) is the browser path, answered by the proxy.
-pub fn is_browser_path(path: &str) -> bool {
-    path.strip_prefix(bypass::BROWSER_PATH)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+/// Whether `path` (normalized) is under `/.switchyard`, which the proxy
+/// keeps for itself: read with slashes merged and in any case, so that no
+/// spelling an application might take for the browser path (`//.switchyard/
+/// bypass`, `/.switchyard%2Fbypass`, `/.Switchyard/bypass;x`) is forwarded
+/// with a token in its query.
+pub fn is_reserved(path: &str) -> bool {
+    let mut merged = path.split('/').filter(|segment| !segment.is_empty());
+    merged.next().is_some_and(|first| {
+        let prefix = b".switchyard";
+        first.len() >= prefix.len() && first.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix)
+    })
 }
 
-/// The answer to a request for the browser path, under `key` (`None`
-/// without `maintenance.bypass_secret_file`); `https` marks the cookie
-/// `Secure`.
+/// Whether `path` (normalized, reserved) is exactly the browser path, with
+/// slashes merged.
+fn is_browser_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    segments == [".switchyard", "bypass"]
+}
+
+/// The answer to a request for a reserved path: for the browser path,
+/// under `key` (`None` without `maintenance.bypass_secret_file`; `https`
+/// marks the cookie `Secure`); for any other, 404.
 pub fn answer<B>(request: &Request<B>, key: Option<&BypassKey>, https: bool) -> Response<Body> {
+    if !is_browser_path(request.uri().path()) {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "paths under /.switchyard/ are the proxy's; the browser path is /.switchyard/bypass?token=TOKEN",
+        );
+    }
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let mut response = json_response(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -113,10 +113,28 @@ impl TunnelOrigin {
 /// the budget lets the tunnel live on.
 async fn retired(state: Arc<SharedState>, origin: TunnelOrigin) {
     let mut changes = state.subscribe();
+    // A tunnel let through by a bypass token is judged again when the
+    // token expires, as at every change.
+    let token_expires = origin.token.as_deref().and_then(|token| {
+        let expires = state.load().bypass.as_ref()?.expiry(token)?;
+        let left = expires.duration_since(std::time::SystemTime::now()).ok()?;
+        Some(Instant::now() + left + std::time::Duration::from_millis(100))
+    });
+    let expiry = async move {
+        match token_expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let mut expired = false;
     loop {
         while origin.still_wanted(&state) {
-            if changes.changed().await.is_err() {
-                return std::future::pending().await;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    return std::future::pending().await;
+                },
+                () = &mut expiry, if !expired => expired = true,
             }
         }
         let deadline = Instant::now() + state.load().config.timeouts.drain;

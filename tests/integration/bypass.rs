@@ -232,3 +232,71 @@ async fn ctl_prints_the_token_alone() {
         200
     );
 }
+
+#[tokio::test]
+async fn no_spelling_of_the_browser_path_is_forwarded() {
+    let blue = Upstream::named("blue").await;
+    let proxy = proxy_with_secret(&blue).await;
+    let token = issue(&proxy, r#"{"ttl": "1h"}"#).await;
+    // Gate off: anything else would reach the application.
+    // Slashes merged, it is the browser path.
+    for path in ["//.switchyard/bypass", "/.switchyard//bypass", "/.switchyard/bypass/"] {
+        let (status, _, body) = get(&proxy.url(&format!("{path}?token={token}"))).await;
+        assert_eq!(status, 303, "{path}: {body}");
+    }
+    // Else it is the proxy's all the same.
+    for path in [
+        "/.switchyard/bypass;x",
+        "/.switchyard%2Fbypass",
+        "/.SWITCHYARD/bypass",
+        "/.switchyard/other",
+    ] {
+        let (status, headers, body) = get(&proxy.url(&format!("{path}?token={token}"))).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!headers.contains_key("set-cookie"), "{path}");
+    }
+    assert_eq!(blue.hits(), 0, "{:?}", blue.seen());
+}
+
+#[tokio::test]
+async fn a_websocket_let_through_by_a_token_closes_when_the_token_expires() {
+    let echo = Upstream::websocket_echo().await;
+    let dir = TempDir::new();
+    dir.write("bypass.secret", SECRET);
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[echo.addr],
+            &[echo.addr],
+            &format!("{MAINTENANCE}[timeouts]\ndrain = \"1s\"\n"),
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let token = issue(&proxy, r#"{"ttl": "2s"}"#).await;
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         X-Switchyard-Bypass: {token}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let head = read_answer(&mut stream, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(websocket_echoes(&mut stream).await);
+    // No change of state comes: the token's expiry alone retires it, after
+    // the drain.
+    let closed = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if !websocket_echoes(&mut stream).await {
+                return;
+            }
+        }
+    };
+    within(closed).await;
+}

@@ -229,18 +229,13 @@ async fn a_second_deploy_is_refused_and_a_dead_deploys_lock_lapses() {
     );
     assert_eq!(setup.status().await["live_pool"], "blue");
 
-    // The first ctl dies without a word: its lock lapses by itself. (Its
-    // migration, in a process group of its own, outlives it: SIGKILL gives
-    // a ctl no chance to stop it, so the test does.)
+    // The first ctl dies without a word: its lock lapses by itself, and
+    // its migration is ended by the watchdog in its process group.
     send_signal(first.id().unwrap(), "-KILL").await;
     within(first.wait()).await.unwrap();
-    let group = std::fs::read_to_string(&waiting).unwrap();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", group.trim())])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    let group = std::fs::read_to_string(&waiting).unwrap().trim().to_owned();
+    let proc_dir = PathBuf::from(format!("/proc/{group}"));
+    eventually("the orphaned migration ended", move || !proc_dir.exists()).await;
     let lapsed = async {
         loop {
             if setup.status().await["deploy"].is_null() {
@@ -288,7 +283,7 @@ async fn a_hanging_verification_is_stopped_by_timeout_and_nothing_is_switched() 
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("failed at step verify"), "{err}");
     assert!(err.contains("did not finish within 1s"), "{err}");
-    assert!(err.contains("the live pool is blue"), "{err}");
+    assert!(err.contains("did not change: still blue"), "{err}");
     assert_eq!(setup.status().await["live_pool"], "blue");
 }
 
@@ -414,6 +409,16 @@ async fn a_proxy_restarted_during_the_migration_keeps_the_gate_and_the_deploy_go
     let dir = proxy.stop().await;
     let proxy = Proxy::in_dir(dir).await;
     assert_eq!(get(&proxy.url("/")).await.0, 503, "the gate survived");
+    // And so did the lock: a second deploy is not let in beside the first.
+    let second = tokio::process::Command::new(BIN)
+        .arg("ctl")
+        .arg("--admin")
+        .arg(&proxy.admin)
+        .args(["deploy", "green"])
+        .output();
+    let second = within(second).await.unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("deploy_running"));
     let relocked = async {
         loop {
             let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
@@ -431,4 +436,56 @@ async fn a_proxy_restarted_during_the_migration_keeps_the_gate_and_the_deploy_go
     assert_eq!(code, 0, "{out}\n{err}");
     let (status, _, body) = get(&proxy.url("/")).await;
     assert_eq!((status, body.as_str()), (200, "green"));
+}
+
+#[tokio::test]
+async fn a_hangup_or_a_closed_output_still_leaves_the_gate_as_it_was() {
+    let setup = Setup::start("").await;
+    // The terminal goes away: SIGHUP, handled as SIGTERM is (exit 129).
+    let pid_file = setup.file("pid");
+    let migrate = format!("echo $$ > {}; sleep 60", pid_file.display());
+    let child = setup.deploy(&["green", "--maintenance", "--migrate", &migrate]);
+    exists(&pid_file).await;
+    assert_eq!(setup.public_post().await.0, 503);
+    send_signal(child.id().unwrap(), "-HUP").await;
+    let (code, out, err) = finished(child).await;
+    assert_eq!(code, 129, "{out}\n{err}");
+    assert_eq!(setup.status().await["maintenance"]["enabled"], false);
+
+    // Its stdout closed at once (`| head -0`): the deploy goes on to the end.
+    let mut child = setup.deploy(&["green", "--maintenance", "--migrate", "true"]);
+    drop(child.stdout.take());
+    let (code, _, err) = finished(child).await;
+    assert_eq!(code, 0, "{err}");
+    let doc = setup.status().await;
+    assert_eq!(doc["live_pool"], "green");
+    assert_eq!(doc["maintenance"]["enabled"], false);
+}
+
+#[tokio::test]
+async fn a_gate_taken_over_during_the_deploy_is_left_on() {
+    let setup = Setup::start("").await;
+    let (migrating, proceed) = (setup.file("migrating"), setup.file("proceed"));
+    let migrate = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.05; done; exit 1",
+        migrating.display(),
+        proceed.display()
+    );
+    let child = setup.deploy(&["green", "--maintenance", "--migrate", &migrate]);
+    exists(&migrating).await;
+    // An operator gives the gate an end of their own meanwhile.
+    let socket = setup.served.config.parent().unwrap().join("run/admin.sock");
+    let body = format!(
+        r#"{{"enabled": true, "message": "ours now", "until": "{}"}}"#,
+        rfc3339_in(3600)
+    );
+    let (status, _) = admin_call(&socket, "PUT", "/v1/maintenance", Some(&body)).await;
+    assert_eq!(status, 200);
+    std::fs::write(&proceed, "").unwrap();
+    let (code, _, err) = finished(child).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("left as it is"), "{err}");
+    let doc = setup.status().await;
+    assert_eq!(doc["maintenance"]["enabled"], true, "{doc}");
+    assert_eq!(doc["maintenance"]["message"], "ours now");
 }

@@ -11,6 +11,13 @@ use tokio::sync::watch;
 
 use super::Interrupt;
 
+/// Runs `$1` (the script) with `sh -c` in place of this shell, beside a
+/// watchdog that sends SIGTERM to the whole group once process `$2` (this
+/// `ctl`) is gone. `exec` keeps the group leader's pid, so `$$` in the
+/// script is the group's id.
+const WATCHDOG: &str = r#"( while kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -TERM 0 ) </dev/null >/dev/null 2>&1 &
+exec sh -c "$1""#;
+
 /// How long a command has to end after SIGTERM before it gets SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -39,10 +46,19 @@ pub async fn run(
     mut interrupt: watch::Receiver<Option<Interrupt>>,
 ) -> Result<(), CommandFailure> {
     let mut command = Command::new("sh");
+    // Its own process group, so a signal reaches all it started; no
+    // terminal input, which a background group cannot read (a prompt
+    // would stop it for good). A watchdog in the group ends the group if
+    // this process dies without a chance to (SIGKILL): a migration must
+    // not run on, its lock lapsed, beside the next deploy's.
     command
         .arg("-c")
+        .arg(WATCHDOG)
+        .arg("switchyard-deploy")
         .arg(script)
+        .arg(std::process::id().to_string())
         .process_group(0)
+        .stdin(Stdio::null())
         .kill_on_drop(true);
     for (key, value) in env {
         command.env(key, value);

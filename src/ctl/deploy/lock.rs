@@ -107,7 +107,7 @@ async fn renew(
                     &body,
                     "taking the deploy lock again",
                 ) {
-                    Err(failure) => failure.lines.join("; "),
+                    Err(failure) => failure.joined(),
                     Ok(_) => "another deploy holds the lock".to_owned(),
                 };
                 lose.send_replace(Some(why));

@@ -1,5 +1,6 @@
-//! SIGINT and SIGTERM during a deploy: noted once, for the deploy to stop
-//! at the next safe point and undo what it did.
+//! SIGINT, SIGTERM and SIGHUP during a deploy: noted once, for the deploy
+//! to stop at the next safe point and undo what it did (a closed terminal
+//! sends SIGHUP, and must not leave the gate on).
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -11,6 +12,19 @@ pub enum Interrupt {
     Interrupt,
     /// SIGTERM: exit code 143.
     Terminate,
+    /// SIGHUP (the terminal went away): exit code 129.
+    Hangup,
+}
+
+impl Interrupt {
+    /// The exit code: 128 and the signal's number, as shells report it.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Interrupt::Interrupt => 130,
+            Interrupt::Terminate => 143,
+            Interrupt::Hangup => 129,
+        }
+    }
 }
 
 impl std::fmt::Display for Interrupt {
@@ -18,20 +32,23 @@ impl std::fmt::Display for Interrupt {
         f.write_str(match self {
             Interrupt::Interrupt => "interrupted (SIGINT)",
             Interrupt::Terminate => "terminated (SIGTERM)",
+            Interrupt::Hangup => "hung up (SIGHUP)",
         })
     }
 }
 
-/// Sets `interrupt` at the first SIGINT or SIGTERM.
+/// Sets `interrupt` at the first SIGINT, SIGTERM or SIGHUP.
 pub fn listen_for_signals(
     interrupt: watch::Sender<Option<Interrupt>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminates = signal(SignalKind::terminate())?;
+    let mut hangups = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         let why = tokio::select! {
             _ = interrupts.recv() => Interrupt::Interrupt,
             _ = terminates.recv() => Interrupt::Terminate,
+            _ = hangups.recv() => Interrupt::Hangup,
         };
         interrupt.send_replace(Some(why));
         // Later signals are ignored while the undo runs: it is bounded.
@@ -39,6 +56,7 @@ pub fn listen_for_signals(
             tokio::select! {
                 _ = interrupts.recv() => {}
                 _ = terminates.recv() => {}
+                _ = hangups.recv() => {}
             }
         }
     }))

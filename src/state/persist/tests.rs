@@ -150,3 +150,25 @@ fn a_corrupt_or_newer_file_is_an_error_naming_it() {
     let error = load(&path).unwrap_err().to_string();
     assert!(error.contains("has version 9"), "{error}");
 }
+
+#[test]
+fn times_with_an_offset_or_in_lower_case_are_read() {
+    let utc = parse_rfc3339("2030-01-01T04:30:00Z").unwrap();
+    for text in [
+        "2030-01-01T10:00:00+05:30",
+        "2029-12-31T23:30:00-05:00",
+        "2030-01-01t04:30:00z",
+        "2030-01-01 04:30:00Z",
+        "2030-01-01T04:30:00+00:00",
+    ] {
+        assert_eq!(parse_rfc3339(text), Ok(utc), "{text}");
+    }
+    for text in [
+        "2030-01-01T04:30:00+5:30",
+        "tomorrow",
+        "2030-13-01T00:00:00Z",
+        "",
+    ] {
+        assert!(parse_rfc3339(text).is_err(), "{text}");
+    }
+}
