@@ -18,7 +18,7 @@ use crate::config::Secret;
 pub enum Rights {
     /// Every call.
     Full,
-    /// The calls that change nothing (see [`super::routes::only_reads`]).
+    /// The calls that change nothing (see [`super::resource::Resource::only_reads`]).
     Read,
 }
 

@@ -268,7 +268,7 @@ fn decode(value: &[u8]) -> Option<DeployLock> {
     serde_json::from_slice(value).ok()
 }
 
-/// Whether `id` is one [`new_id`] makes.
+/// Whether `id` is one the proxy makes: `d-` and 16 hex digits.
 pub fn is_lock_id(id: &str) -> bool {
     id.strip_prefix("d-")
         .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))

@@ -29,7 +29,7 @@ use crate::admin::api::{
 use crate::state::persist::rfc3339;
 use lock::HeldLock;
 use signals::listen_for_signals;
-pub use signals::Interrupt;
+pub use signals::StopSignal;
 
 /// A line on stdout. A closed pipe (`ctl deploy ... | head`) must not
 /// stop a deploy half-way, so write errors are ignored.
@@ -113,7 +113,7 @@ struct Report<'a> {
 /// Why a step failed: the detail, and whether it was an interrupt.
 struct StepFailure {
     detail: String,
-    interrupt: Option<Interrupt>,
+    interrupt: Option<StopSignal>,
 }
 
 impl From<Failure> for StepFailure {
@@ -138,7 +138,7 @@ struct Deploy<'a> {
     args: &'a DeployArgs,
     steps: Vec<StepRecord>,
     lock: Option<HeldLock>,
-    interrupt: watch::Receiver<Option<Interrupt>>,
+    interrupt: watch::Receiver<Option<StopSignal>>,
     /// The pool live before the deploy.
     live_before: String,
     /// `http://HOST:PORT` of the preview listener, if there is one.
@@ -488,7 +488,7 @@ impl Deploy<'_> {
             tokio::select! {
                 () = tokio::time::sleep(WATCH_POLL.min(until - Instant::now())) => {}
                 why = interrupt.wait_for(Option::is_some) => {
-                    let why = why.map_or(Interrupt::Terminate, |w| w.expect("waited for Some"));
+                    let why = why.map_or(StopSignal::Terminate, |w| w.expect("waited for Some"));
                     return Err(StepFailure {
                         detail: format!("{why} during the watch"),
                         interrupt: Some(why),

@@ -9,7 +9,7 @@ use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::Interrupt;
+use super::StopSignal;
 
 /// Runs `$1` (the script) with `sh -c` in place of this shell, beside a
 /// watchdog that sends SIGTERM to the whole group once process `$2` (this
@@ -31,7 +31,7 @@ pub enum CommandFailure {
     /// It ran longer than `--timeout` and was stopped.
     TimedOut(Duration),
     /// The deploy was interrupted and the command stopped.
-    Interrupted(Interrupt),
+    Interrupted(StopSignal),
 }
 
 /// Runs `sh -c script` with `env`, its output to the terminal (to stderr
@@ -43,7 +43,7 @@ pub async fn run(
     env: &[(&str, String)],
     to_stderr: bool,
     timeout: Option<Duration>,
-    mut interrupt: watch::Receiver<Option<Interrupt>>,
+    mut interrupt: watch::Receiver<Option<StopSignal>>,
 ) -> Result<(), CommandFailure> {
     let mut command = Command::new("sh");
     // Its own process group, so a signal reaches all it started; no
@@ -91,7 +91,7 @@ pub async fn run(
         () = timed_out => CommandFailure::TimedOut(timeout.unwrap_or_default()),
         interrupted = interrupt.wait_for(Option::is_some) => match interrupted {
             Ok(why) => CommandFailure::Interrupted(why.expect("waited for Some")),
-            Err(_) => CommandFailure::Interrupted(Interrupt::Terminate),
+            Err(_) => CommandFailure::Interrupted(StopSignal::Terminate),
         },
     };
     if let Some(group) = group {

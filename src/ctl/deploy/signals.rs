@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 /// Why a deploy stops early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interrupt {
+pub enum StopSignal {
     /// SIGINT (Ctrl-C): exit code 130.
     Interrupt,
     /// SIGTERM: exit code 143.
@@ -16,39 +16,39 @@ pub enum Interrupt {
     Hangup,
 }
 
-impl Interrupt {
+impl StopSignal {
     /// The exit code: 128 and the signal's number, as shells report it.
     pub fn exit_code(self) -> u8 {
         match self {
-            Interrupt::Interrupt => 130,
-            Interrupt::Terminate => 143,
-            Interrupt::Hangup => 129,
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+            StopSignal::Hangup => 129,
         }
     }
 }
 
-impl std::fmt::Display for Interrupt {
+impl std::fmt::Display for StopSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Interrupt::Interrupt => "interrupted (SIGINT)",
-            Interrupt::Terminate => "terminated (SIGTERM)",
-            Interrupt::Hangup => "hung up (SIGHUP)",
+            StopSignal::Interrupt => "interrupted (SIGINT)",
+            StopSignal::Terminate => "terminated (SIGTERM)",
+            StopSignal::Hangup => "hung up (SIGHUP)",
         })
     }
 }
 
 /// Sets `interrupt` at the first SIGINT, SIGTERM or SIGHUP.
 pub fn listen_for_signals(
-    interrupt: watch::Sender<Option<Interrupt>>,
+    interrupt: watch::Sender<Option<StopSignal>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminates = signal(SignalKind::terminate())?;
     let mut hangups = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         let why = tokio::select! {
-            _ = interrupts.recv() => Interrupt::Interrupt,
-            _ = terminates.recv() => Interrupt::Terminate,
-            _ = hangups.recv() => Interrupt::Hangup,
+            _ = interrupts.recv() => StopSignal::Interrupt,
+            _ = terminates.recv() => StopSignal::Terminate,
+            _ = hangups.recv() => StopSignal::Hangup,
         };
         interrupt.send_replace(Some(why));
         // Later signals are ignored while the undo runs: it is bounded.
