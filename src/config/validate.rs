@@ -263,6 +263,21 @@ impl Validator<'_> {
         })
     }
 
+    /// The bytes of `file`, named by `key` at `span`; a problem if it
+    /// cannot be read.
+    fn read_file(&mut self, key: &str, span: Range<usize>, file: &Path) -> Option<Vec<u8>> {
+        match std::fs::read(file) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.problem(
+                    Some(span),
+                    format!("{key}: cannot read {}: {e}", file.display()),
+                );
+                None
+            }
+        }
+    }
+
     fn path(&mut self, key: &str, value: &Spanned<String>) -> PathBuf {
         if value.get_ref().is_empty() {
             self.problem(Some(value.span()), format!("{key}: must not be empty"));

@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use super::{Control, ControlError};
-use crate::state::persist::{replace_by_rename, rfc3339};
+use crate::state::persist::{beside, replace_by_rename, rfc3339};
 
 /// How long a lock holds after its last renewal.
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
@@ -254,10 +254,7 @@ impl Control {
 
 /// The file beside the state file that keeps the lock across a restart.
 fn lock_file(state_file: &Path) -> PathBuf {
-    let name = state_file
-        .file_name()
-        .map_or_else(|| "state".into(), |n| n.to_string_lossy());
-    state_file.with_file_name(format!(".{name}.deploy"))
+    beside(state_file, "deploy")
 }
 
 fn encode(lock: &DeployLock) -> Vec<u8> {

@@ -476,7 +476,7 @@ pub fn replace_by_rename<T>(
     suffix: &str,
     create: impl FnOnce(&Path) -> Result<T, (&'static str, std::io::Error)>,
 ) -> Result<T, (&'static str, std::io::Error)> {
-    let temp = directory(path).join(format!(".{}.{suffix}", file_name(path)));
+    let temp = beside(path, suffix);
     let result = (|| {
         match fs::remove_file(&temp) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -493,6 +493,13 @@ pub fn replace_by_rename<T>(
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// The hidden file `.NAME.SUFFIX` beside `path` (`NAME` its file name):
+/// where the state file's temporary copy, its lock and the deploy lock
+/// are kept.
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    directory(path).join(format!(".{}.{suffix}", file_name(path)))
 }
 
 /// The state file's directory.
@@ -528,7 +535,7 @@ pub fn lock(path: &Path) -> Result<StateLock, PersistError> {
             dir: dir.to_owned(),
         });
     }
-    let lock = dir.join(format!(".{}.lock", file_name(path)));
+    let lock = beside(path, "lock");
     let file = OpenOptions::new()
         .write(true)
         .create(true)

@@ -11,11 +11,20 @@ const MAINTENANCE: &str = "[maintenance]\nbypass_secret_file = \"bypass.secret\"
 
 /// A proxy in front of `upstream` with a bypass secret.
 async fn proxy_with_secret(upstream: &Upstream) -> Proxy {
+    proxy_with_secret_and(upstream, "").await
+}
+
+/// As [`proxy_with_secret`], with more config sections.
+async fn proxy_with_secret_and(upstream: &Upstream, extra: &str) -> Proxy {
     let dir = TempDir::new();
     dir.write("bypass.secret", SECRET);
     dir.write(
         "switchyard.toml",
-        &config_text(&[upstream.addr], &[upstream.addr], MAINTENANCE),
+        &config_text(
+            &[upstream.addr],
+            &[upstream.addr],
+            &format!("{MAINTENANCE}{extra}"),
+        ),
     );
     Proxy::in_dir(dir).await
 }
@@ -265,17 +274,7 @@ async fn no_spelling_of_the_browser_path_is_forwarded() {
 #[tokio::test]
 async fn a_websocket_let_through_by_a_token_closes_when_the_token_expires() {
     let echo = Upstream::websocket_echo().await;
-    let dir = TempDir::new();
-    dir.write("bypass.secret", SECRET);
-    dir.write(
-        "switchyard.toml",
-        &config_text(
-            &[echo.addr],
-            &[echo.addr],
-            &format!("{MAINTENANCE}[timeouts]\ndrain = \"1s\"\n"),
-        ),
-    );
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = proxy_with_secret_and(&echo, "[timeouts]\ndrain = \"1s\"\n").await;
     let token = issue(&proxy, r#"{"ttl": "2s"}"#).await;
     proxy
         .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))

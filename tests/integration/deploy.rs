@@ -439,7 +439,7 @@ async fn a_proxy_restarted_during_the_migration_keeps_the_gate_and_the_deploy_go
 }
 
 #[tokio::test]
-async fn a_hangup_or_a_closed_output_still_leaves_the_gate_as_it_was() {
+async fn a_hangup_a_sigterm_or_a_closed_output_still_leaves_the_gate_as_it_was() {
     let setup = Setup::start("").await;
     // The terminal goes away: SIGHUP, handled as SIGTERM is (exit 129).
     let pid_file = setup.file("pid");
@@ -450,6 +450,16 @@ async fn a_hangup_or_a_closed_output_still_leaves_the_gate_as_it_was() {
     send_signal(child.id().unwrap(), "-HUP").await;
     let (code, out, err) = finished(child).await;
     assert_eq!(code, 129, "{out}\n{err}");
+    assert_eq!(setup.status().await["maintenance"]["enabled"], false);
+
+    // SIGTERM the same, with 143.
+    std::fs::remove_file(&pid_file).unwrap();
+    let child = setup.deploy(&["green", "--maintenance", "--migrate", &migrate]);
+    exists(&pid_file).await;
+    send_signal(child.id().unwrap(), "-TERM").await;
+    let (code, out, err) = finished(child).await;
+    assert_eq!(code, 143, "{out}\n{err}");
+    assert!(err.contains("terminated (SIGTERM)"), "{err}");
     assert_eq!(setup.status().await["maintenance"]["enabled"], false);
 
     // Its stdout closed at once (`| head -0`): the deploy goes on to the end.

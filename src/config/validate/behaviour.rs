@@ -117,19 +117,11 @@ impl Validator<'_> {
             .unwrap_or_default();
         let html_page = section.and_then(|s| s.html_page.as_ref()).and_then(|p| {
             let path = self.path("maintenance.html_page", p);
-            match std::fs::read(&path) {
-                Ok(body) => Some(HtmlPage {
-                    path,
-                    body: Bytes::from(body),
-                }),
-                Err(e) => {
-                    self.problem(
-                        Some(p.span()),
-                        format!("maintenance.html_page: cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
+            let body = self.read_file("maintenance.html_page", p.span(), &path)?;
+            Some(HtmlPage {
+                path,
+                body: Bytes::from(body),
+            })
         });
         let bypass_secret = section
             .and_then(|s| s.bypass_secret_file.as_ref())
@@ -148,19 +140,8 @@ impl Validator<'_> {
     /// and long enough to sign with.
     fn bypass_secret(&mut self, file: &Spanned<String>) -> Option<Secret> {
         let path = self.path("maintenance.bypass_secret_file", file);
-        let secret = match std::fs::read(&path) {
-            Ok(bytes) => Secret::from_file_bytes(bytes),
-            Err(e) => {
-                self.problem(
-                    Some(file.span()),
-                    format!(
-                        "maintenance.bypass_secret_file: cannot read {}: {e}",
-                        path.display()
-                    ),
-                );
-                return None;
-            }
-        };
+        let bytes = self.read_file("maintenance.bypass_secret_file", file.span(), &path)?;
+        let secret = Secret::from_file_bytes(bytes);
         if secret.len() < MIN_BYPASS_SECRET_BYTES {
             self.problem(
                 Some(file.span()),

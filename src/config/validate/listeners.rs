@@ -204,24 +204,21 @@ impl Validator<'_> {
 
     /// The token in `file`, named by `key`, if it is readable and not empty.
     fn token(&mut self, key: &str, span: &std::ops::Range<usize>, file: &Path) -> Option<Secret> {
-        match std::fs::read_to_string(file) {
-            Ok(text) => {
-                let token = Secret::from_file_text(&text);
-                if token.is_none() {
-                    self.problem(
-                        Some(span.clone()),
-                        format!("{key}: {} is empty", file.display()),
-                    );
-                }
-                token
-            }
-            Err(e) => {
-                self.problem(
-                    Some(span.clone()),
-                    format!("{key}: cannot read {}: {e}", file.display()),
-                );
-                None
-            }
+        let bytes = self.read_file(key, span.clone(), file)?;
+        let Ok(text) = String::from_utf8(bytes) else {
+            self.problem(
+                Some(span.clone()),
+                format!("{key}: {} is not UTF-8 text", file.display()),
+            );
+            return None;
+        };
+        let token = Secret::from_file_text(&text);
+        if token.is_none() {
+            self.problem(
+                Some(span.clone()),
+                format!("{key}: {} is empty", file.display()),
+            );
         }
+        token
     }
 }
