@@ -10,6 +10,8 @@
 //!   every problem's position.
 //! - [`envelope`]: the JSON error envelope of every answer switchyard
 //!   makes itself.
+//! - [`http1`]: HTTP/1.1 heads parsed in place and judged strictly, written
+//!   out again with a hop's edits; chunked bodies decoded and re-encoded.
 //! - [`metrics`]: Prometheus counters and a lock-free latency histogram.
 //! - [`shutdown`]: signals, the drain of in-flight work, and background
 //!   tasks that stop when dropped.
@@ -35,6 +37,7 @@ pub mod accept;
 pub mod bypass;
 pub mod config;
 pub mod envelope;
+pub mod http1;
 pub mod metrics;
 pub mod shutdown;
 
@@ -68,6 +71,7 @@ mod tests {
         ("bypass", 0),
         ("config", 0),
         ("envelope", 0),
+        ("http1", 0),
         ("metrics", 0),
         ("shutdown", 0),
         ("body", 1),
