@@ -200,6 +200,20 @@ impl Body {
         Body::new(Some(Frame::data(bytes.into())), None)
     }
 
+    /// The whole body, if it is held in memory (an answer of the proxy's
+    /// own); `None` for a streamed one.
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        if self.rest.is_some() {
+            return None;
+        }
+        Some(
+            self.head
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(&[][..], |data| &data[..]),
+        )
+    }
+
     /// A body streamed from `incoming`, nothing read ahead.
     pub fn streamed(incoming: Incoming) -> Body {
         let rest = (!http_body::Body::is_end_stream(&incoming)).then_some(incoming);

@@ -85,6 +85,19 @@ impl BypassKey {
     }
 }
 
+/// The token in one `Cookie` field's value, if it carries one.
+pub fn token_in_cookie(value: &[u8]) -> Option<&str> {
+    value.split(|b| *b == b';').find_map(|pair| {
+        let value = ours(pair)?;
+        std::str::from_utf8(value).ok().map(|v| v.trim_matches('"'))
+    })
+}
+
+/// Whether a `Cookie` pair (`name=value`) is the bypass cookie.
+pub fn is_cookie(pair: &[u8]) -> bool {
+    ours(pair).is_some()
+}
+
 /// The token a request carries, header first, then cookie.
 pub fn token_in(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(&HEADER) {
@@ -95,11 +108,7 @@ pub fn token_in(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
-            let value = ours(pair)?;
-            std::str::from_utf8(value).ok().map(|v| v.trim_matches('"'))
-        })
+        .find_map(|value| token_in_cookie(value.as_bytes()))
 }
 
 /// The value of `pair` (`name=value`, as a `Cookie` header lists them) if

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use http::header::ACCEPT;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -39,8 +39,8 @@ use crate::body::{Body, ReadAhead};
 use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
-use crate::state::gate::path;
-use crate::state::SharedState;
+use crate::state::gate::{path, Gate};
+use crate::state::{SharedState, Snapshot};
 use crate::upstream::Pool;
 use forward::{Answer, Outgoing};
 use tunnel::TunnelOrigin;
@@ -162,11 +162,7 @@ impl Proxy {
 
     /// The proxy's answer to `error`, logged.
     fn failed(&self, error: ProxyError, version: Version, client: &Client) -> Response<Body> {
-        if error.is_client_error() {
-            debug!(%error, "refused request");
-        } else {
-            warn!(%error, client.addr = %client.addr, "request failed");
-        }
+        log_failure(&error, client);
         error.to_response(version)
     }
 
@@ -205,47 +201,84 @@ impl Proxy {
         // The gate, the pool and the timeouts all come from
         // this snapshot.
         let snapshot = self.state.load();
-        let preview = snapshot.config.preview.as_ref();
-        let redirect = match client.route {
-            Route::Live => snapshot.config.listener.redirect_https,
-            Route::Preview => preview.is_some_and(|p| p.redirect_https),
-        };
-        if redirect {
-            return Ok(Routing::Answered(frontdoor::redirect_to_https(
-                request,
-                target.authority.as_ref(),
-            )));
-        }
-        if pass::is_reserved(request.uri().path()) {
-            return Ok(Routing::Answered(pass::answer(
-                request,
-                snapshot.bypass.as_ref(),
-                client.https,
-            )));
-        }
-        if let Some(gate) = &snapshot.gate {
-            let bypass =
-                client.route == Route::Preview && preview.is_some_and(|p| p.bypass_maintenance);
-            // The token is looked for only in a request held back.
-            let admitted = bypass
-                || gate.admits(request.method(), request.uri().path(), client.addr.ip())
-                || crate::bypass::token_in(request.headers()).is_some_and(|t| gate.honours(t));
-            if !admitted {
-                self.metrics.count_gated();
+        let path = request.uri().path();
+        let verdict = self.judge(&snapshot, client, request.method(), path, || {
+            crate::bypass::token_in(request.headers())
+        });
+        let pool = match verdict {
+            Verdict::RedirectHttps => {
+                let host = request.headers().get(http::header::HOST);
+                let host = host
+                    .map(http::HeaderValue::as_bytes)
+                    .or_else(|| target.authority.as_ref().map(|a| a.as_str().as_bytes()));
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", PathAndQuery::as_str);
+                return Ok(Routing::Answered(frontdoor::redirect_to_https(host, path)));
+            }
+            Verdict::Reserved => {
+                return Ok(Routing::Answered(pass::answer(
+                    request.method(),
+                    request.uri().path(),
+                    request.uri().query(),
+                    snapshot.bypass.as_ref(),
+                    client.https,
+                )))
+            }
+            Verdict::Gated(gate) => {
                 return Ok(Routing::Answered(
                     gate.response(request.headers().get(ACCEPT)),
-                ));
+                ))
             }
-        }
-        let pool = match client.route {
-            Route::Live => snapshot.live.clone(),
-            Route::Preview => snapshot.preview.clone(),
+            Verdict::Forward(pool) => pool.clone(),
         };
         Ok(Routing::Forward(Destination {
             target,
             pool,
             timeouts: snapshot.config.timeouts,
         }))
+    }
+
+    /// Decides, from `snapshot`, what becomes of a `method` request for
+    /// `path` (normalized) from `client`: a redirect to HTTPS, a path the
+    /// proxy keeps for itself, the gate's answer, or the pool it goes to.
+    /// `token` finds the request's bypass token, looked for only in a
+    /// request the gate holds back.
+    fn judge<'s, 't>(
+        &self,
+        snapshot: &'s Snapshot,
+        client: &Client,
+        method: &Method,
+        path: &str,
+        token: impl FnOnce() -> Option<&'t str>,
+    ) -> Verdict<'s> {
+        let preview = snapshot.config.preview.as_ref();
+        let redirect = match client.route {
+            Route::Live => snapshot.config.listener.redirect_https,
+            Route::Preview => preview.is_some_and(|p| p.redirect_https),
+        };
+        if redirect {
+            return Verdict::RedirectHttps;
+        }
+        if pass::is_reserved(path) {
+            return Verdict::Reserved;
+        }
+        if let Some(gate) = &snapshot.gate {
+            let bypass =
+                client.route == Route::Preview && preview.is_some_and(|p| p.bypass_maintenance);
+            let admitted = bypass
+                || gate.admits(method, path, client.addr.ip())
+                || token().is_some_and(|t| gate.honours(t));
+            if !admitted {
+                self.metrics.count_gated();
+                return Verdict::Gated(gate);
+            }
+        }
+        Verdict::Forward(match client.route {
+            Route::Live => &snapshot.live,
+            Route::Preview => &snapshot.preview,
+        })
     }
 
     /// Forwards `request` to `destination.pool` and passes on the answer.
@@ -333,12 +366,34 @@ impl Proxy {
     }
 }
 
+/// Logs why a request was answered by the proxy: the client's own fault
+/// at debug, anything else as a warning.
+fn log_failure(error: &ProxyError, client: &Client) {
+    if error.is_client_error() {
+        debug!(%error, "refused request");
+    } else {
+        warn!(%error, client.addr = %client.addr, "request failed");
+    }
+}
+
 /// Where a request goes, decided by [`Proxy::route`].
 enum Routing {
     /// The proxy answers it itself.
     Answered(Response<Body>),
     /// It goes to a pool.
     Forward(Destination),
+}
+
+/// What becomes of a request, decided by [`Proxy::judge`].
+enum Verdict<'s> {
+    /// Redirected to HTTPS.
+    RedirectHttps,
+    /// A path under `/.switchyard`, answered by [`pass`].
+    Reserved,
+    /// Held back by the gate, which answers it.
+    Gated(&'s Arc<Gate>),
+    /// Forwarded to this pool.
+    Forward(&'s Arc<Pool>),
 }
 
 /// What forwarding a request needs, from the snapshot it was routed by.

@@ -273,6 +273,7 @@ fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
             let snapshot = state.load();
             for upstream in snapshot.pools.values().flat_map(|p| &p.upstreams) {
                 upstream.idle.reap(now);
+                upstream.connections.reap(now);
             }
         }
     })

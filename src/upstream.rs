@@ -11,6 +11,7 @@
 //! Each upstream owns its connections: kept-alive HTTP/1 ones for plain
 //! upstreams ([`keepalive`]), a pooling client for TLS ones ([`tls`]).
 
+pub mod connection;
 pub mod keepalive;
 pub mod tls;
 
@@ -45,6 +46,8 @@ pub struct Upstream {
     probes: Mutex<ProbeRecord>,
     /// Kept-alive connections waiting for a request (plain pools only).
     pub idle: IdleConnections,
+    /// The engine's own kept-alive connections waiting for a request.
+    pub connections: connection::Connections,
     /// One permit per connection that may be open to it (plain pools
     /// only); each open connection holds one until it closes.
     pub slots: Arc<Semaphore>,
@@ -63,6 +66,7 @@ impl Upstream {
             healthy: AtomicBool::new(true),
             probes: Mutex::new(ProbeRecord::default()),
             idle: IdleConnections::default(),
+            connections: connection::Connections::default(),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections: AtomicUsize::new(max_connections),
         }
@@ -266,6 +270,8 @@ pub struct Pool {
     pub tls_client: Option<Arc<UpstreamClient>>,
     /// The pool's TLS settings, for health probes.
     pub tls: Option<UpstreamTls>,
+    /// How the engine's own connections reach TLS upstreams.
+    pub tls_connect: Option<connection::TlsConnect>,
 }
 
 impl Pool {
@@ -291,6 +297,7 @@ impl Pool {
                 .as_ref()
                 .map(|tls| Arc::new(tls::client(connect_timeout, tls))),
             tls: config.tls.clone(),
+            tls_connect: config.tls.as_ref().map(connection::TlsConnect::new),
         }
     }
 

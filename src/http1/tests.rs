@@ -367,6 +367,7 @@ fn the_clients_response_head_drops_this_hops_fields() {
         &ResponseEdits {
             framing: Framing::Chunked,
             close: true,
+            keep_alive: false,
         },
         &mut out,
     );
@@ -383,6 +384,7 @@ fn the_clients_response_head_drops_this_hops_fields() {
         &ResponseEdits {
             framing: Framing::Empty,
             close: false,
+            keep_alive: false,
         },
         &mut out,
     );

@@ -167,6 +167,9 @@ pub struct ResponseEdits {
     pub framing: Framing,
     /// Whether the client's connection closes after it.
     pub close: bool,
+    /// Whether to say `Connection: keep-alive` (to an HTTP/1.0 client
+    /// whose connection stays open).
+    pub keep_alive: bool,
 }
 
 /// Writes the head of `head` (parsed from `buf`) as it goes to the client,
@@ -200,6 +203,8 @@ pub fn response_head(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits, out
         out.extend_from_slice(b"connection: upgrade\r\n");
     } else if edits.close {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if edits.keep_alive {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -23,6 +23,16 @@ pub enum ProxyError {
     /// the client's fault, never counted against an upstream.
     #[error("malformed or incomplete request body: {0}")]
     BadRequestBody(String),
+    /// The request head is larger than `listener.max_header_bytes`, or has
+    /// more fields than a head may.
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// The request line alone is longer than a head may be.
+    #[error("request line too long")]
+    TargetTooLong,
+    /// Not HTTP/1.0 or HTTP/1.1 (and not HTTP/2's preface).
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
     /// `CONNECT`: forward proxying is not what switchyard does.
     #[error("CONNECT is not supported")]
     ConnectNotAllowed,
@@ -90,6 +100,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::TargetTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoHealthyUpstream { .. } | ProxyError::UpstreamBusy { .. } => {
@@ -107,6 +120,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadRequestBody(_) => "bad_request",
             ProxyError::ConnectNotAllowed => "method_not_allowed",
+            ProxyError::HeadTooLarge => "header_too_large",
+            ProxyError::TargetTooLong => "uri_too_long",
+            ProxyError::VersionNotSupported => "http_version_not_supported",
             ProxyError::UnsupportedTransferCoding => "not_implemented",
             ProxyError::ClientBodyTimeout(_) => "request_timeout",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
@@ -124,6 +140,9 @@ impl ProxyError {
             ProxyError::BadRequest(reason) => reason,
             ProxyError::BadRequestBody(_) => "malformed request body",
             ProxyError::ConnectNotAllowed => "CONNECT is not supported by this server",
+            ProxyError::HeadTooLarge => "the request's header fields are too large",
+            ProxyError::TargetTooLong => "the request line is too long",
+            ProxyError::VersionNotSupported => "only HTTP/1.0, HTTP/1.1 and HTTP/2 are supported",
             ProxyError::UnsupportedTransferCoding => {
                 "only the chunked transfer coding is supported"
             }
@@ -143,11 +162,14 @@ impl ProxyError {
 
     /// Whether the client's connection must be closed after the answer:
     /// after a malformed request the byte stream can't be trusted.
-    fn closes_connection(&self) -> bool {
+    pub fn closes_connection(&self) -> bool {
         matches!(
             self,
             ProxyError::BadRequest(_)
                 | ProxyError::BadRequestBody(_)
+                | ProxyError::HeadTooLarge
+                | ProxyError::TargetTooLong
+                | ProxyError::VersionNotSupported
                 | ProxyError::ConnectNotAllowed
                 | ProxyError::UnsupportedTransferCoding
                 | ProxyError::ClientBodyTimeout(_)
@@ -168,6 +190,39 @@ impl ProxyError {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+}
+
+impl ProxyError {
+    /// The answer to an HTTP/1 `method` request, written into `out`; with
+    /// `Connection: close` if `close` or this error closes the connection.
+    pub fn write_http1(&self, method: &http::Method, close: bool, out: &mut Vec<u8>) {
+        let body = ErrorDocument::new(self.code(), self.public_message()).to_json();
+        let mut headers = http::HeaderMap::with_capacity(2);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        crate::http1::write::answer(
+            self.status(),
+            &headers,
+            &body,
+            method,
+            close || self.closes_connection(),
+            out,
+        );
+    }
+}
+
+impl From<crate::http1::HeadError> for ProxyError {
+    fn from(error: crate::http1::HeadError) -> ProxyError {
+        use crate::http1::HeadError;
+        match error {
+            HeadError::TooLarge => ProxyError::HeadTooLarge,
+            HeadError::LineTooLong => ProxyError::TargetTooLong,
+            HeadError::Version => ProxyError::VersionNotSupported,
+            HeadError::TransferCoding => ProxyError::UnsupportedTransferCoding,
+            HeadError::Connect => ProxyError::ConnectNotAllowed,
+            HeadError::Bad(reason) => ProxyError::BadRequest(reason),
+        }
     }
 }
 

@@ -12,8 +12,7 @@
 
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
 
 use super::error::ProxyError;
 use crate::body::Body;
@@ -182,30 +181,18 @@ pub fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ProxyError> {
 }
 
 /// `308 Permanent Redirect` to the same host (default HTTPS port) and the
-/// same path and query, over https.
-pub fn redirect_to_https(
-    request: &Request<Incoming>,
-    authority: Option<&http::uri::Authority>,
-) -> Response<Body> {
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| authority.map(|a| a.as_str().to_owned()))
-        .unwrap_or_default();
+/// same path and query, over https: `host` is the request's `Host` (or
+/// HTTP/2's `:authority`).
+pub fn redirect_to_https(host: Option<&[u8]>, path_and_query: &str) -> Response<Body> {
+    let host = host.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
     // Drop a port (the plain listener's); keep an IPv6 literal whole.
     let host = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
-            name.to_owned()
+            name
         }
         _ => host,
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let location = format!("https://{host}{path}");
+    let location = format!("https://{host}{path_and_query}");
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
     if let Ok(location) = http::HeaderValue::from_str(&location) {

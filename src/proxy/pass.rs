@@ -8,7 +8,7 @@
 use std::time::SystemTime;
 
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, LOCATION, SET_COOKIE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 
 use super::error::json_response;
 use crate::body::Body;
@@ -37,15 +37,21 @@ fn is_browser_path(path: &str) -> bool {
 /// The answer to a request for a reserved path: for the browser path,
 /// under `key` (`None` without `maintenance.bypass_secret_file`; `https`
 /// marks the cookie `Secure`); for any other, 404.
-pub fn answer<B>(request: &Request<B>, key: Option<&BypassKey>, https: bool) -> Response<Body> {
-    if !is_browser_path(request.uri().path()) {
+pub fn answer(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    key: Option<&BypassKey>,
+    https: bool,
+) -> Response<Body> {
+    if !is_browser_path(path) {
         return json_response(
             StatusCode::NOT_FOUND,
             "not_found",
             "paths under /.switchyard/ are the proxy's; the browser path is /.switchyard/bypass?token=TOKEN",
         );
     }
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+    if !matches!(*method, Method::GET | Method::HEAD) {
         let mut response = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -63,7 +69,7 @@ pub fn answer<B>(request: &Request<B>, key: Option<&BypassKey>, https: bool) -> 
             "bypass tokens are not configured on this proxy",
         );
     };
-    let token = request.uri().query().and_then(|query| {
+    let token = query.and_then(|query| {
         query
             .split('&')
             .find_map(|pair| pair.strip_prefix("token="))

@@ -111,7 +111,7 @@ impl TunnelOrigin {
 /// [`TunnelOrigin::still_wanted`]) for `timeouts.drain` in a row: after a
 /// switch away from its pool, or once the gate is on. A change back within
 /// the budget lets the tunnel live on.
-async fn retired(state: Arc<SharedState>, origin: TunnelOrigin) {
+pub(super) async fn retired(state: Arc<SharedState>, origin: TunnelOrigin) {
     let mut changes = state.subscribe();
     // A tunnel let through by a bypass token is judged again when the
     // token expires, as at every change.

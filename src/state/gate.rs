@@ -20,6 +20,7 @@ use super::{seconds_left, MaintenanceMode, MaintenanceState};
 use crate::body::Body;
 use crate::bypass::BypassKey;
 use crate::config::Maintenance;
+use crate::http1;
 use path::contains_ignore_case;
 
 /// The gate while maintenance is on.
@@ -37,11 +38,13 @@ pub struct Gate {
     html: Option<Page>,
 }
 
-/// One form of the 503: its body and its headers.
+/// One form of the 503: its body and its headers, and the whole HTTP/1
+/// answer, written in one call to a client that keeps its connection.
 #[derive(Debug)]
 struct Page {
     body: Bytes,
     headers: HeaderMap,
+    http1: Vec<u8>,
 }
 
 impl Page {
@@ -50,7 +53,20 @@ impl Page {
         headers.insert(RETRY_AFTER, retry_after.clone());
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        Page { body, headers }
+        let mut http1 = Vec::new();
+        http1::write::answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &headers,
+            &body,
+            &Method::GET,
+            false,
+            &mut http1,
+        );
+        Page {
+            body,
+            headers,
+            http1,
+        }
     }
 }
 
@@ -99,10 +115,7 @@ impl Gate {
 
     /// The 503 for a client that sent `accept`.
     pub fn response(&self, accept: Option<&HeaderValue>) -> Response<Body> {
-        let page = match &self.html {
-            Some(html) if accept.is_some_and(prefers_html) => html,
-            _ => &self.json,
-        };
+        let page = self.page(accept.map(HeaderValue::as_bytes));
         let mut response = Response::new(Body::full(page.body.clone()));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         *response.headers_mut() = page.headers.clone();
@@ -113,6 +126,47 @@ impl Gate {
                 .insert(RETRY_AFTER, HeaderValue::from(left.as_secs()));
         }
         response
+    }
+}
+
+impl Gate {
+    /// The page for a client that sent `accept`.
+    fn page(&self, accept: Option<&[u8]>) -> &Page {
+        match &self.html {
+            Some(html) if accept.is_some_and(prefers_html) => html,
+            _ => &self.json,
+        }
+    }
+
+    /// Writes the 503 for an HTTP/1 `method` request whose `Accept` is
+    /// `accept` into `out`, saying `Connection: close` if `close`. The
+    /// usual case (a GET on a connection that stays open, a gate without
+    /// an end) is the prepared answer, copied whole.
+    pub fn write_http1(
+        &self,
+        accept: Option<&[u8]>,
+        method: &Method,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) {
+        let page = self.page(accept);
+        if self.until.is_none() && !close && *method != Method::HEAD {
+            out.extend_from_slice(&page.http1);
+            return;
+        }
+        let mut headers = page.headers.clone();
+        if let Some(until) = self.until {
+            let left = seconds_left(until, SystemTime::now());
+            headers.insert(RETRY_AFTER, HeaderValue::from(left.as_secs()));
+        }
+        http1::write::answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &headers,
+            &page.body,
+            method,
+            close,
+            out,
+        );
     }
 }
 
@@ -142,8 +196,8 @@ fn path_is_under(path: &str, prefix: &str) -> bool {
 /// Whether `accept` ranks `text/html` above `application/json`. A media
 /// range (`text/*`, `*/*`) counts for what it covers, the most specific
 /// match decides each q-value, and a tie means JSON.
-fn prefers_html(accept: &HeaderValue) -> bool {
-    let Ok(accept) = accept.to_str() else {
+fn prefers_html(accept: &[u8]) -> bool {
+    let Ok(accept) = std::str::from_utf8(accept) else {
         return false;
     };
     quality(accept, "text", "html") > quality(accept, "application", "json")
@@ -196,7 +250,7 @@ mod tests {
     use super::*;
 
     fn html(accept: &str) -> bool {
-        prefers_html(&HeaderValue::from_str(accept).unwrap())
+        prefers_html(accept.as_bytes())
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use http::Request;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -531,13 +532,26 @@ async fn upstreams_over_tls_are_verified_with_the_pools_ca() {
     assert_eq!(body["error"]["code"], "upstream_tls_failed");
 
     // Green's CA did: the switch's TLS probe passes, and requests go
-    // through, over HTTP/2 since the upstream offers it.
+    // through: an HTTP/1 client's over HTTP/1.1 (the WebSockets it may ask
+    // for need it), an HTTP/2 client's over HTTP/2, which the upstream
+    // offers by ALPN.
     let (code, doc) = proxy
         .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
         .await;
     assert_eq!(code, 200, "{doc}");
     let (status, _, body) = get(&proxy.url("/")).await;
-    assert_eq!((status, body.as_str()), (200, "secure HTTP/2.0"));
+    assert_eq!((status, body.as_str()), (200, "secure HTTP/1.1"));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let response = within(h2.request(Request::get(proxy.url("/")).body(full("")).unwrap()))
+        .await
+        .unwrap();
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "secure HTTP/2.0");
 }
 
 #[tokio::test]

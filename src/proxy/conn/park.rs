@@ -199,6 +199,12 @@ impl Wait for Prefixed<TcpStream> {
     }
 }
 
+impl Wait for TcpStream {
+    fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
 impl Wait for tokio_rustls::server::TlsStream<TcpStream> {
     fn poll_client(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (tcp, tls) = self.get_ref();

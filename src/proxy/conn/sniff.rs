@@ -121,6 +121,12 @@ impl<S> Prefixed<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The bytes read ahead and not served yet, and the stream below.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.prefix.drain(..self.start);
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

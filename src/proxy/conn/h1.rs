@@ -1,0 +1,536 @@
+//! The proxy's own HTTP/1 engine, serving one client connection from its
+//! first request head to its close.
+//!
+//! Each head is parsed once, in place, in the connection's one input
+//! buffer ([`crate::http1`]), judged, and either answered by the proxy or
+//! forwarded ([`forward`]) on one of the upstream's own connections, the
+//! exchange driven from this task. The buffers are the connection's, reused
+//! from one request to the next and let go when it has been quiet for
+//! [`PARK_AFTER`]: a parked connection costs its socket and its task.
+//!
+//! ```text
+//! wait for bytes (park when quiet) ─► parse head ─► judge (gate, pool)
+//!   ─► answered: read and drop a small body, or close; write the answer
+//!   ─► forwarded: see `forward`
+//!   ─► next head (already buffered when pipelined), or close
+//! ```
+
+mod forward;
+mod relay;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::Method;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::park::{Wait, PARK_AFTER};
+use super::Serving;
+use crate::http1::chunked::{Decoded, Decoder};
+use crate::http1::{self, Framing, RequestHead, ResponseHead};
+use crate::metrics::Counted;
+use crate::proxy::{frontdoor, pass, ProxyError, Verdict};
+use crate::shutdown::Phase;
+use crate::state::gate::path;
+
+/// How much the input buffer reads at a time: a browser's request head,
+/// or a good piece of a body.
+const READ_SIZE: usize = 8 * 1024;
+
+/// The client streams this engine serves.
+pub(super) trait ClientIo:
+    Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static
+{
+}
+
+impl<T: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> ClientIo for T {}
+
+/// Serves HTTP/1 on `io` until the connection ends. `input` holds what was
+/// already read from it (the protocol sniff's bytes), and the first head
+/// must be in by `head_by`.
+pub(super) async fn serve<I: ClientIo>(serving: Serving, io: I, input: Vec<u8>, head_by: Instant) {
+    let phase = serving.phase.clone();
+    let mut engine = Engine {
+        serving,
+        io,
+        input: Input {
+            bytes: input,
+            start: 0,
+        },
+        relay: Vec::new(),
+        out: Vec::new(),
+        head: RequestHead::default(),
+        answer: ResponseHead::default(),
+        clock: Box::pin(tokio::time::sleep_until(head_by)),
+        phase,
+    };
+    engine.run(head_by).await;
+}
+
+/// One client connection and everything it keeps between requests.
+pub(super) struct Engine<I> {
+    serving: Serving,
+    io: I,
+    /// What the client sent and the proxy has not used yet.
+    input: Input,
+    /// What the upstream sent and the proxy has not passed on yet.
+    relay: Vec<u8>,
+    /// Heads (and the first bytes of bodies) on their way out.
+    out: Vec<u8>,
+    /// The request being served, parsed in place in `input`.
+    head: RequestHead,
+    /// Its answer, parsed in place in `relay`.
+    answer: ResponseHead,
+    /// The connection's one timer: the next head's deadline, parking.
+    clock: Pin<Box<Sleep>>,
+    /// The server's lifecycle.
+    phase: watch::Receiver<Phase>,
+}
+
+/// Bytes read from the client: `bytes[start..]` are not used yet.
+struct Input {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl Input {
+    fn unread(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.bytes.len()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.bytes.len());
+    }
+
+    /// Takes up to `n` unread bytes.
+    fn take(&mut self, n: u64) -> &[u8] {
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len() - self.start);
+        let start = self.start;
+        self.start += n;
+        &self.bytes[start..start + n]
+    }
+
+    /// Reads more from `io` after the unread bytes; `Ok(0)` at its end.
+    async fn read_from<I: AsyncRead + Unpin>(&mut self, io: &mut I) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        } else if self.start > 0 && self.bytes.capacity() - self.bytes.len() < READ_SIZE / 4 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        if self.bytes.capacity() - self.bytes.len() < READ_SIZE / 4 {
+            self.bytes.reserve(READ_SIZE);
+        }
+        io.read_buf(&mut self.bytes).await
+    }
+
+    /// Lets the memory go (nothing is unread).
+    fn release(&mut self) {
+        debug_assert!(self.is_empty());
+        self.bytes = Vec::new();
+        self.start = 0;
+    }
+}
+
+/// How waiting for the next request head ended.
+enum Next {
+    /// A head is parsed in `Engine::head`.
+    Head,
+    /// The connection is over (closed, timed out, drained).
+    Over,
+    /// The bytes are not a request the proxy will serve.
+    Refused(ProxyError),
+}
+
+/// What ended a wait for the next request.
+enum Woke {
+    /// The client sent something, or closed (or its socket failed).
+    Client(io::Result<()>),
+    /// The server drains.
+    Drain,
+    /// The connection's clock: time to park, or to close.
+    Clock,
+}
+
+/// What a request's routing decided, owned so that the connection's
+/// buffers are free again.
+enum Decision {
+    /// The proxy answers it with this (redirect, its own path).
+    Answer(Box<http::Response<crate::body::Body>>),
+    /// The gate answers it.
+    Gate(Arc<crate::state::gate::Gate>),
+    /// It goes to the pool.
+    Forward(forward::Destination),
+}
+
+impl<I: ClientIo> Engine<I> {
+    async fn run(&mut self, mut head_by: Instant) {
+        loop {
+            match self.next_head(head_by).await {
+                Next::Head => {}
+                Next::Over => return,
+                Next::Refused(error) => {
+                    crate::proxy::log_failure(&error, &self.serving.client);
+                    self.out.clear();
+                    error.write_http1(&self.head.method, true, &mut self.out);
+                    let _ = self.write_out().await;
+                    self.close().await;
+                    return;
+                }
+            }
+            let mut phase = self.phase.clone();
+            let keep = tokio::select! {
+                biased;
+                keep = self.serve_request() => keep,
+                // Dropping the exchange drops its connections.
+                _ = phase.wait_for(|p| *p == Phase::Closing) => false,
+            };
+            if !keep {
+                self.close().await;
+                return;
+            }
+            head_by = Instant::now() + self.serving.limits.header_timeout;
+        }
+    }
+
+    /// Waits for the next request head and parses it, by `head_by`;
+    /// parks the connection once it has been quiet for [`PARK_AFTER`].
+    async fn next_head(&mut self, head_by: Instant) -> Next {
+        let max_head = self.serving.limits.max_header_bytes;
+        let mut parked: Option<Counted> = None;
+        loop {
+            if !self.input.is_empty() {
+                match http1::parse_request(self.input.unread(), max_head, &mut self.head) {
+                    Ok(true) => return Next::Head,
+                    Ok(false) => {}
+                    Err(error) => return Next::Refused(error.into()),
+                }
+            }
+            if *self.phase.borrow() >= Phase::Draining && self.input.is_empty() {
+                return Next::Over;
+            }
+            // Between requests, wait for bytes before taking memory for
+            // them, and let the buffers go once the client is quiet.
+            if self.input.is_empty() {
+                let park_at = Instant::now() + PARK_AFTER;
+                loop {
+                    let wake = if parked.is_some() {
+                        head_by
+                    } else {
+                        park_at.min(head_by)
+                    };
+                    self.clock.as_mut().reset(wake);
+                    let io = &self.io;
+                    let woke = tokio::select! {
+                        biased;
+                        ready = std::future::poll_fn(|cx| io.poll_client(cx)) => Woke::Client(ready),
+                        _ = self.phase.wait_for(|p| *p >= Phase::Draining) => Woke::Drain,
+                        () = self.clock.as_mut() => Woke::Clock,
+                    };
+                    match woke {
+                        Woke::Client(Ok(())) => break,
+                        Woke::Client(Err(error)) => {
+                            debug!(%error, "connection failed");
+                            return Next::Over;
+                        }
+                        Woke::Drain => return Next::Over,
+                        Woke::Clock if Instant::now() >= head_by => {
+                            debug!(timeout = ?self.serving.limits.header_timeout, "no request in time; closing");
+                            return Next::Over;
+                        }
+                        Woke::Clock => {
+                            if parked.is_none() {
+                                debug!("idle connection parked");
+                                self.park();
+                                parked = Some(self.serving.proxy.metrics.count_parked());
+                            }
+                        }
+                    }
+                }
+            }
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(head_by, self.input.read_from(&mut self.io)) => read,
+                _ = self.phase.wait_for(|p| *p == Phase::Closing) => return Next::Over,
+            };
+            match read {
+                Ok(Ok(0)) => return Next::Over,
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    debug!(%error, "read failed");
+                    return Next::Over;
+                }
+                Err(_) => {
+                    debug!(timeout = ?self.serving.limits.header_timeout, "request head not complete in time; closing");
+                    return Next::Over;
+                }
+            }
+        }
+    }
+
+    /// Lets every buffer go: the connection is quiet.
+    fn park(&mut self) {
+        self.input.release();
+        self.relay = Vec::new();
+        self.out = Vec::new();
+        self.head = RequestHead::default();
+        self.answer = ResponseHead::default();
+    }
+
+    /// Serves the parsed request; whether the connection goes on.
+    async fn serve_request(&mut self) -> bool {
+        let started = Instant::now();
+        let keep = match self.decide() {
+            Ok(Decision::Forward(destination)) => self.forward(destination).await,
+            Ok(Decision::Answer(response)) => self.answer_with(Answer::Response(response)).await,
+            Ok(Decision::Gate(gate)) => self.answer_with(Answer::Gate(gate)).await,
+            Err(error) => {
+                crate::proxy::log_failure(&error, &self.serving.client);
+                self.answer_with(Answer::Error(error)).await
+            }
+        };
+        self.serving
+            .proxy
+            .metrics
+            .observe_duration(started.elapsed());
+        keep
+    }
+
+    /// Routes the parsed request: the path's one meaning, then one state
+    /// load for the redirect, the reserved paths, the gate and the pool.
+    fn decide(&mut self) -> Result<Decision, ProxyError> {
+        let buf = self.input.unread();
+        let head = &self.head;
+        // The parser let only visible ASCII through.
+        let raw_path = std::str::from_utf8(head.path.of(buf))
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        let normalized = path::normalize(raw_path).map_err(ProxyError::BadRequest)?;
+        let path = normalized.as_deref().unwrap_or(raw_path);
+        let proxy = &self.serving.proxy;
+        let client = &self.serving.client;
+        let snapshot = proxy.state.load();
+        let verdict = proxy.judge(&snapshot, client, &head.method, path, || {
+            token_in(head, buf)
+        });
+        let query = head
+            .query
+            .map(|q| std::str::from_utf8(q.of(buf)).unwrap_or(""));
+        Ok(match verdict {
+            Verdict::Forward(pool) => Decision::Forward(forward::Destination {
+                pool: pool.clone(),
+                timeouts: snapshot.config.timeouts,
+                path: normalized.clone(),
+                tunnel: head.websocket.then(|| forward::TunnelAsk {
+                    path: path.to_owned(),
+                    token: token_in(head, buf).map(str::to_owned),
+                }),
+            }),
+            Verdict::Gated(gate) => Decision::Gate(gate.clone()),
+            Verdict::RedirectHttps => {
+                let mut target = path.to_owned();
+                if let Some(query) = query {
+                    target.push('?');
+                    target.push_str(query);
+                }
+                Decision::Answer(Box::new(frontdoor::redirect_to_https(
+                    head.authority(buf),
+                    &target,
+                )))
+            }
+            Verdict::Reserved => Decision::Answer(Box::new(pass::answer(
+                &head.method,
+                path,
+                query,
+                snapshot.bypass.as_ref(),
+                self.serving.client.https,
+            ))),
+        })
+    }
+
+    /// Answers the request without forwarding it: first reads and drops
+    /// its body if that is small and prompt (a client library that sends
+    /// a POST's head and body in two writes would otherwise have its body
+    /// read as the next request, or its next request fail), and otherwise
+    /// says `Connection: close` and closes.
+    async fn answer_with(&mut self, answer: Answer) -> bool {
+        let method = self.head.method.clone();
+        let mut keep = !self.head.close
+            && *self.phase.borrow() == Phase::Serving
+            && !matches!(&answer, Answer::Error(error) if error.closes_connection());
+        self.out.clear();
+        if self.head.framing == Framing::Empty {
+            // The usual case: the answer is written while the head it
+            // answers is still in the buffer.
+            let accept = self.head.get(self.input.unread(), "accept");
+            answer.write(accept, &method, keep, &mut self.out);
+            self.input.consume(self.head.len);
+        } else {
+            let accept = self
+                .head
+                .get(self.input.unread(), "accept")
+                .map(<[u8]>::to_vec);
+            keep &= self.discard_body().await;
+            answer.write(accept.as_deref(), &method, keep, &mut self.out);
+        }
+        self.write_out().await.is_ok() && keep
+    }
+
+    /// Reads the request's body and drops it, if it is no larger than
+    /// `listener.max_discard_bytes` and done within `timeouts.header`;
+    /// whether it was. A client waiting for `100 Continue` is not asked
+    /// for a body that would only be dropped.
+    async fn discard_body(&mut self) -> bool {
+        let framing = self.head.framing;
+        let head_len = self.head.len;
+        if framing == Framing::Empty {
+            self.input.consume(head_len);
+            return true;
+        }
+        if self.head.expects_continue {
+            return false;
+        }
+        let (limit, budget) = {
+            let snapshot = self.serving.proxy.state.load();
+            let config = &snapshot.config;
+            (config.listener.max_discard_bytes, config.timeouts.header)
+        };
+        if matches!(framing, Framing::Length(n) if n > limit) {
+            return false;
+        }
+        self.input.consume(head_len);
+        let deadline = Instant::now() + budget;
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut decoder = Decoder::new();
+        let mut read = 0u64;
+        loop {
+            match framing {
+                Framing::Length(_) => {
+                    left -= self.input.take(left).len() as u64;
+                    if left == 0 {
+                        return true;
+                    }
+                }
+                _ => loop {
+                    let Ok((used, decoded)) = decoder.decode(self.input.unread()) else {
+                        return false;
+                    };
+                    // `None` at the body's end, `Some(0)` for more input.
+                    let data = match decoded {
+                        Decoded::Data(data) => Some(data.len() as u64),
+                        Decoded::End => None,
+                        Decoded::NeedMore => Some(0),
+                    };
+                    self.input.consume(used);
+                    match data {
+                        None => return true,
+                        Some(0) => break,
+                        Some(n) => read += n,
+                    }
+                    if read > limit {
+                        return false;
+                    }
+                },
+            }
+            match tokio::time::timeout_at(deadline, self.input.read_from(&mut self.io)).await {
+                Ok(Ok(1..)) => {}
+                _ => {
+                    debug!("unwanted request body too slow, broken or cut off; closing after the answer");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Writes `out` to the client within `timeouts.send`.
+    async fn write_out(&mut self) -> io::Result<()> {
+        write_all(&mut self.io, &self.out, self.serving.limits.send_timeout).await
+    }
+
+    /// Closes the connection: what was written goes out first.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(self.serving.limits.send_timeout, self.io.shutdown()).await;
+    }
+}
+
+/// An answer of the proxy's own.
+enum Answer {
+    /// Boxed: the usual answers (the gate's, an error) are small.
+    Response(Box<http::Response<crate::body::Body>>),
+    Gate(Arc<crate::state::gate::Gate>),
+    Error(ProxyError),
+}
+
+impl Answer {
+    /// Writes it for a `method` request that sent `accept` into `out`;
+    /// `Connection: close` unless `keep`.
+    fn write(&self, accept: Option<&[u8]>, method: &Method, keep: bool, out: &mut Vec<u8>) {
+        match self {
+            Answer::Gate(gate) => gate.write_http1(accept, method, !keep, out),
+            Answer::Error(error) => error.write_http1(method, !keep, out),
+            Answer::Response(response) => http1::write::answer(
+                response.status(),
+                response.headers(),
+                response.body().in_memory().unwrap_or_default(),
+                method,
+                !keep,
+                out,
+            ),
+        }
+    }
+}
+
+/// Writes `bytes` to `io` and flushes them, failing if the writes wait on
+/// the peer for `timeout` (a client that takes no byte of its answer).
+async fn write_all<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    bytes: &[u8],
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    let written = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout(timeout, written).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer took no byte in {timeout:?}"),
+        )),
+    }
+}
+
+/// The bypass token a request carries: its `X-Switchyard-Bypass` field,
+/// or its cookie.
+fn token_in<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b str> {
+    if let Some(value) = head.first(buf, http1::Kind::Bypass) {
+        return std::str::from_utf8(value).ok();
+    }
+    head.fields
+        .iter()
+        .filter(|f| f.kind == http1::Kind::Cookie)
+        .find_map(|f| crate::bypass::token_in_cookie(f.value.of(buf)))
+}
+
+/// Whether a request with `method` may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
