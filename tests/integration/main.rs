@@ -30,6 +30,7 @@ mod bypass;
 mod cluster;
 mod ctl;
 mod deploy;
+mod differential;
 mod durability;
 mod failures;
 mod front_door;

@@ -609,6 +609,11 @@ impl Served {
     /// Runs `switchyard serve` on `config` in a fresh directory and waits
     /// until it listens.
     pub async fn start(config: &str) -> Served {
+        Served::start_with(config, &[]).await
+    }
+
+    /// [`Served::start`] with `envs` set for the process.
+    pub async fn start_with(config: &str, envs: &[(&str, &str)]) -> Served {
         use tokio::io::AsyncBufReadExt;
         let dir = TempDir::new();
         let path = dir.write("switchyard.toml", config);
@@ -617,6 +622,7 @@ impl Served {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .env_remove("SWITCHYARD_ADMIN")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
