@@ -31,22 +31,22 @@ const RELAY_MAX: usize = 64 * 1024;
 /// Chunks re-encoded for the client are sent once this much is waiting.
 const FLUSH_AT: usize = 32 * 1024;
 
-/// Reads more of an upstream's bytes after those in `relay`, growing it
-/// while reads fill it; `Ok(0)` at the stream's end.
+/// Reads more of an upstream's bytes after those in `relay`; a read that
+/// fills all the room there was makes room for a larger one next time, up
+/// to [`RELAY_MAX`]. `Ok(0)` at the stream's end.
 pub(super) async fn read_more<R: AsyncRead + Unpin>(
     stream: &mut R,
     relay: &mut Vec<u8>,
 ) -> io::Result<usize> {
-    let spare = relay.capacity() - relay.len();
-    if spare < RELAY_READ / 4 {
-        let room = if relay.capacity() >= RELAY_READ {
-            relay.capacity().min(RELAY_MAX)
-        } else {
-            RELAY_READ
-        };
-        relay.reserve(room);
+    if relay.capacity() - relay.len() < RELAY_READ / 4 {
+        relay.reserve(relay.capacity().clamp(RELAY_READ, RELAY_MAX));
     }
-    stream.read_buf(relay).await
+    let room = relay.capacity() - relay.len();
+    let n = stream.read_buf(relay).await?;
+    if n == room && relay.capacity() < RELAY_MAX {
+        relay.reserve(relay.capacity());
+    }
+    Ok(n)
 }
 
 /// A client's request body on its way to the upstream.
