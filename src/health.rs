@@ -13,12 +13,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, HOST, USER_AGENT};
 use http::uri::Authority;
-use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use tokio::task::JoinSet;
@@ -27,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::tls::UpstreamTls;
 use crate::config::Health;
+use crate::http1;
 use crate::shutdown::StopOnDrop;
 use crate::state::SharedState;
 use crate::upstream::{Pool, Upstream};
@@ -50,16 +46,13 @@ pub enum ProbeError {
     /// The TLS handshake failed (a certificate that does not verify).
     #[error("TLS: {0}")]
     Tls(Arc<std::io::Error>),
-    /// The HTTP/1 handshake failed.
-    #[error("handshake: {0}")]
-    Handshake(Arc<hyper::Error>),
     /// The request or its answer failed.
-    #[error("GET {path}: {error}")]
+    #[error("GET {path}: {reason}")]
     Exchange {
         /// The probe path.
         path: String,
         /// What failed.
-        error: Arc<hyper::Error>,
+        reason: String,
     },
     /// It answered, but not with 2xx or 3xx.
     #[error("GET {path} answered {status}")]
@@ -171,57 +164,31 @@ async fn probe_and_record(
     outcome
 }
 
-/// An HTTP/1 client connection on `stream`, its task spawned.
-async fn http1_handshake<S>(
-    stream: S,
-) -> Result<
-    (
-        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-        tokio::task::JoinHandle<()>,
-    ),
-    ProbeError,
->
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ProbeError::Handshake(Arc::new(e)))?;
-    let task = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok((sender, task))
-}
-
 /// One probe: passes on a 2xx or 3xx answer within the timeout.
 ///
 /// Each probe opens its own connection (and closes it): it checks that the
 /// upstream accepts connections and answers, and it never takes or spoils
-/// an idle connection of the request path's pool.
+/// an idle connection of the request path's pool. Its answer is read with
+/// the request path's own parser, up to the head: the status is the verdict.
 pub async fn probe(
     upstream: &Upstream,
     tls: Option<&UpstreamTls>,
     health: &Health,
 ) -> Result<(), ProbeError> {
-    let mut request = Request::new(Empty::<Bytes>::new());
-    *request.uri_mut() = health
-        .path
-        .parse::<Uri>()
-        .map_err(|e| ProbeError::BadPath(e.to_string()))?;
-    let headers = request.headers_mut();
-    let host = HeaderValue::from_str(upstream.authority.as_str())
-        .expect("an authority is a valid header value");
-    headers.insert(HOST, host);
-    headers.insert(USER_AGENT, HeaderValue::from_static(PROBE_USER_AGENT));
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    if !health.path.starts_with('/') || health.path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(ProbeError::BadPath(health.path.clone()));
+    }
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {PROBE_USER_AGENT}\r\nConnection: close\r\n\r\n",
+        health.path, upstream.authority
+    );
     let exchange = async {
         let stream = TcpStream::connect(upstream.authority.as_str())
             .await
             .map_err(|e| ProbeError::Connect(Arc::new(e)))?;
-        // The connection task ends with the exchange (Connection: close),
-        // or when this probe is dropped at its timeout.
-        let (mut sender, connection) = match tls {
-            None => http1_handshake(stream).await?,
+        let _ = stream.set_nodelay(true);
+        let status = match tls {
+            None => ask(stream, &request, &health.path).await?,
             Some(tls) => {
                 let name = tls
                     .server_name
@@ -233,19 +200,9 @@ pub async fn probe(
                     .connect(name, stream)
                     .await
                     .map_err(|e| ProbeError::Tls(Arc::new(e)))?;
-                http1_handshake(stream).await?
+                ask(stream, &request, &health.path).await?
             }
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| ProbeError::Exchange {
-                path: health.path.clone(),
-                error: Arc::new(e),
-            })?;
-        let status = response.status();
-        let _ = response.into_body().collect().await;
-        connection.abort();
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
@@ -263,3 +220,47 @@ pub async fn probe(
         }),
     }
 }
+
+/// Sends `request` on `stream` and reads the answer's head: its status.
+async fn ask<S>(mut stream: S, request: &str, path: &str) -> Result<http::StatusCode, ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |reason: String| ProbeError::Exchange {
+        path: path.to_owned(),
+        reason,
+    };
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    stream.flush().await.map_err(|e| failed(e.to_string()))?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut head = http1::ResponseHead::default();
+    loop {
+        match http1::parse_response(&buf, MAX_HEAD, false, &mut head) {
+            Ok(true) if head.is_interim() => {
+                buf.drain(..head.len);
+                continue;
+            }
+            Ok(true) => {
+                return http::StatusCode::from_u16(head.status)
+                    .map_err(|_| failed("invalid status code".to_owned()))
+            }
+            Ok(false) => {}
+            Err(reason) => return Err(failed(format!("malformed answer: {reason}"))),
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Err(failed("the connection closed before an answer".to_owned())),
+            Ok(_) => {}
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    }
+}
+
+/// Longest answer head a probe reads.
+const MAX_HEAD: usize = 64 * 1024;
