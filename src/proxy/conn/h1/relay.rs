@@ -25,7 +25,7 @@ use crate::upstream::connection::Connection;
 use crate::upstream::InFlight;
 
 /// What a read from an upstream takes at least room for.
-const RELAY_READ: usize = 16 * 1024;
+const RELAY_READ: usize = 4 * 1024;
 /// The most a read from an upstream takes, once reads fill the buffer.
 const RELAY_MAX: usize = 64 * 1024;
 /// Chunks re-encoded for the client are sent once this much is waiting.
