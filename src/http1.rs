@@ -78,6 +78,8 @@ pub struct Field {
 pub enum Kind {
     /// `Host`.
     Host,
+    /// `Date`.
+    Date,
     /// `Content-Length`.
     ContentLength,
     /// `Transfer-Encoding`.
@@ -117,6 +119,7 @@ impl Kind {
         match name.len() {
             2 if is("te") => Kind::HopByHop,
             4 if is("host") => Kind::Host,
+            4 if is("date") => Kind::Date,
             6 if is("cookie") => Kind::Cookie,
             6 if is("expect") => Kind::Expect,
             7 if is("upgrade") => Kind::Upgrade,

@@ -133,6 +133,10 @@ pub fn parse_response(
             kind,
         });
     }
+    if codings > 0 && head.version == Some(Version::HTTP_10) {
+        // RFC 9112 §6.1: faulty framing.
+        return Err("Transfer-Encoding in an HTTP/1.0 response");
+    }
     let bodiless = to_head || head.status < 200 || head.status == 204 || head.status == 304;
     head.framing = match (lengths, codings) {
         (Some(_), 1..) => return Err("both Content-Length and Transfer-Encoding"),

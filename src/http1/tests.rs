@@ -344,6 +344,7 @@ fn response_framing_follows_status_method_and_fields() {
         &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: 1\r\n folded\r\n\r\n",
         b"HTTP/1.1 099 Odd\r\n\r\n",
         b"HTTP/2 200\r\n\r\n",
@@ -366,13 +367,12 @@ fn the_clients_response_head_drops_this_hops_fields() {
         &head,
         &ResponseEdits {
             framing: Framing::Chunked,
-            close: true,
-            keep_alive: false,
+            persistence: write::Persistence::Close,
         },
         &mut out,
     );
     assert_eq!(
-        String::from_utf8(out).unwrap(),
+        without_date(&out),
         "HTTP/1.1 200 Fine\r\nSet-Cookie: a=1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
     );
     let head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n";
@@ -383,12 +383,40 @@ fn the_clients_response_head_drops_this_hops_fields() {
         &head,
         &ResponseEdits {
             framing: Framing::Empty,
-            close: false,
-            keep_alive: false,
+            persistence: write::Persistence::Keep,
         },
         &mut out,
     );
-    assert_eq!(out, b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n");
+    assert_eq!(
+        without_date(&out),
+        "HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n"
+    );
+    assert!(
+        String::from_utf8_lossy(&out).contains("\r\ndate: "),
+        "a Date is added"
+    );
+    let dated =
+        b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 0\r\n\r\n";
+    let head = response(dated, false).unwrap();
+    let mut out = Vec::new();
+    let edits = ResponseEdits {
+        framing: Framing::Empty,
+        persistence: write::Persistence::KeepAlive,
+    };
+    write::response_head(dated, &head, &edits, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n",
+        "the upstream's Date is kept"
+    );
+}
+
+/// A head as text, without its `date` line.
+fn without_date(head: &[u8]) -> String {
+    String::from_utf8_lossy(head)
+        .split_inclusive("\r\n")
+        .filter(|line| !line.starts_with("date: "))
+        .collect()
 }
 
 /// A body cut into chunks at `cuts`, each chunk with an extension or not,

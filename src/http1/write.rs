@@ -51,8 +51,9 @@ pub fn request_head(buf: &[u8], head: &RequestHead, edits: &RequestEdits<'_>, ou
     for field in &head.fields {
         match field.kind {
             Kind::Host => line(out, buf, field),
-            Kind::Other if named && head.connection_names(buf, field.name.of(buf)) => {}
-            Kind::Other => line(out, buf, field),
+            Kind::Other | Kind::Date if named && head.connection_names(buf, field.name.of(buf)) => {
+            }
+            Kind::Other | Kind::Date => line(out, buf, field),
             Kind::ContentLength => had_length = true,
             Kind::ForwardedFor => forwarded_for = true,
             Kind::Cookie => cookies = true,
@@ -158,6 +159,37 @@ fn trim_from(out: &mut Vec<u8>, from: usize) {
     out.truncate(from + len);
 }
 
+/// What an answer says of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing: an HTTP/1.1 connection stays open.
+    Keep,
+    /// `Connection: keep-alive`: an HTTP/1.0 client's connection stays open.
+    KeepAlive,
+    /// `Connection: close`: the connection ends after the answer.
+    Close,
+}
+
+impl Persistence {
+    /// For a connection that stays open if `keep`, with a client that
+    /// speaks HTTP/1.0 if `http10`.
+    pub fn of(keep: bool, http10: bool) -> Persistence {
+        match (keep, http10) {
+            (false, _) => Persistence::Close,
+            (true, true) => Persistence::KeepAlive,
+            (true, false) => Persistence::Keep,
+        }
+    }
+
+    fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Persistence::Keep => {}
+            Persistence::KeepAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
+            Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
+        }
+    }
+}
+
 /// What the proxy changes in a response it passes on.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseEdits {
@@ -165,28 +197,32 @@ pub struct ResponseEdits {
     /// upstream delimited by closing as chunks, a 1.0 client gets a chunked
     /// body delimited by the close).
     pub framing: Framing,
-    /// Whether the client's connection closes after it.
-    pub close: bool,
-    /// Whether to say `Connection: keep-alive` (to an HTTP/1.0 client
-    /// whose connection stays open).
-    pub keep_alive: bool,
+    /// What the answer says of the client's connection.
+    pub persistence: Persistence,
 }
 
 /// Writes the head of `head` (parsed from `buf`) as it goes to the client,
-/// with `edits`, into `out`.
+/// with `edits`, into `out`. A `Date` is added if the upstream gave none
+/// (RFC 9110 §6.6.1).
 pub fn response_head(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits, out: &mut Vec<u8>) {
     status_line(out, head.status, head.reason.of(buf));
     let named = head.names_fields();
     let upgrade = head.status == 101;
-    let mut length = None;
+    let (mut length, mut dated) = (None, false);
     for field in &head.fields {
         match field.kind {
             Kind::Connection | Kind::HopByHop | Kind::TransferEncoding => {}
             Kind::Upgrade if !upgrade => {}
             Kind::ContentLength => length = super::content_length(field.value.of(buf)),
             _ if named && head.connection_names(buf, field.name.of(buf)) => {}
-            _ => line(out, buf, field),
+            kind => {
+                dated |= kind == Kind::Date;
+                line(out, buf, field);
+            }
         }
+    }
+    if !dated {
+        date_line(out);
     }
     match edits.framing {
         Framing::Length(length) => length_line(out, length),
@@ -201,10 +237,8 @@ pub fn response_head(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits, out
     }
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
-    } else if edits.close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if edits.keep_alive {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
+    } else {
+        edits.persistence.write(out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -223,14 +257,28 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A whole answer of the proxy's own: status, `headers`, and `body` with
-/// its length (none for a `HEAD`'s answer, whose length is still given).
+/// A whole answer of the proxy's own: status, `headers`, a `Date`, and
+/// `body` with its length (none for a `HEAD`'s answer, whose length is
+/// still given).
 pub fn answer(
     status: StatusCode,
     headers: &http::HeaderMap,
     body: &[u8],
     method: &Method,
-    close: bool,
+    persistence: Persistence,
+    out: &mut Vec<u8>,
+) {
+    answer_fields(status, headers, body.len(), persistence, out);
+    end_answer(body, method, out);
+}
+
+/// The part of an answer that can be prepared ahead: its status line and
+/// fields, all but the `Date`. [`end_answer`] completes it.
+pub fn answer_fields(
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body_len: usize,
+    persistence: Persistence,
     out: &mut Vec<u8>,
 ) {
     status_line(
@@ -244,14 +292,42 @@ pub fn answer(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    length_line(out, body.len() as u64);
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    length_line(out, body_len as u64);
+    persistence.write(out);
+}
+
+/// Completes an answer begun by [`answer_fields`]: the `Date`, the end of
+/// the head, and `body` (none for a `HEAD`).
+pub fn end_answer(body: &[u8], method: &Method, out: &mut Vec<u8>) {
+    date_line(out);
     out.extend_from_slice(b"\r\n");
     if *method != Method::HEAD {
         out.extend_from_slice(body);
     }
+}
+
+/// `date: ...` with the current time, formatted once a second.
+fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                date.1.copy_from_slice(text.as_bytes());
+                date.0 = second;
+            }
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&date.1);
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 fn line(out: &mut Vec<u8>, buf: &[u8], field: &Field) {

@@ -194,9 +194,16 @@ impl ProxyError {
 }
 
 impl ProxyError {
-    /// The answer to an HTTP/1 `method` request, written into `out`; with
-    /// `Connection: close` if `close` or this error closes the connection.
-    pub fn write_http1(&self, method: &http::Method, close: bool, out: &mut Vec<u8>) {
+    /// The answer to an HTTP/1 `method` request, written into `out`,
+    /// saying what `persistence` says of the connection (`close` if this
+    /// error closes it).
+    pub fn write_http1(
+        &self,
+        method: &http::Method,
+        persistence: crate::http1::write::Persistence,
+        out: &mut Vec<u8>,
+    ) {
+        use crate::http1::write::Persistence;
         let body = ErrorDocument::new(self.code(), self.public_message()).to_json();
         let mut headers = http::HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -206,7 +213,11 @@ impl ProxyError {
             &headers,
             &body,
             method,
-            close || self.closes_connection(),
+            if self.closes_connection() {
+                Persistence::Close
+            } else {
+                persistence
+            },
             out,
         );
     }

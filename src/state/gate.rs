@@ -21,6 +21,7 @@ use crate::body::Body;
 use crate::bypass::BypassKey;
 use crate::config::Maintenance;
 use crate::http1;
+use crate::http1::write::Persistence;
 use path::contains_ignore_case;
 
 /// The gate while maintenance is on.
@@ -38,8 +39,9 @@ pub struct Gate {
     html: Option<Page>,
 }
 
-/// One form of the 503: its body and its headers, and the whole HTTP/1
-/// answer, written in one call to a client that keeps its connection.
+/// One form of the 503: its body and its headers, and the HTTP/1 answer's
+/// status line and fields, prepared for a client that keeps its connection
+/// (only the `Date` is added as it is sent).
 #[derive(Debug)]
 struct Page {
     body: Bytes,
@@ -54,12 +56,11 @@ impl Page {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let mut http1 = Vec::new();
-        http1::write::answer(
+        http1::write::answer_fields(
             StatusCode::SERVICE_UNAVAILABLE,
             &headers,
-            &body,
-            &Method::GET,
-            false,
+            body.len(),
+            Persistence::Keep,
             &mut http1,
         );
         Page {
@@ -139,19 +140,20 @@ impl Gate {
     }
 
     /// Writes the 503 for an HTTP/1 `method` request whose `Accept` is
-    /// `accept` into `out`, saying `Connection: close` if `close`. The
-    /// usual case (a GET on a connection that stays open, a gate without
-    /// an end) is the prepared answer, copied whole.
+    /// `accept` into `out`, saying what `persistence` says of the
+    /// connection. The usual case (a connection that stays open, a gate
+    /// without an end) is the prepared answer.
     pub fn write_http1(
         &self,
         accept: Option<&[u8]>,
         method: &Method,
-        close: bool,
+        persistence: Persistence,
         out: &mut Vec<u8>,
     ) {
         let page = self.page(accept);
-        if self.until.is_none() && !close && *method != Method::HEAD {
+        if self.until.is_none() && persistence == Persistence::Keep {
             out.extend_from_slice(&page.http1);
+            http1::write::end_answer(&page.body, method, out);
             return;
         }
         let mut headers = page.headers.clone();
@@ -164,7 +166,7 @@ impl Gate {
             &headers,
             &page.body,
             method,
-            close,
+            persistence,
             out,
         );
     }

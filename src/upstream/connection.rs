@@ -15,6 +15,7 @@
 //! a sweep ([`Connections::reap`], which the server runs every
 //! [`REAP_EVERY`]).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -63,14 +64,24 @@ impl Connection {
     /// upstream has neither closed it nor sent anything unasked. Costs no
     /// system call when nothing has arrived (the reactor's readiness says
     /// so); a TLS connection may take in a session ticket on the way.
+    ///
+    /// The look is taken outside tokio's cooperative budget: within it, a
+    /// read may answer "not ready" without looking at the socket at all,
+    /// once the task has polled enough, and a connection the upstream
+    /// closed or wrote to would pass for a clean one.
     fn is_reusable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut byte);
-        matches!(
-            Pin::new(&mut self.stream).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        let stream = &mut self.stream;
+        let look = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            let mut probe = ReadBuf::new(&mut byte);
+            match Pin::new(&mut *stream).poll_read(cx, &mut probe) {
+                Poll::Pending => Poll::Ready(true),
+                Poll::Ready(_) => Poll::Ready(false),
+            }
+        }));
+        let mut look = std::pin::pin!(look);
+        matches!(look.as_mut().poll(&mut cx), Poll::Ready(true))
     }
 }
 

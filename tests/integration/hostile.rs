@@ -856,3 +856,204 @@ async fn an_upstream_that_stops_reading_an_upload_times_out() {
     assert_eq!(status_of(&answer), 504, "{answer}");
     sending.abort();
 }
+
+/// An upstream with a common bug: it answers a HEAD with a head, and a
+/// moment later with a body anyway. Every other request gets `genuine`.
+async fn late_body_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n @ 1..) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = seen.drain(..end + 4).collect::<Vec<u8>>();
+                        if head.starts_with(b"HEAD") {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+                                .await;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            let _ = stream.write_all(b"INJECT").await;
+                        } else {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ngenuine")
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn bytes_an_upstream_sends_unasked_never_reach_another_client() {
+    let upstream = late_body_upstream().await;
+    let proxy = Proxy::with_config(&config_text(&[upstream], &[upstream], NO_PROBES)).await;
+    // More spoiled idle connections than a task may poll in one turn of
+    // the scheduler: each must still be looked at before it is reused.
+    let heads: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                stream
+                    .write_all(b"HEAD /page HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                read_to_close(&mut stream).await
+            })
+        })
+        .collect();
+    for head in heads {
+        let answer = head.await.unwrap();
+        assert_eq!(status_of(&answer), 200, "{answer}");
+    }
+    // The late bodies are in by now.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let (status, _, body) = get(&proxy.url("/account")).await;
+        assert_eq!((status, body.as_str()), (200, "genuine"));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_frees_its_upstream_connection() {
+    let upstream = Upstream::start(|request| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+        }
+        text("ok")
+    })
+    .await;
+    let a = upstream.addr;
+    let proxy = Proxy::with_config(&format!(
+        "[listener]\nbind = \"127.0.0.1:0\"\n[pools.blue]\nupstreams = [\"{a}\"]\nmax_connections = 2\n[pools.green]\nupstreams = [\"{a}\"]\n{NO_PROBES}[timeouts]\nconnect = \"3s\"\n"
+    ))
+    .await;
+    // Two clients ask for something slow and leave at once.
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        eventually("the upstream saw the slow request", || {
+            upstream.seen().iter().any(|s| s.target == "/slow")
+        })
+        .await;
+        drop(stream);
+    }
+    // Their upstream connections were let go with them: the next client
+    // is not kept waiting behind them.
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(&proxy.url("/fast")).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "waited {:?} for an upstream connection",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_interim_answer_during_an_upload_does_not_stop_it() {
+    // Sends 103 Early Hints as soon as it has the head, then reads the
+    // whole body and says how long it was.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Health probes come first: answered and let go.
+        let (mut stream, seen, end) = loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let end = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+            };
+            if seen.starts_with(b"POST") {
+                break (stream, seen, end);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        };
+        let (mut seen, mut buf) = (seen, vec![0u8; 65536]);
+        stream
+            .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+            .await
+            .unwrap();
+        while seen.len() - end < 300_000 {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the upload stopped");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n{:06}",
+            seen.len() - end
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let proxy = Proxy::with_config(&config_text(&[upstream], &[upstream], NO_PROBES)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 1000]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stream.write_all(&[b'x'; 299_000]).await.unwrap();
+    let answer = read_answer(&mut stream, "300000").await;
+    assert_eq!(status_of_final(&answer), 200, "{answer}");
+}
+
+/// The status of the last answer in `text` (after any interim ones).
+fn status_of_final(text: &str) -> u16 {
+    let last = text.rfind("HTTP/1.1 ").unwrap_or(0);
+    status_of(&text[last..])
+}
+
+#[tokio::test]
+async fn an_http10_client_kept_alive_is_told_so_by_the_proxys_own_answers() {
+    let upstream = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let (code, _) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(code, 200);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut stream, "}").await;
+        assert_eq!(status_of(&answer), 503, "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("connection: keep-alive"),
+            "{answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("\r\ndate: "),
+            "{answer}"
+        );
+    }
+}

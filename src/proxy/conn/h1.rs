@@ -31,6 +31,7 @@ use tracing::{debug, Instrument};
 use super::park::{Wait, PARK_AFTER};
 use super::Serving;
 use crate::http1::chunked::{Decoded, Decoder};
+use crate::http1::write::Persistence;
 use crate::http1::{self, Framing, RequestHead, ResponseHead};
 use crate::metrics::Counted;
 use crate::proxy::{frontdoor, pass, ProxyError, Verdict};
@@ -222,7 +223,7 @@ impl<I: ClientIo> Engine<I> {
                 Next::Refused(error) => {
                     crate::proxy::log_failure(&error, &self.serving.client);
                     self.out.clear();
-                    error.write_http1(&self.head.method, true, &mut self.out);
+                    error.write_http1(&self.head.method, Persistence::Close, &mut self.out);
                     let _ = self.write_out().await;
                     self.close().await;
                     return Ended::Over;
@@ -418,6 +419,7 @@ impl<I: ClientIo> Engine<I> {
     /// says `Connection: close` and closes.
     async fn answer_with(&mut self, answer: Answer) -> bool {
         let method = self.head.method.clone();
+        let http10 = self.head.version == http::Version::HTTP_10;
         let mut keep = !self.head.close
             && *self.phase.borrow() == Phase::Serving
             && !matches!(&answer, Answer::Error(error) if error.closes_connection());
@@ -426,7 +428,12 @@ impl<I: ClientIo> Engine<I> {
             // The usual case: the answer is written while the head it
             // answers is still in the buffer.
             let accept = self.head.get(self.input.unread(), "accept");
-            answer.write(accept, &method, keep, &mut self.out);
+            answer.write(
+                accept,
+                &method,
+                Persistence::of(keep, http10),
+                &mut self.out,
+            );
             self.input.consume(self.head.len);
         } else {
             let accept = self
@@ -434,7 +441,8 @@ impl<I: ClientIo> Engine<I> {
                 .get(self.input.unread(), "accept")
                 .map(<[u8]>::to_vec);
             keep &= self.discard_body().await;
-            answer.write(accept.as_deref(), &method, keep, &mut self.out);
+            let persistence = Persistence::of(keep, http10);
+            answer.write(accept.as_deref(), &method, persistence, &mut self.out);
         }
         self.write_out().await.is_ok() && keep
     }
@@ -528,18 +536,24 @@ enum Answer {
 }
 
 impl Answer {
-    /// Writes it for a `method` request that sent `accept` into `out`;
-    /// `Connection: close` unless `keep`.
-    fn write(&self, accept: Option<&[u8]>, method: &Method, keep: bool, out: &mut Vec<u8>) {
+    /// Writes it for a `method` request that sent `accept` into `out`,
+    /// saying what `persistence` says of the connection.
+    fn write(
+        &self,
+        accept: Option<&[u8]>,
+        method: &Method,
+        persistence: Persistence,
+        out: &mut Vec<u8>,
+    ) {
         match self {
-            Answer::Gate(gate) => gate.write_http1(accept, method, !keep, out),
-            Answer::Error(error) => error.write_http1(method, !keep, out),
+            Answer::Gate(gate) => gate.write_http1(accept, method, persistence, out),
+            Answer::Error(error) => error.write_http1(method, persistence, out),
             Answer::Response(response) => http1::write::answer(
                 response.status(),
                 response.headers(),
                 response.body().in_memory().unwrap_or_default(),
                 method,
-                !keep,
+                persistence,
                 out,
             ),
         }

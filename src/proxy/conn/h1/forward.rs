@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::relay::Upload;
 use super::{is_idempotent, write_all, ClientIo, Engine};
 use crate::config::Timeouts;
-use crate::http1::write::{RequestEdits, ResponseEdits};
+use crate::http1::write::{Persistence, RequestEdits, ResponseEdits};
 use crate::http1::{self, Framing};
 use crate::proxy::tunnel::{retired, TunnelOrigin};
 use crate::proxy::ProxyError;
@@ -63,6 +63,9 @@ pub(super) enum Failed {
     /// Once its answer was under way: the client's connection is cut, so
     /// that it sees an incomplete answer, not a complete wrong one.
     Cut,
+    /// The client left before its answer was complete: nobody's failure to
+    /// count, and the upstream's connection goes with the exchange.
+    Gone,
 }
 
 impl From<ProxyError> for Failed {
@@ -109,11 +112,16 @@ impl<I: ClientIo> Engine<I> {
                     && *self.phase.borrow() == Phase::Serving
                     && !error.closes_connection();
                 self.out.clear();
-                error.write_http1(&method, !keep, &mut self.out);
+                let http10 = self.head.version == Version::HTTP_10;
+                error.write_http1(&method, Persistence::of(keep, http10), &mut self.out);
                 self.write_out().await.is_ok() && keep
             }
             Err(Failed::Cut) => {
                 pool.requests.count(StatusCode::BAD_GATEWAY);
+                false
+            }
+            Err(Failed::Gone) => {
+                debug!("the client left before its answer was complete");
                 false
             }
         }
@@ -279,11 +287,16 @@ impl<I: ClientIo> Engine<I> {
                         .into())
                     }
                 }
-                let read = tokio::time::timeout_at(
-                    deadline,
-                    super::relay::read_more(&mut connection.stream, &mut self.relay),
-                )
-                .await;
+                let limit = self.serving.limits.max_header_bytes;
+                let read = tokio::select! {
+                    biased;
+                    read = tokio::time::timeout_at(
+                        deadline,
+                        super::relay::read_more(&mut connection.stream, &mut self.relay),
+                    ) => read,
+                    // The upstream's connection goes with the exchange.
+                    () = client_left(&mut self.io, &mut self.input, limit) => return Err(Failed::Gone),
+                };
                 let cut = match read {
                     Err(_) => return Err(timed_out(&upstream, timeouts).into()),
                     Ok(Ok(0)) => "the connection closed before an answer".to_owned(),
@@ -335,13 +348,22 @@ impl<I: ClientIo> Engine<I> {
             tokio::select! {
                 biased;
                 read = super::relay::read_more(stream, &mut self.relay) => {
-                    return match read {
-                        // It answers before the end of the body: the answer
-                        // is read next, and the connection is not reused.
-                        Ok(1..) => Ok(()),
-                        Ok(0) => Err(lost(upstream, true, "the connection closed during the upload").into()),
-                        Err(error) => Err(lost(upstream, true, &error.to_string()).into()),
-                    };
+                    match read {
+                        Ok(1..) => {}
+                        Ok(0) => return Err(lost(upstream, true, "the connection closed during the upload").into()),
+                        Err(error) => return Err(lost(upstream, true, &error.to_string()).into()),
+                    }
+                    // An interim answer (`100`, `103`) asks for nothing:
+                    // the upload goes on. A final one before the end of the
+                    // body is read next, and the connection is not reused.
+                    match http1::parse_response(&self.relay, MAX_RESPONSE_HEAD, false, &mut self.answer) {
+                        Ok(true) if self.answer.is_interim() => {
+                            self.relay.drain(..self.answer.len);
+                            continue;
+                        }
+                        Ok(false) => continue,
+                        Ok(true) | Err(_) => return Ok(()),
+                    }
                 }
                 read = tokio::time::timeout(timeouts.client_body, self.input.read_from(&mut self.io)) => {
                     match read {
@@ -380,8 +402,7 @@ impl<I: ClientIo> Engine<I> {
         self.out.clear();
         let edits = ResponseEdits {
             framing: Framing::Empty,
-            close: false,
-            keep_alive: false,
+            persistence: Persistence::Keep,
         };
         http1::write::response_head(&self.relay, &self.answer, &edits, &mut self.out);
         // What the upstream sent after its 101 is the tunnel's already.
@@ -459,6 +480,22 @@ fn connect_failure(
         }
     }
     failure
+}
+
+/// Resolves once the client has closed its connection (or it failed),
+/// while the proxy waits on the upstream for it. What the client sends
+/// meanwhile (its next request, pipelined) is kept in `input`, up to
+/// `limit` bytes; past that the client is no longer watched.
+pub(super) async fn client_left<I: ClientIo>(io: &mut I, input: &mut super::Input, limit: usize) {
+    loop {
+        if input.unread().len() >= limit {
+            return std::future::pending().await;
+        }
+        match input.read_from(io).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// The upstream took `timeouts.upstream` to take the request or answer it.

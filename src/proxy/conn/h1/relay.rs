@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::forward::{Asked, Failed};
 use super::{ClientIo, Engine, Input};
 use crate::http1::chunked::{self, ChunkError, Decoded, Decoder};
-use crate::http1::write::ResponseEdits;
+use crate::http1::write::{Persistence, ResponseEdits};
 use crate::http1::{self, Framing};
 use crate::proxy::ProxyError;
 use crate::shutdown::Phase;
@@ -170,8 +170,7 @@ impl<I: ClientIo> Engine<I> {
         self.out.clear();
         let edits = ResponseEdits {
             framing,
-            close: !keep,
-            keep_alive: keep && asked.http10,
+            persistence: Persistence::of(keep, asked.http10),
         };
         http1::write::response_head(&self.relay, &self.answer, &edits, &mut self.out);
         let upstream_close = self.answer.close;
@@ -247,7 +246,13 @@ impl<I: ClientIo> Engine<I> {
             if at == self.relay.len() {
                 self.relay.clear();
                 at = 0;
-                match read_more(&mut stream.stream, &mut self.relay).await {
+                let limit = self.serving.limits.max_header_bytes;
+                let read = tokio::select! {
+                    biased;
+                    read = read_more(&mut stream.stream, &mut self.relay) => read,
+                    () = super::forward::client_left(&mut self.io, &mut self.input, limit) => return Err(Failed::Gone),
+                };
+                match read {
                     Ok(1..) => {}
                     Ok(0) => match &mut download {
                         Download::Raw(None) => break true,
