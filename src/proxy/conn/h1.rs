@@ -15,6 +15,7 @@
 //!   ─► next head (already buffered when pipelined), or close
 //! ```
 
+mod answer;
 mod forward;
 mod relay;
 
@@ -30,13 +31,13 @@ use tracing::{debug, Instrument};
 
 use super::park::{Wait, PARK_AFTER};
 use super::Serving;
-use crate::http1::chunked::{Decoded, Decoder};
 use crate::http1::write::Persistence;
-use crate::http1::{self, Framing, RequestHead, ResponseHead};
+use crate::http1::{self, RequestHead, ResponseHead};
 use crate::metrics::Counted;
 use crate::proxy::{frontdoor, pass, ProxyError, Verdict};
 use crate::shutdown::Phase;
 use crate::state::gate::path;
+use answer::Answer;
 
 /// How much the input buffer reads at a time: a browser's request head,
 /// or a good piece of a body.
@@ -412,110 +413,6 @@ impl<I: ClientIo> Engine<I> {
         })
     }
 
-    /// Answers the request without forwarding it: first reads and drops
-    /// its body if that is small and prompt (a client library that sends
-    /// a POST's head and body in two writes would otherwise have its body
-    /// read as the next request, or its next request fail), and otherwise
-    /// says `Connection: close` and closes.
-    async fn answer_with(&mut self, answer: Answer) -> bool {
-        let method = self.head.method.clone();
-        let http10 = self.head.version == http::Version::HTTP_10;
-        let mut keep = !self.head.close
-            && *self.phase.borrow() == Phase::Serving
-            && !matches!(&answer, Answer::Error(error) if error.closes_connection());
-        self.out.clear();
-        if self.head.framing == Framing::Empty {
-            // The usual case: the answer is written while the head it
-            // answers is still in the buffer.
-            let accept = self.head.get(self.input.unread(), "accept");
-            answer.write(
-                accept,
-                &method,
-                Persistence::of(keep, http10),
-                &mut self.out,
-            );
-            self.input.consume(self.head.len);
-        } else {
-            let accept = self
-                .head
-                .get(self.input.unread(), "accept")
-                .map(<[u8]>::to_vec);
-            keep &= self.discard_body().await;
-            let persistence = Persistence::of(keep, http10);
-            answer.write(accept.as_deref(), &method, persistence, &mut self.out);
-        }
-        self.write_out().await.is_ok() && keep
-    }
-
-    /// Reads the request's body and drops it, if it is no larger than
-    /// `listener.max_discard_bytes` and done within `timeouts.header`;
-    /// whether it was. A client waiting for `100 Continue` is not asked
-    /// for a body that would only be dropped.
-    async fn discard_body(&mut self) -> bool {
-        let framing = self.head.framing;
-        let head_len = self.head.len;
-        if framing == Framing::Empty {
-            self.input.consume(head_len);
-            return true;
-        }
-        if self.head.expects_continue {
-            return false;
-        }
-        let (limit, budget) = {
-            let snapshot = self.serving.proxy.state.load();
-            let config = &snapshot.config;
-            (config.listener.max_discard_bytes, config.timeouts.header)
-        };
-        if matches!(framing, Framing::Length(n) if n > limit) {
-            return false;
-        }
-        self.input.consume(head_len);
-        let deadline = Instant::now() + budget;
-        let mut left = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
-        let mut decoder = Decoder::new();
-        let mut read = 0u64;
-        loop {
-            match framing {
-                Framing::Length(_) => {
-                    left -= self.input.take(left).len() as u64;
-                    if left == 0 {
-                        return true;
-                    }
-                }
-                _ => loop {
-                    let Ok((used, decoded)) = decoder.decode(self.input.unread()) else {
-                        return false;
-                    };
-                    // `None` at the body's end, `Some(0)` for more input.
-                    let data = match decoded {
-                        Decoded::Data(data) => Some(data.len() as u64),
-                        Decoded::End => None,
-                        Decoded::NeedMore => Some(0),
-                    };
-                    self.input.consume(used);
-                    match data {
-                        None => return true,
-                        Some(0) => break,
-                        Some(n) => read += n,
-                    }
-                    if read > limit {
-                        return false;
-                    }
-                },
-            }
-            match tokio::time::timeout_at(deadline, self.input.read_from(&mut self.io)).await {
-                Ok(Ok(1..)) => {}
-                _ => {
-                    debug!("unwanted request body too slow, broken or cut off; closing after the answer");
-                    return false;
-                }
-            }
-        }
-    }
-
     /// Writes `out` to the client within `timeouts.send`.
     async fn write_out(&mut self) -> io::Result<()> {
         write_all(&mut self.io, &self.out, self.serving.limits.send_timeout).await
@@ -524,39 +421,6 @@ impl<I: ClientIo> Engine<I> {
     /// Closes the connection: what was written goes out first.
     async fn close(&mut self) {
         let _ = tokio::time::timeout(self.serving.limits.send_timeout, self.io.shutdown()).await;
-    }
-}
-
-/// An answer of the proxy's own.
-enum Answer {
-    /// Boxed: the usual answers (the gate's, an error) are small.
-    Response(Box<http::Response<crate::body::Body>>),
-    Gate(Arc<crate::state::gate::Gate>),
-    Error(ProxyError),
-}
-
-impl Answer {
-    /// Writes it for a `method` request that sent `accept` into `out`,
-    /// saying what `persistence` says of the connection.
-    fn write(
-        &self,
-        accept: Option<&[u8]>,
-        method: &Method,
-        persistence: Persistence,
-        out: &mut Vec<u8>,
-    ) {
-        match self {
-            Answer::Gate(gate) => gate.write_http1(accept, method, persistence, out),
-            Answer::Error(error) => error.write_http1(method, persistence, out),
-            Answer::Response(response) => http1::write::answer(
-                response.status(),
-                response.headers(),
-                response.body().in_memory().unwrap_or_default(),
-                method,
-                persistence,
-                out,
-            ),
-        }
     }
 }
 
