@@ -19,7 +19,7 @@
 //!   valid trailers) and re-encoded canonically ([`chunked`]), so the next
 //!   hop reads exactly the chunks the proxy read.
 //! - What goes out is written from the parsed pieces with CRLF line ends
-//!   ([`write`]): the next hop never sees a byte the proxy did not judge.
+//!   ([`mod@write`]): the next hop never sees a byte the proxy did not judge.
 
 pub mod chunked;
 pub mod request;
