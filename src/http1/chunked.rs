@@ -151,27 +151,15 @@ impl Decoder {
                     }
                     _ if digits == 0 => return Err("chunk size is not a hexadecimal number"),
                     b'\r' => State::SizeLf { size },
-                    b' ' | b'\t' => State::SizeSpace { size },
-                    b';' => State::Extension {
-                        size,
-                        quoted: false,
-                        escaped: false,
-                    },
-                    _ => return Err("invalid byte after a chunk size"),
+                    _ => after_size(size, byte)?,
                 }
             }
             State::SizeSpace { size } => {
                 self.line += 1;
-                match byte {
-                    _ if self.line > MAX_LINE => return Err("chunk-size line too long"),
-                    b' ' | b'\t' => State::SizeSpace { size },
-                    b';' => State::Extension {
-                        size,
-                        quoted: false,
-                        escaped: false,
-                    },
-                    _ => return Err("invalid byte after a chunk size"),
+                if self.line > MAX_LINE {
+                    return Err("chunk-size line too long");
                 }
+                after_size(size, byte)?
             }
             State::Extension {
                 size,
@@ -255,6 +243,20 @@ impl Decoder {
             return Err("trailer section too large");
         }
         Ok(())
+    }
+}
+
+/// After a chunk size (and any whitespace): more whitespace, or the `;`
+/// that begins the extensions (RFC 9112 §7.1.1: whitespace only before it).
+fn after_size(size: u64, byte: u8) -> Result<State, ChunkError> {
+    match byte {
+        b' ' | b'\t' => Ok(State::SizeSpace { size }),
+        b';' => Ok(State::Extension {
+            size,
+            quoted: false,
+            escaped: false,
+        }),
+        _ => Err("invalid byte after a chunk size"),
     }
 }
 

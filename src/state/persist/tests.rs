@@ -1,5 +1,7 @@
 //! The state file: round trips, refusals, and every way a write can fail.
 
+use std::time::SystemTime;
+
 use super::*;
 
 /// A directory of its own for one test, removed when dropped.
