@@ -78,12 +78,7 @@ fn pick(c: &mut Criterion) {
     for balance in [Balance::RoundRobin, Balance::LeastInFlight] {
         let mut pool_config = config.pools["blue"].clone();
         pool_config.balance = balance;
-        let pool = Pool::new(
-            "blue",
-            &pool_config,
-            RequestCounters::default(),
-            config.timeouts.connect,
-        );
+        let pool = Pool::new("blue", &pool_config, RequestCounters::default());
         c.bench_function(
             &format!("pick: {} over 4 upstreams", balance.as_str()),
             |b| b.iter(|| black_box(pool.pick(None))),
@@ -119,13 +114,7 @@ fn header_rewriting(c: &mut Criterion) {
         b.iter_batched(
             || request.clone(),
             |mut headers| {
-                switchyard::proxy::headers::prepare_request(
-                    &mut headers,
-                    None,
-                    &client,
-                    "http",
-                    false,
-                );
+                switchyard::proxy::headers::prepare_request(&mut headers, None, &client, "http");
                 headers
             },
             criterion::BatchSize::SmallInput,
@@ -148,7 +137,7 @@ fn header_rewriting(c: &mut Criterion) {
             b.iter_batched(
                 || response.clone(),
                 |mut headers| {
-                    switchyard::proxy::headers::prepare_response(&mut headers, false);
+                    switchyard::proxy::headers::prepare_response(&mut headers);
                     headers
                 },
                 criterion::BatchSize::SmallInput,

@@ -7,29 +7,29 @@
 //! becomes a clean 502 instead of a truncated answer. A synthetic answer is
 //! a `head` with no `rest`.
 //!
+//! The stream is hyper's (an HTTP/2 client's request, an HTTP/2 upstream's
+//! answer) or a [`Source`] of the proxy's own (an HTTP/1 upstream's answer
+//! to an HTTP/2 client).
+//!
 //! A body can also carry a [`Completion`], told when the body has been read
-//! to its end (an upstream's answer: its connection may serve the next
-//! request) and otherwise dropped with it; a [`Release`], told when the body
-//! is let go, whatever happened (a client connection counting its answers);
-//! and a way back: if it is dropped before it was ever polled (the upstream
-//! could not be reached), it returns its contents so the request can be
-//! retried. The body knows none of their owners: it sits below all of them.
+//! to its end (an upstream's answer: its request stops counting against the
+//! upstream) and otherwise dropped with it; a [`Release`], told when the
+//! body is let go, whatever happened (a client connection counting its
+//! answers); and, for an upload hyper sends to an HTTP/2 upstream, a limit
+//! on its pauses and a record of whose turn it is ([`Progress`]). The body
+//! knows none of their owners: it sits below all of them.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-
-use tokio::sync::oneshot;
-use tokio::time::Instant;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Told once a body has been read to its end; dropped unfinished
 /// otherwise (see [`Body::on_completion`]).
@@ -45,21 +45,68 @@ pub trait Release: Send + Sync + std::fmt::Debug {
     fn release(&self);
 }
 
+/// A stream of frames read by the proxy itself (an HTTP/1 upstream's
+/// answer, read by its own codec), for [`Body::from_source`].
+pub trait Source:
+    http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync + Unpin + std::fmt::Debug
+{
+}
+
+impl<S> Source for S where
+    S: http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync + Unpin + std::fmt::Debug
+{
+}
+
 /// A streamed body with at most one frame read ahead.
 #[derive(Debug)]
 pub struct Body {
     head: Option<Frame<Bytes>>,
-    rest: Option<Incoming>,
-    /// For an upstream's answer: its request's accounting and connection.
+    rest: Option<Rest>,
+    /// For an upstream's answer: its request's accounting.
     completion: Option<Box<dyn Completion>>,
     /// For an answer to a client: its request counts as answered once
     /// hyper drops it.
     release: Option<Arc<dyn Release>>,
-    /// Where to return the contents if dropped unpolled.
-    give_back: Option<oneshot::Sender<Body>>,
     /// What only a client's upload needs, boxed so that every other body
     /// (and every response hyper moves) stays small.
     upload: Option<Box<Upload>>,
+}
+
+/// Where the frames after the head come from.
+#[derive(Debug)]
+enum Rest {
+    /// hyper's: an HTTP/2 client's request body, or an HTTP/2 upstream's
+    /// answer.
+    Hyper(Incoming),
+    /// The proxy's own reading.
+    Own(Box<dyn Source>),
+}
+
+impl Rest {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            Rest::Hyper(incoming) => http_body::Body::poll_frame(Pin::new(incoming), cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BodyError::Broken))),
+            Rest::Own(source) => Pin::new(source.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Rest::Hyper(incoming) => http_body::Body::is_end_stream(incoming),
+            Rest::Own(source) => source.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Rest::Hyper(incoming) => http_body::Body::size_hint(incoming),
+            Rest::Own(source) => source.size_hint(),
+        }
+    }
 }
 
 /// What a client's upload carries besides its bytes.
@@ -102,11 +149,6 @@ impl Default for Progress {
 }
 
 impl Progress {
-    /// Whether the body has gone through in full.
-    pub fn is_done(&self) -> bool {
-        self.turn.load(Ordering::Acquire) == TURN_DONE
-    }
-
     /// Since when the upload has waited on the upstream side (the
     /// upstream reading it, or answering it once done); `None` while it
     /// waits on the client.
@@ -165,6 +207,9 @@ pub enum BodyError {
     /// The client sent no byte of its body for this long.
     #[error("the request body paused for longer than {0:?}")]
     Stalled(Duration),
+    /// An upstream's answer was cut off or malformed.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 /// What reading ahead found.
@@ -173,19 +218,18 @@ pub enum ReadAhead {
     /// The body, with its first frame (if any) in hand.
     Ready(Body),
     /// The peer sent a malformed body (or reset) before its first frame.
-    Failed(hyper::Error),
+    Failed(BodyError),
     /// Nothing arrived within the budget; the body is intact, unread.
     TimedOut(Body),
 }
 
 impl Body {
-    fn new(head: Option<Frame<Bytes>>, rest: Option<Incoming>) -> Body {
+    fn new(head: Option<Frame<Bytes>>, rest: Option<Rest>) -> Body {
         Body {
             head,
             rest,
             completion: None,
             release: None,
-            give_back: None,
             upload: None,
         }
     }
@@ -216,28 +260,37 @@ impl Body {
 
     /// A body streamed from `incoming`, nothing read ahead.
     pub fn streamed(incoming: Incoming) -> Body {
-        let rest = (!http_body::Body::is_end_stream(&incoming)).then_some(incoming);
+        let rest = (!http_body::Body::is_end_stream(&incoming)).then_some(Rest::Hyper(incoming));
         Body::new(None, rest)
     }
 
-    /// Reads the first frame of `incoming`, waiting at most `budget`.
-    pub async fn read_ahead(incoming: Incoming, budget: Duration) -> ReadAhead {
-        let mut body = Body::streamed(incoming);
-        let Some(rest) = body.rest.as_mut() else {
-            return ReadAhead::Ready(body);
+    /// A body streamed from `source`, nothing read ahead.
+    pub fn from_source(source: Box<dyn Source>) -> Body {
+        let rest = (!source.is_end_stream()).then_some(Rest::Own(source));
+        Body::new(None, rest)
+    }
+
+    /// Reads the first frame, waiting at most `budget`.
+    pub async fn read_ahead(mut self, budget: Duration) -> ReadAhead {
+        if self.head.is_some() {
+            return ReadAhead::Ready(self);
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return ReadAhead::Ready(self);
         };
-        // Dropping the `frame()` future on timeout loses nothing: it only
-        // polls `rest`, which keeps any data it had buffered.
-        match tokio::time::timeout(budget, rest.frame()).await {
-            Err(_elapsed) => ReadAhead::TimedOut(body),
+        // Dropping the poll on timeout loses nothing: a source keeps what
+        // it had buffered.
+        let first = std::future::poll_fn(|cx| rest.poll_frame(cx));
+        match tokio::time::timeout(budget, first).await {
+            Err(_elapsed) => ReadAhead::TimedOut(self),
             Ok(Some(Ok(frame))) => {
-                body.head = Some(frame);
-                ReadAhead::Ready(body)
+                self.head = Some(frame);
+                ReadAhead::Ready(self)
             }
             Ok(Some(Err(error))) => ReadAhead::Failed(error),
             Ok(None) => {
-                body.rest = None;
-                ReadAhead::Ready(body)
+                self.rest = None;
+                ReadAhead::Ready(self)
             }
         }
     }
@@ -278,16 +331,6 @@ impl Body {
         self.upload_mut().progress = Some(progress);
     }
 
-    /// Arranges for this body's contents to come back through the returned
-    /// receiver if it is dropped without ever being polled.
-    pub fn returnable(&mut self) -> oneshot::Receiver<Body> {
-        let (tx, rx) = oneshot::channel();
-        self.give_back = Some(tx);
-        rx
-    }
-}
-
-impl Body {
     /// The peer has sent all of this body: tell its completion.
     fn finished(&mut self) {
         self.rest = None;
@@ -302,12 +345,6 @@ impl Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        if let Some(tx) = self.give_back.take() {
-            // Back whole: its pause limit and its end's listener go with it.
-            let mut back = Body::new(self.head.take(), self.rest.take());
-            back.upload = self.upload.take();
-            let _ = tx.send(back);
-        }
         // hyper lets go of a body once it has written as many bytes as
         // its length says, even if the end of the stream (an HTTP/2 client's
         // empty last frame) has not been read: it has gone through.
@@ -317,11 +354,7 @@ impl Drop for Body {
         // A body with nothing left to read from its upstream (a HEAD answer,
         // an empty one, one whose last frame was read ahead) leaves its
         // connection clean, whether or not the client took the frames.
-        if self
-            .rest
-            .as_ref()
-            .is_none_or(http_body::Body::is_end_stream)
-        {
+        if self.rest.as_ref().is_none_or(Rest::is_end_stream) {
             self.finished();
         }
         // Unfinished: the upstream's side goes first (its connection closed,
@@ -342,8 +375,6 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        // Once polled, part of the body may be gone: no retry with it.
-        self.give_back = None;
         if let Some(frame) = self.head.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -351,7 +382,7 @@ impl http_body::Body for Body {
         let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(&mut *rest).poll_frame(cx);
+        let polled = rest.poll_frame(cx);
         if let Some(upload) = this.upload.as_mut() {
             if let Some(progress) = &upload.progress {
                 progress.mark(if polled.is_pending() {
@@ -366,9 +397,8 @@ impl http_body::Body for Body {
                 }
             }
         }
-        let polled = polled.map(|frame| frame.map(|frame| frame.map_err(BodyError::Broken)));
-        // Released as soon as the upstream has sent it all, rather than when
-        // hyper drops the body, so the connection can serve the next request.
+        // Told as soon as the upstream has sent it all, rather than when
+        // hyper drops the body.
         let done = match &polled {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => rest.is_end_stream(),
@@ -381,7 +411,7 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.head.is_none() && self.rest.as_ref().is_none_or(Rest::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -1,11 +1,13 @@
 //! The data plane: check each request, forward it to the live pool, stream
-//! the answer back. This file is the request path; the connections it
-//! arrives on are `conn`'s, the tunnels an upgrade opens `tunnel`'s.
+//! the answer back. The connections requests arrive on are `conn`'s: HTTP/1
+//! ones are served by the proxy's own engine there, which shares the
+//! judgement ([`Proxy::judge`]) with this file; HTTP/2 ones are served by
+//! hyper, whose every request comes to [`Proxy::handle`] here.
 //!
 //! ```text
 //! handle ─► route: front-door checks, path, one state load (gate, pool, timeouts)
-//!   ─► forward: rewrite headers ─► read body ahead ─► send (retry on connect failure)
-//!         ─► vet response (read ahead) ─► stream back   or   101 ─► tunnel
+//!   ─► forward: rewrite headers ─► read body ahead ─► send (see `forward`)
+//!         ─► stream the answer back
 //! ```
 //!
 //! Every failure is answered once, in `Proxy::handle`, from a
@@ -13,12 +15,12 @@
 
 mod conn;
 mod error;
+mod exchange;
 mod forward;
 mod frontdoor;
 pub mod headers;
 mod pass;
 mod tunnel;
-mod unread;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +29,7 @@ use std::sync::Arc;
 
 use http::header::ACCEPT;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -42,8 +44,7 @@ use crate::shutdown::Lifecycle;
 use crate::state::gate::{path, Gate};
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::Pool;
-use forward::{Answer, Outgoing};
-use tunnel::TunnelOrigin;
+use forward::Outgoing;
 
 /// Which pool a listener routes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,38 +105,16 @@ impl Proxy {
         let started = Instant::now();
         let version = request.version();
         let response = match self.route(&mut request, client) {
-            Ok(Routing::Answered(response)) if http_body::Body::is_end_stream(request.body()) => {
-                response
-            }
-            Ok(Routing::Answered(response)) => {
-                // Boxed: only requests with a body pay for its state.
-                let (budget, limit) = {
-                    let snapshot = self.state.load();
-                    let config = &snapshot.config;
-                    (config.timeouts.header, config.listener.max_discard_bytes)
-                };
-                Box::pin(unread::answer(request, response, budget, limit)).await
-            }
+            // An unread body goes with its stream, which hyper resets.
+            Ok(Routing::Answered(response)) => response,
             Ok(Routing::Forward(destination)) => {
-                let has_body = !http_body::Body::is_end_stream(request.body());
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once (see
                 // `boxed_forward` for why boxing takes a function).
                 let response = match self.boxed_forward(request, client, &destination).await {
                     Ok(response) => response,
-                    Err(error) => {
-                        let mut response = self.failed(error, version, client);
-                        // Part of the body may be unread: the client must
-                        // not send its next request on this connection.
-                        if has_body && version < Version::HTTP_2 {
-                            response.headers_mut().insert(
-                                http::header::CONNECTION,
-                                http::HeaderValue::from_static("close"),
-                            );
-                        }
-                        response
-                    }
+                    Err(error) => self.failed(error, version, client),
                 };
                 destination.pool.requests.count(response.status());
                 response
@@ -166,12 +145,6 @@ impl Proxy {
         error.to_response(version)
     }
 
-    /// Answers `request` with `error` without looking any further at it.
-    fn refuse(&self, error: ProxyError, request: &Request<Incoming>) -> Response<Body> {
-        debug!(%error, "refused request");
-        error.to_response(request.version())
-    }
-
     /// Checks the request's head and decides, from the one state load of
     /// this request, whether the proxy answers it itself (redirect to
     /// HTTPS, maintenance gate) or which pool it goes to.
@@ -189,10 +162,6 @@ impl Proxy {
             request.version(),
             request.headers(),
         )?;
-        // Only a request with a body can have a transfer coding.
-        if !http_body::Body::is_end_stream(request.body()) {
-            frontdoor::check_transfer_coding(request.headers())?;
-        }
         if let Some(normalized) =
             path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?
         {
@@ -284,13 +253,12 @@ impl Proxy {
     /// Forwards `request` to `destination.pool` and passes on the answer.
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         client: &Client,
         destination: &Destination,
     ) -> Result<Response<Body>, ProxyError> {
         let Client {
             forwarded_for,
-            route,
             https,
             ..
         } = client;
@@ -299,23 +267,15 @@ impl Proxy {
             pool,
             timeouts,
         } = destination;
-        let client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut request));
         let (parts, incoming) = request.into_parts();
-        // Kept for a tunnel, which the gate keeps judging by them.
-        let upgrade_path = target.upgrade.then(|| parts.uri.path().to_owned());
-        let upgrade_token = target
-            .upgrade
-            .then(|| crate::bypass::token_in(&parts.headers).map(str::to_owned))
-            .flatten();
         let mut headers = parts.headers;
         headers::prepare_request(
             &mut headers,
             target.authority.as_ref(),
             forwarded_for,
             if *https { "https" } else { "http" },
-            target.upgrade,
         );
-        let mut body = match Body::read_ahead(incoming, timeouts.header).await {
+        let mut body = match Body::streamed(incoming).read_ahead(timeouts.header).await {
             ReadAhead::Ready(body) => body,
             ReadAhead::Failed(error) => {
                 return Err(ProxyError::BadRequestBody(forward::error_chain(&error)))
@@ -332,37 +292,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
         };
-        let answer = forward::send(pool, head, body, timeouts).await?;
-        if answer.response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return match client_upgrade {
-                Some(client_upgrade) => {
-                    let origin = TunnelOrigin {
-                        pool: pool.name.clone(),
-                        route: *route,
-                        path: upgrade_path.unwrap_or_default(),
-                        client: client.addr.ip(),
-                        token: upgrade_token,
-                    };
-                    Ok(self.tunnel(answer, client_upgrade, origin))
-                }
-                None => Err(ProxyError::BadUpstreamResponse {
-                    upstream: answer.in_flight.upstream().authority.clone(),
-                    reason: "101 Switching Protocols to a request that asked for no upgrade"
-                        .to_owned(),
-                }),
-            };
-        }
-        let Answer {
-            response,
-            in_flight,
-        } = answer;
-        let (mut parts, body) =
-            forward::vet_response(&in_flight.upstream().authority, response).await?;
-        headers::prepare_response(&mut parts.headers, false);
-        Ok(Response::from_parts(
-            parts,
-            body.on_completion(Box::new(in_flight)),
-        ))
+        forward::send(pool, head, body, timeouts).await
     }
 }
 

@@ -22,7 +22,7 @@ use crate::proxy::{accept_loop, Proxy, Route};
 use crate::shutdown::{Lifecycle, StopOnDrop};
 use crate::state::persist::{self, PersistError};
 use crate::state::{Decisions, SharedState, Snapshot};
-use crate::upstream::keepalive;
+use crate::upstream::connection;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -261,18 +261,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 /// Closes the upstream connections idle for longer than
-/// [`keepalive::IDLE_TIMEOUT`], every upstream of the snapshot in force,
+/// [`connection::IDLE_TIMEOUT`], every upstream of the snapshot in force,
 /// until dropped. An upstream that a reload removed closes its idle
 /// connections when the last request that used it lets it go.
 fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
     StopOnDrop::spawn(async move {
-        let mut every = tokio::time::interval(keepalive::REAP_EVERY);
+        let mut every = tokio::time::interval(connection::REAP_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = every.tick().await;
             let snapshot = state.load();
             for upstream in snapshot.pools.values().flat_map(|p| &p.upstreams) {
-                upstream.idle.reap(now);
                 upstream.connections.reap(now);
             }
         }

@@ -290,13 +290,7 @@ fn build_pools(
         .iter()
         .map(|(name, pool)| {
             let old = old.and_then(|pools| pools.get(name)).map(|p| p.as_ref());
-            let pool = Pool::rebuild(
-                name,
-                pool,
-                old,
-                metrics.requests(name),
-                config.timeouts.connect,
-            );
+            let pool = Pool::rebuild(name, pool, old, metrics.requests(name));
             (name.clone(), Arc::new(pool))
         })
         .collect()

@@ -4,31 +4,27 @@
 //! atomics: picking an upstream takes no lock. An [`InFlight`] guard counts
 //! a request against its upstream from the moment it is picked until its
 //! response body is done (or dropped), which is what `least_in_flight`
-//! balances on. The same guard carries the upstream connection the request
-//! went out on, and gives it back to the upstream's idle connections once
-//! the response has been read to its end ([`InFlight::finish`]).
+//! balances on.
 //!
-//! Each upstream owns its connections: kept-alive HTTP/1 ones for plain
-//! upstreams ([`keepalive`]), a pooling client for TLS ones ([`tls`]).
+//! Each upstream owns its connections: kept-alive HTTP/1 ones, plain or
+//! TLS ([`connection`]), and for a TLS upstream that offers h2, one shared
+//! HTTP/2 connection for HTTP/2 clients' requests ([`http2`]).
 
 pub mod connection;
-pub mod keepalive;
-pub mod tls;
+pub mod http2;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::Semaphore;
 
 use http::uri::Authority;
 
-use crate::body::{Completion, Progress};
+use crate::body::Completion;
 use crate::config::tls::UpstreamTls;
 use crate::config::{Balance, Health, PoolConfig};
 use crate::metrics::RequestCounters;
-use keepalive::{Connection, IdleConnections};
-use tls::UpstreamClient;
 
 /// One upstream instance.
 #[derive(Debug)]
@@ -44,12 +40,13 @@ pub struct Upstream {
     /// The probes' details. A std mutex: held only to copy or update the
     /// record, never across an await, and never on the request path.
     probes: Mutex<ProbeRecord>,
-    /// Kept-alive connections waiting for a request (plain pools only).
-    pub idle: IdleConnections,
-    /// The engine's own kept-alive connections waiting for a request.
+    /// Kept-alive HTTP/1 connections waiting for a request.
     pub connections: connection::Connections,
-    /// One permit per connection that may be open to it (plain pools
-    /// only); each open connection holds one until it closes.
+    /// The HTTP/2 connection HTTP/2 clients' requests share (a TLS
+    /// upstream that offers h2).
+    pub http2: http2::Shared,
+    /// One permit per connection that may be open to it; each open
+    /// connection holds one until it closes.
     pub slots: Arc<Semaphore>,
     /// How many permits `slots` was given: `max_connections`.
     max_connections: AtomicUsize,
@@ -65,8 +62,8 @@ impl Upstream {
             tunnels: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             probes: Mutex::new(ProbeRecord::default()),
-            idle: IdleConnections::default(),
             connections: connection::Connections::default(),
+            http2: http2::Shared::default(),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections: AtomicUsize::new(max_connections),
         }
@@ -183,41 +180,16 @@ pub struct ProbeRecord {
     pub consecutive_successes: u32,
 }
 
-/// Counts one request against an upstream until dropped, and holds the
-/// connection it went out on.
+/// Counts one request against an upstream until dropped.
 #[derive(Debug)]
 pub struct InFlight {
     upstream: Arc<Upstream>,
-    connection: Option<Connection>,
-    /// Whether the request's body has all been sent (none: no body).
-    sent: Option<Arc<Progress>>,
 }
 
 impl InFlight {
     /// The upstream this request was sent to.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
-    }
-
-    /// Holds `connection`, which this request's answer is coming on, and
-    /// what tells whether its body (if it has one) has all been sent.
-    pub fn hold(&mut self, connection: Connection, sent: Option<Arc<Progress>>) {
-        self.connection = Some(connection);
-        self.sent = sent;
-    }
-
-    /// The answer has been read to its end: its connection may serve the
-    /// next request, if the request's body has all gone out on it too. An
-    /// upstream may answer before it has read the body (an early 413, a
-    /// gate of its own); a connection still carrying a client's slow upload
-    /// would hold the next request until that upload ends. (Dropping the
-    /// guard closes the connection.)
-    pub fn finish(mut self) {
-        if let Some(connection) = self.connection.take() {
-            if self.sent.as_ref().is_none_or(|sent| sent.is_done()) {
-                self.upstream.idle.put(connection);
-            }
-        }
     }
 
     /// The request became an upgraded connection: it counts as a tunnel
@@ -230,10 +202,10 @@ impl InFlight {
     }
 }
 
+/// An answer read to its end stops counting against its upstream then,
+/// not when the client has taken it.
 impl Completion for InFlight {
-    fn complete(self: Box<Self>) {
-        self.finish();
-    }
+    fn complete(self: Box<Self>) {}
 }
 
 /// Counts one tunnel against an upstream until dropped.
@@ -265,23 +237,18 @@ pub struct Pool {
     next: AtomicUsize,
     /// Answers counted by status class.
     pub requests: RequestCounters,
-    /// The client for TLS upstreams (`tls = true`), with the pool's CA and
-    /// server name; `None` for plain upstreams, which share one client.
-    pub tls_client: Option<Arc<UpstreamClient>>,
-    /// The pool's TLS settings, for health probes.
+    /// The pool's TLS settings (`tls = true`), for health probes.
     pub tls: Option<UpstreamTls>,
-    /// How the engine's own connections reach TLS upstreams.
+    /// How HTTP/1 clients' requests reach its TLS upstreams.
     pub tls_connect: Option<connection::TlsConnect>,
+    /// How HTTP/2 clients' requests reach them: h2 offered first.
+    pub tls_connect_h2: Option<connection::TlsConnect>,
 }
 
 impl Pool {
     /// Builds a pool from its config, counting its answers in `requests`.
-    pub fn new(
-        name: &str,
-        config: &PoolConfig,
-        requests: RequestCounters,
-        connect_timeout: Duration,
-    ) -> Pool {
+    pub fn new(name: &str, config: &PoolConfig, requests: RequestCounters) -> Pool {
+        let tls_connect = config.tls.as_ref().map(connection::TlsConnect::new);
         Pool {
             name: name.to_owned(),
             upstreams: config
@@ -292,12 +259,11 @@ impl Pool {
             balance: config.balance,
             next: AtomicUsize::new(0),
             requests,
-            tls_client: config
-                .tls
-                .as_ref()
-                .map(|tls| Arc::new(tls::client(connect_timeout, tls))),
             tls: config.tls.clone(),
-            tls_connect: config.tls.as_ref().map(connection::TlsConnect::new),
+            tls_connect_h2: tls_connect
+                .as_ref()
+                .map(connection::TlsConnect::offering_h2),
+            tls_connect,
         }
     }
 
@@ -308,9 +274,8 @@ impl Pool {
         config: &PoolConfig,
         old: Option<&Pool>,
         requests: RequestCounters,
-        connect_timeout: Duration,
     ) -> Pool {
-        let mut pool = Pool::new(name, config, requests, connect_timeout);
+        let mut pool = Pool::new(name, config, requests);
         if let Some(old) = old {
             for upstream in &mut pool.upstreams {
                 if let Some(kept) = old
@@ -352,8 +317,6 @@ impl Pool {
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {
             upstream: chosen.clone(),
-            connection: None,
-            sent: None,
         })
     }
 
@@ -390,7 +353,6 @@ mod tests {
                 tls: None,
             },
             RequestCounters::default(),
-            std::time::Duration::from_secs(1),
         )
     }
 

@@ -454,7 +454,7 @@ fn gauges(snapshot: &Snapshot, control: &Control) -> Gauges {
                 .map(|upstream| UpstreamGauges {
                     authority: upstream.authority.to_string(),
                     healthy: upstream.is_healthy(),
-                    idle_connections: upstream.idle.len() + upstream.connections.len(),
+                    idle_connections: upstream.connections.len(),
                 })
                 .collect(),
         })

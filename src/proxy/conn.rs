@@ -1,44 +1,17 @@
 //! The connection engine: accepting clients, telling HTTP/1 from h2c (or
-//! completing TLS), and serving each connection with hyper until it ends,
-//! within the bounds that keep one client from costing another. Every
-//! request it reads goes to [`Proxy::handle`]; nothing here looks inside
-//! one.
+//! completing TLS), and serving each connection until it ends, within the
+//! bounds that keep one client from costing another.
 //!
 //! ```text
 //! accept ─► sniff (plain: HTTP/1 or h2c) or TLS handshake (ALPN)
-//!   ─► http1: hyper until quiet, then parked until the next request
-//!   ─► http2: hyper until the connection ends
-//!   each run by `drive`: the head clock, the send stall, reset abuse, the drain
+//!   ─► h1: the proxy's own engine, parked whenever quiet
+//!   ─► http2: hyper until the connection ends, every request to
+//!        `Proxy::handle`; run by `drive`: the head clock, the send stall,
+//!        reset abuse, the drain
 //! ```
 
-/// Implements `AsyncRead` and `park::Wait` for a wrapper stream by passing
-/// every call to its `inner` field: for the wrappers that only look at
-/// what is written, or at how it is shut down.
-macro_rules! delegate_read_side {
-    ($wrapper:ident) => {
-        impl<S: $crate::proxy::conn::park::Wait> $crate::proxy::conn::park::Wait for $wrapper<S> {
-            fn poll_client(
-                &self,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                self.inner.poll_client(cx)
-            }
-        }
-
-        impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for $wrapper<S> {
-            fn poll_read(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-            }
-        }
-    };
-}
-
 /// Implements `AsyncWrite` for a wrapper stream by passing every call to
-/// its `inner` field: the wrappers here only look at what is read.
+/// its `inner` field, for a wrapper that only looks at what is read.
 macro_rules! delegate_async_write {
     ($wrapper:ident) => {
         impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<S> {
@@ -79,10 +52,9 @@ macro_rules! delegate_async_write {
     };
 }
 
+mod activity;
 mod drive;
-mod framing;
 mod h1;
-mod http1;
 mod http2;
 mod park;
 mod resets;
@@ -103,7 +75,6 @@ use super::{headers, Client, Proxy, Route};
 use crate::config::Config;
 use crate::metrics::Counted;
 use crate::shutdown::{Phase, Tracked};
-use park::Wait;
 use sniff::{Protocol, SniffError};
 use stall::Sending;
 
@@ -235,11 +206,13 @@ async fn serve_connection(
                 return;
             }
         };
-        if protocol == Protocol::Http1 && own_engine() {
-            let (input, stream) = io.into_parts();
-            return Box::pin(h1::serve(serving, stream, input, deadline)).await;
-        }
-        return serve_http(serving, io, protocol, deadline).await;
+        return match protocol {
+            Protocol::Http1 => {
+                let (input, stream) = io.into_parts();
+                Box::pin(h1::serve(serving, stream, input, deadline)).await
+            }
+            Protocol::Http2 => serve_http2(serving, io, deadline).await,
+        };
     };
     // Boxed: a TLS connection's state is several KiB, and every plain
     // connection's task would otherwise be as large as the TLS one.
@@ -293,39 +266,20 @@ async fn serve_tls(
             return;
         }
     };
-    let protocol = match io.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Protocol::Http2,
-        _ => Protocol::Http1,
-    };
-    if protocol == Protocol::Http1 && own_engine() {
-        return h1::serve(serving, io, Vec::new(), deadline).await;
+    match io.get_ref().1.alpn_protocol() {
+        Some(b"h2") => serve_http2(serving, io, deadline).await,
+        _ => h1::serve(serving, io, Vec::new(), deadline).await,
     }
-    serve_http(serving, io, protocol, deadline).await;
 }
 
-/// Whether HTTP/1 connections are served by the proxy's own engine
-/// ([`h1`]), as they are unless `SWITCHYARD_HTTP1_ENGINE=hyper`: hyper's
-/// stays only while the differential test proves the two alike, and goes
-/// after.
-fn own_engine() -> bool {
-    static OWN: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        std::env::var("SWITCHYARD_HTTP1_ENGINE").map_or(true, |engine| engine != "hyper")
-    });
-    *OWN
-}
-
-/// Serves HTTP/1 or HTTP/2 on `io` (plain or TLS) until it closes. The
-/// first HTTP/1 request head must be in by `head_by`: the header timeout
-/// counts from the connection's start, sniffing or handshake included.
-async fn serve_http<I>(serving: Serving, io: I, protocol: Protocol, head_by: Instant)
+/// Serves HTTP/2 on `io` (plain or TLS) until it closes. The first stream
+/// must open by `stream_by`: the header timeout counts from the
+/// connection's start, sniffing or handshake included.
+async fn serve_http2<I>(serving: Serving, io: I, stream_by: Instant)
 where
-    I: Wait + AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = Sending::new(io);
-    match protocol {
-        Protocol::Http1 => http1::serve(serving, io, head_by).await,
-        // Boxed: an HTTP/2 connection's state is large, and every HTTP/1
-        // connection's task would otherwise be as large.
-        Protocol::Http2 => Box::pin(http2::serve(serving, io, head_by)).await,
-    }
+    // Boxed: an HTTP/2 connection's state is large, and every HTTP/1
+    // connection's task would otherwise be as large.
+    Box::pin(http2::serve(serving, Sending::new(io), stream_by)).await;
 }

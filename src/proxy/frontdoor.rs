@@ -1,14 +1,15 @@
-//! Checks a request must pass before any of it reaches an upstream.
+//! Checks an HTTP/2 request must pass before any of it reaches an upstream
+//! (the HTTP/1 engine checks its heads as it parses them, in
+//! `http1::request`).
 //!
-//! hyper parses HTTP, but accepts some requests a proxy must not pass on:
-//! a request without `Host` or with two, a request target that is not a
-//! path (`GET ok`), `*` on a method other than OPTIONS, an HTTP/2 `Host`
-//! that disagrees with `:authority`. Two servers that read such a request
-//! differently are how request smuggling and cache poisoning start, so the
-//! proxy refuses them with 400 and closes the connection.
+//! hyper parses HTTP/2, but accepts some requests a proxy must not pass
+//! on: a `Host` that disagrees with `:authority`, two `Host`s, a target
+//! that is not a path, `*` on a method other than OPTIONS. Two servers that
+//! read such a request differently are how request smuggling and cache
+//! poisoning start, so the proxy refuses them with 400.
 //!
 //! Also here: the request target rewritten to the path's one meaning, and
-//! the HTTPS redirect a plain listener answers with.
+//! the HTTPS redirect a plain listener answers with (both engines).
 
 use http::header::HOST;
 use http::uri::Authority;
@@ -22,10 +23,6 @@ use crate::body::Body;
 pub struct Target {
     /// The authority the client addressed (`Host`, or HTTP/2 `:authority`).
     pub authority: Option<Authority>,
-    /// Whether the client asks to switch to WebSocket, the one upgrade
-    /// that is tunnelled. Any other `Upgrade` (h2c above all) is dropped
-    /// with the hop-by-hop headers and the request goes on as plain HTTP.
-    pub upgrade: bool,
 }
 
 /// Checks method, target and `Host` of a request head.
@@ -83,55 +80,7 @@ pub fn check(
         (None, _) if version == Version::HTTP_10 => None,
         (None, _) => return Err(ProxyError::BadRequest("missing Host header")),
     };
-    let upgrade = version == Version::HTTP_11 && asks_for_websocket(headers);
-    Ok(Target { authority, upgrade })
-}
-
-/// Whether `headers` ask for a WebSocket upgrade: `Connection` has the
-/// `upgrade` token and `Upgrade` names `websocket` alone.
-///
-/// An h2c upgrade must never be passed on (RFC 9113 §3.1 retired it): an
-/// upstream that accepted it would carry every later request of the
-/// connection inside a tunnel the gate and the routing never see. Other
-/// protocols, or `websocket` offered beside another one, are not
-/// tunnelled either: the request goes on without its `Upgrade`.
-fn asks_for_websocket(headers: &HeaderMap) -> bool {
-    // The usual request has no `Upgrade`: one lookup, no iterator.
-    if !headers.contains_key(http::header::UPGRADE) {
-        return false;
-    }
-    let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
-    let websocket = match (upgrades.next(), upgrades.next()) {
-        (Some(only), None) => only
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"websocket"),
-        _ => false,
-    };
-    websocket
-        && headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Checks the transfer coding of a request that has a body: `chunked`
-/// alone, which hyper undoes, so the body goes on as it was sent. (hyper
-/// would undo the chunking of `gzip, chunked` too, and the upstream would
-/// get gzip bytes as if they were the body.)
-pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
-    for coding in headers.get_all(http::header::TRANSFER_ENCODING) {
-        if !coding
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked")
-        {
-            return Err(ProxyError::UnsupportedTransferCoding);
-        }
-    }
-    Ok(())
+    Ok(Target { authority })
 }
 
 /// The request target must be a path (origin form), an absolute `http(s)`
@@ -243,47 +192,6 @@ mod tests {
         assert!(check_h1("GET", "http://b.example/", &["a.example"]).is_err());
         assert!(check_h1("GET", "/", &["user@a.example"]).is_err());
         assert!(check_h1("GET", "http://user@a.example/", &["user@a.example"]).is_err());
-    }
-
-    fn upgrade_of(pairs: &[(&str, &str)]) -> bool {
-        let mut headers = HeaderMap::new();
-        headers.insert(HOST, HeaderValue::from_static("a.example"));
-        for (name, value) in pairs {
-            headers.append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        let uri: Uri = "/".parse().unwrap();
-        check(&Method::GET, &uri, Version::HTTP_11, &headers)
-            .unwrap()
-            .upgrade
-    }
-
-    #[test]
-    fn only_websocket_upgrades_are_tunnelled() {
-        assert!(upgrade_of(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket")
-        ]));
-        assert!(upgrade_of(&[
-            ("connection", "keep-alive, upgrade"),
-            ("upgrade", "WebSocket")
-        ]));
-        assert!(!upgrade_of(&[
-            ("connection", "Upgrade, HTTP2-Settings"),
-            ("upgrade", "h2c")
-        ]));
-        assert!(!upgrade_of(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket, h2c")
-        ]));
-        assert!(!upgrade_of(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("upgrade", "h2c")
-        ]));
-        assert!(!upgrade_of(&[("upgrade", "websocket")]));
     }
 
     #[test]

@@ -41,16 +41,14 @@ static HOP_BY_HOP: [&HeaderName; 10] = [
     &HTTP2_SETTINGS,
 ];
 
-/// Removes hop-by-hop headers and those named in `Connection`. With
-/// `upgrade`, the `Upgrade` header survives and `Connection: upgrade` is
-/// set, so that the next hop sees the upgrade request (or its acceptance).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    strip(headers, upgrade, false);
+/// Removes hop-by-hop headers and those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, false);
 }
 
 /// [`strip_hop_by_hop`]; for a client's `request`, also removes
 /// [`REWRITES`] and makes `Content-Length` canonical.
-fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) {
+fn strip(headers: &mut HeaderMap, request: bool) {
     // One pass over the names finds which are there: a message carries one
     // or two of them, or none, and removing is a hash lookup each.
     let mut present = [false; HOP_BY_HOP.len()];
@@ -77,11 +75,6 @@ fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) {
     if !present.contains(&true) {
         return;
     }
-    let kept_upgrade = if upgrade {
-        headers.remove(UPGRADE)
-    } else {
-        None
-    };
     if present[0] {
         remove_connection_named(headers);
     }
@@ -89,10 +82,6 @@ fn strip(headers: &mut HeaderMap, upgrade: bool, request: bool) {
         if present {
             headers.remove(*name);
         }
-    }
-    if let Some(protocol) = kept_upgrade {
-        headers.insert(UPGRADE, protocol);
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -138,9 +127,8 @@ pub fn prepare_request(
     authority: Option<&Authority>,
     client: &HeaderValue,
     proto: &'static str,
-    upgrade: bool,
 ) {
-    strip(headers, upgrade, true);
+    strip(headers, true);
     // A pass through the gate is the proxy's, never the application's.
     crate::bypass::strip(headers);
     join_cookies(headers);
@@ -249,8 +237,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
 }
 
 /// Rewrites an upstream's response headers for the client.
-pub fn prepare_response(headers: &mut HeaderMap, upgrade: bool) {
-    strip_hop_by_hop(headers, upgrade);
+pub fn prepare_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
 }
 
 #[cfg(test)]
@@ -278,17 +266,9 @@ mod tests {
             ("host", "example.com"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut headers, false);
+        strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["host", "x-kept"]);
-    }
-
-    #[test]
-    fn upgrade_keeps_the_upgrade_handshake() {
-        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        strip_hop_by_hop(&mut headers, true);
-        assert_eq!(headers["upgrade"], "websocket");
-        assert_eq!(headers["connection"], "upgrade");
     }
 
     #[test]
@@ -306,7 +286,6 @@ mod tests {
             None,
             &forwarded_for("127.0.0.1".parse().unwrap()),
             "http",
-            false,
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
@@ -330,7 +309,6 @@ mod tests {
             None,
             &forwarded_for("127.0.0.1".parse().unwrap()),
             "http",
-            false,
         );
         assert!(!headers.contains_key("x-original-url"));
         assert!(!headers.contains_key("x-rewrite-url"));
@@ -350,7 +328,6 @@ mod tests {
             Some(&authority),
             &forwarded_for("::ffff:127.0.0.1".parse().unwrap()),
             "http",
-            false,
         );
         assert_eq!(headers["host"], "app.example:8080");
         assert_eq!(headers["x-forwarded-for"], "127.0.0.1");

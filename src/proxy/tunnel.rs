@@ -1,73 +1,15 @@
-//! WebSocket tunnels: once an upstream answers `101`, the client's and the
-//! upstream's connections are joined until either closes, the server
-//! stops, or the tunnel is no longer wanted (its pool stopped being live,
-//! or the gate turned on) for `timeouts.drain`.
+//! When a WebSocket tunnel is no longer wanted: its pool stopped being
+//! live, or the gate turned on and would not let its request through. The
+//! HTTP/1 engine joins a client's and an upstream's connections once the
+//! upstream answers `101`, until either closes, the server stops, or the
+//! tunnel has not been wanted for `timeouts.drain`.
 
 use std::sync::Arc;
 
-use http::Response;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
-use tracing::{debug, info, Instrument};
 
-use super::forward::Answer;
-use super::{headers, Proxy, Route};
-use crate::body::Body;
-use crate::shutdown::Phase;
+use super::Route;
 use crate::state::SharedState;
-
-impl Proxy {
-    /// Passes the upstream's `101` to the client and, once both sides have
-    /// switched, copies bytes both ways until either closes, the server
-    /// stops, or `timeouts.drain` has passed since the tunnel stopped being
-    /// wanted: its pool is no longer the one its listener routes to, or the
-    /// gate is on and would not let its request through.
-    pub(super) fn tunnel(
-        &self,
-        answer: Answer,
-        client_upgrade: OnUpgrade,
-        origin: TunnelOrigin,
-    ) -> Response<Body> {
-        let Answer {
-            mut response,
-            in_flight,
-        } = answer;
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let tracked = self.lifecycle.track();
-        let mut phase = self.lifecycle.watch();
-        let retired = retired(self.state.clone(), origin);
-        tokio::spawn(
-            async move {
-                // Both guards live as long as the tunnel.
-                let _tracked = tracked;
-                let _tunnel = in_flight.into_tunnel();
-                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        debug!(%error, "upgrade did not complete");
-                        return;
-                    }
-                };
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                tokio::select! {
-                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
-                        Ok((up, down)) => debug!(bytes.up = up, bytes.down = down, "tunnel closed"),
-                        Err(error) => debug!(%error, "tunnel broken"),
-                    },
-                    // Dropping both ends closes them.
-                    _ = phase.wait_for(|p| *p == Phase::Closing) => debug!("tunnel closed at shutdown"),
-                    () = retired => info!("tunnel closed: its pool is no longer live, or maintenance is on, and the drain budget is spent"),
-                }
-            }
-            .in_current_span(),
-        );
-        let (mut parts, _) = response.into_parts();
-        headers::prepare_response(&mut parts.headers, true);
-        Response::from_parts(parts, Body::empty())
-    }
-}
 
 /// What a tunnel was opened for: enough to tell, at every later change,
 /// whether it would still be let through.

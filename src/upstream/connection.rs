@@ -60,6 +60,22 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Whether the upstream chose HTTP/2 by ALPN (offered only to HTTP/2
+    /// clients' requests, see [`TlsConnect::offering_h2`]).
+    pub fn speaks_h2(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+
+    /// Its stream, and the permit that counts it against the upstream's
+    /// `max_connections`, for a connection that another protocol takes
+    /// over.
+    pub fn into_parts(self) -> (Stream, OwnedSemaphorePermit) {
+        (self.stream, self._slot)
+    }
+
     /// Whether the connection is still usable between two requests: the
     /// upstream has neither closed it nor sent anything unasked. Costs no
     /// system call when nothing has arrived (the reactor's readiness says
@@ -90,7 +106,11 @@ impl Connection {
 #[derive(Clone)]
 pub struct TlsConnect {
     connector: tokio_rustls::TlsConnector,
+    /// The same, offering h2 before HTTP/1.1.
+    offering_h2: tokio_rustls::TlsConnector,
     name: Option<ServerName<'static>>,
+    /// Whether connections are opened with `offering_h2`.
+    h2: bool,
 }
 
 impl std::fmt::Debug for TlsConnect {
@@ -102,18 +122,33 @@ impl std::fmt::Debug for TlsConnect {
 }
 
 impl TlsConnect {
-    /// The TLS side of a pool configured with `tls`: HTTP/1.1 by ALPN, the
-    /// one protocol this engine speaks to upstreams.
+    /// The TLS side of a pool configured with `tls`: HTTP/1.1 by ALPN, as
+    /// an HTTP/1 client's requests go.
     pub fn new(tls: &UpstreamTls) -> TlsConnect {
-        let mut client = (*tls.client).clone();
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let with_alpn = |protocols: &[&[u8]]| {
+            let mut client = (*tls.client).clone();
+            client.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+        };
         TlsConnect {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            connector: with_alpn(&[b"http/1.1"]),
+            offering_h2: with_alpn(&[b"h2", b"http/1.1"]),
             // Validation checked the name parses.
             name: tls
                 .server_name
                 .as_ref()
                 .and_then(|n| ServerName::try_from(n.clone()).ok()),
+            h2: false,
+        }
+    }
+
+    /// The same, offering h2 first, as an HTTP/2 client's requests go: a
+    /// connection on which the upstream chose it becomes the upstream's
+    /// shared HTTP/2 connection ([`super::http2`]).
+    pub fn offering_h2(&self) -> TlsConnect {
+        TlsConnect {
+            h2: true,
+            ..self.clone()
         }
     }
 }
@@ -310,8 +345,12 @@ async fn connect(authority: &Authority, tls: Option<&TlsConnect>) -> Result<Stre
         None => ServerName::try_from(host.to_owned())
             .map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?,
     };
-    let stream = tls
-        .connector
+    let connector = if tls.h2 {
+        &tls.offering_h2
+    } else {
+        &tls.connector
+    };
+    let stream = connector
         .connect(name, tcp)
         .await
         .map_err(ConnectError::Tls)?;

@@ -7,6 +7,9 @@
 //! - `front_door`: malformed and hostile requests, sent as raw bytes.
 //! - `hostile`: clients that misbehave must cost nobody else anything and
 //!   must not get past the gate.
+//! - `http2`: HTTP/2 clients in front of HTTP/1.1 upstreams.
+//! - `corpus`: the HTTP/1 engine on a corpus of valid, edge-case and
+//!   malicious requests, split at every byte.
 //! - `idle`: parking idle HTTP/1 connections, and what must not be parked.
 //! - `lifecycle`: the binary itself: `check`, and SIGTERM's drain.
 //! - `maintenance`: the gate, through the admin socket.
@@ -28,13 +31,14 @@
 mod admin;
 mod bypass;
 mod cluster;
+mod corpus;
 mod ctl;
 mod deploy;
-mod differential;
 mod durability;
 mod failures;
 mod front_door;
 mod hostile;
+mod http2;
 mod idle;
 mod lifecycle;
 mod maintenance;

@@ -23,7 +23,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::Method;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -415,32 +414,13 @@ impl<I: ClientIo> Engine<I> {
 
     /// Writes `out` to the client within `timeouts.send`.
     async fn write_out(&mut self) -> io::Result<()> {
-        write_all(&mut self.io, &self.out, self.serving.limits.send_timeout).await
+        crate::proxy::exchange::write_all(&mut self.io, &self.out, self.serving.limits.send_timeout)
+            .await
     }
 
     /// Closes the connection: what was written goes out first.
     async fn close(&mut self) {
         let _ = tokio::time::timeout(self.serving.limits.send_timeout, self.io.shutdown()).await;
-    }
-}
-
-/// Writes `bytes` to `io` and flushes them, failing if the writes wait on
-/// the peer for `timeout` (a client that takes no byte of its answer).
-async fn write_all<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    bytes: &[u8],
-    timeout: std::time::Duration,
-) -> io::Result<()> {
-    let written = async {
-        io.write_all(bytes).await?;
-        io.flush().await
-    };
-    match tokio::time::timeout(timeout, written).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the peer took no byte in {timeout:?}"),
-        )),
     }
 }
 
@@ -454,12 +434,4 @@ fn token_in<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b str> {
         .iter()
         .filter(|f| f.kind == http1::Kind::Cookie)
         .find_map(|f| crate::bypass::token_in_cookie(f.value.of(buf)))
-}
-
-/// Whether a request with `method` may be sent twice (RFC 9110 §9.2.2).
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }

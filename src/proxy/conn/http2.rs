@@ -10,9 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::drive::{drive, Bounds, Driven};
-use super::framing::Verdict;
-use super::park::Activity;
+use super::activity::Activity;
+use super::drive::{drive, Bounds};
 use super::resets::Resets;
 use super::stall::Sending;
 use super::Serving;
@@ -25,7 +24,7 @@ where
     // The same clock as HTTP/1's: a connection with no stream open must
     // start one within the header timeout (a client that sends the preface,
     // or half a header block, and then nothing is closed).
-    let activity = Arc::new(Activity::new(Verdict::unscanned(), io.stall().clone()));
+    let activity = Arc::new(Activity::new(io.stall().clone()));
     let limits = serving.limits;
     let resets = Arc::new(Resets::new(limits.http2_max_resets));
     let metrics = serving.proxy.metrics.clone();
@@ -33,7 +32,7 @@ where
         let (activity, resets, metrics) = (activity.clone(), resets.clone(), metrics.clone());
         let (proxy, client) = (serving.proxy.clone(), serving.client.clone());
         service_fn(move |request| {
-            let (answering, _) = activity.start();
+            let answering = activity.start();
             let unanswered = resets.start(&metrics);
             let (proxy, client) = (proxy.clone(), client.clone());
             // Dropped by hyper when the client resets the stream: the
@@ -53,7 +52,6 @@ where
     tokio::pin!(connection);
     let bounds = Bounds {
         clock: Some((&activity, limits.header_timeout, stream_by)),
-        parks: false,
         resets: Some(&resets),
         stall: Some((activity.stall(), limits.send_timeout)),
     };
@@ -67,7 +65,7 @@ where
     if resets.abusive() {
         metrics.count_abusive_connection();
     }
-    if let Driven::Ended(Err(error)) = driven {
+    if let Err(error) = driven {
         debug!(%error, "connection ended with an error");
     }
 }

@@ -117,11 +117,6 @@ impl<S> Prefixed<S> {
         self.start < self.prefix.len()
     }
 
-    /// The stream below.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// The bytes read ahead and not served yet, and the stream below.
     pub fn into_parts(mut self) -> (Vec<u8>, S) {
         self.prefix.drain(..self.start);

@@ -1,10 +1,11 @@
 //! Noticing a client that takes no byte of its answer.
 //!
-//! A client that stops reading leaves hyper's writes pending, and with them
-//! the answer's buffers and its upstream connection: no other timeout
-//! applies to an answer that is under way. [`Sending`] records when writes
-//! to the client began to wait, and the connection's driver closes a
-//! connection whose writes have waited for `timeouts.send`.
+//! An HTTP/2 client that stops reading leaves hyper's writes pending, and
+//! with them the answer's buffers and its upstream connection: no other
+//! timeout applies to an answer that is under way. [`Sending`] records when
+//! writes to the client began to wait, and the connection's driver closes a
+//! connection whose writes have waited for `timeouts.send`. (The HTTP/1
+//! engine bounds each of its writes by itself.)
 
 use std::io;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// When a connection's writes began to wait, if they are waiting.
@@ -90,7 +91,15 @@ impl<S> Sending<S> {
     }
 }
 
-delegate_read_side!(Sending);
+impl<S: AsyncRead + Unpin> AsyncRead for Sending<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Sending<S> {
     fn poll_write(

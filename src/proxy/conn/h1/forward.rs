@@ -20,24 +20,24 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode, Version};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::relay::Upload;
-use super::{is_idempotent, write_all, ClientIo, Engine};
+use super::{ClientIo, Engine};
 use crate::config::Timeouts;
 use crate::http1::write::{Persistence, RequestEdits, ResponseEdits};
 use crate::http1::{self, Framing};
+use crate::proxy::exchange::{
+    self, connect_failure, is_idempotent, lost, timed_out, write_all, MAX_RESPONSE_HEAD,
+};
 use crate::proxy::tunnel::{retired, TunnelOrigin};
 use crate::proxy::ProxyError;
 use crate::shutdown::Phase;
-use crate::upstream::connection::{self, ConnectError, Connection};
+use crate::upstream::connection::{self, Connection};
 use crate::upstream::{InFlight, Pool};
 
 /// The interim answer to a client that waits before sending its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// Longest response head accepted from an upstream.
-pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Where a request goes and what forwarding it needs, from the snapshot
 /// it was routed by.
@@ -292,7 +292,7 @@ impl<I: ClientIo> Engine<I> {
                     biased;
                     read = tokio::time::timeout_at(
                         deadline,
-                        super::relay::read_more(&mut connection.stream, &mut self.relay),
+                        exchange::read_more(&mut connection.stream, &mut self.relay),
                     ) => read,
                     // The upstream's connection goes with the exchange.
                     () = client_left(&mut self.io, &mut self.input, limit) => return Err(Failed::Gone),
@@ -347,7 +347,7 @@ impl<I: ClientIo> Engine<I> {
             let stream = &mut connection.stream;
             tokio::select! {
                 biased;
-                read = super::relay::read_more(stream, &mut self.relay) => {
+                read = exchange::read_more(stream, &mut self.relay) => {
                     match read {
                         Ok(1..) => {}
                         Ok(0) => return Err(lost(upstream, true, "the connection closed during the upload").into()),
@@ -447,41 +447,6 @@ impl<I: ClientIo> Engine<I> {
     }
 }
 
-/// What the client is told when no connection to `upstream` could be had;
-/// a refused or failed connect counts against its health at once.
-fn connect_failure(
-    upstream: &crate::upstream::Upstream,
-    error: ConnectError,
-    pool: &Pool,
-) -> ProxyError {
-    let failure = match error {
-        ConnectError::Busy { limit } => {
-            return ProxyError::UpstreamBusy {
-                upstream: upstream.authority.clone(),
-                limit,
-            }
-        }
-        ConnectError::Io(error) => ProxyError::UpstreamUnreachable {
-            upstream: upstream.authority.clone(),
-            reason: error.to_string(),
-        },
-        ConnectError::Tls(error) => ProxyError::UpstreamTls {
-            upstream: upstream.authority.clone(),
-            reason: error.to_string(),
-        },
-    };
-    if let ProxyError::UpstreamUnreachable { reason, .. } | ProxyError::UpstreamTls { reason, .. } =
-        &failure
-    {
-        // Passive health: a dead instance is out at once, not at the next
-        // probe.
-        if upstream.record_traffic_failure(reason.clone()) {
-            warn!(pool = %pool.name, upstream = %upstream.authority, error = %reason, "upstream is unhealthy (failed on live traffic)");
-        }
-    }
-    failure
-}
-
 /// Resolves once the client has closed its connection (or it failed),
 /// while the proxy waits on the upstream for it. What the client sends
 /// meanwhile (its next request, pipelined) is kept in `input`, up to
@@ -495,26 +460,5 @@ pub(super) async fn client_left<I: ClientIo>(io: &mut I, input: &mut super::Inpu
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-    }
-}
-
-/// The upstream took `timeouts.upstream` to take the request or answer it.
-fn timed_out(upstream: &crate::upstream::Upstream, timeouts: &Timeouts) -> ProxyError {
-    ProxyError::UpstreamTimeout {
-        upstream: upstream.authority.clone(),
-        timeout: timeouts.upstream,
-    }
-}
-
-/// A connection lost before an answer: the upstream's failure, counted
-/// against its health, on a connection of its own; on a `reused` one the
-/// ordinary race of two keep-alive timeouts, nobody's fault.
-fn lost(upstream: &crate::upstream::Upstream, reused: bool, reason: &str) -> ProxyError {
-    if !reused && upstream.record_traffic_failure(reason.to_owned()) {
-        warn!(upstream = %upstream.authority, error = %reason, "upstream is unhealthy (failed on live traffic)");
-    }
-    ProxyError::UpstreamUnreachable {
-        upstream: upstream.authority.clone(),
-        reason: reason.to_owned(),
     }
 }

@@ -12,42 +12,21 @@
 use std::io;
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::forward::{Asked, Failed};
 use super::{ClientIo, Engine, Input};
 use crate::http1::chunked::{self, ChunkError, Decoded, Decoder};
 use crate::http1::write::{Persistence, ResponseEdits};
 use crate::http1::{self, Framing};
+use crate::proxy::exchange::read_more;
 use crate::proxy::ProxyError;
 use crate::shutdown::Phase;
 use crate::upstream::connection::Connection;
 use crate::upstream::InFlight;
 
-/// What a read from an upstream takes at least room for.
-const RELAY_READ: usize = 4 * 1024;
-/// The most a read from an upstream takes, once reads fill the buffer.
-const RELAY_MAX: usize = 64 * 1024;
 /// Chunks re-encoded for the client are sent once this much is waiting.
 const FLUSH_AT: usize = 32 * 1024;
-
-/// Reads more of an upstream's bytes after those in `relay`; a read that
-/// fills all the room there was makes room for a larger one next time, up
-/// to [`RELAY_MAX`]. `Ok(0)` at the stream's end.
-pub(super) async fn read_more<R: AsyncRead + Unpin>(
-    stream: &mut R,
-    relay: &mut Vec<u8>,
-) -> io::Result<usize> {
-    if relay.capacity() - relay.len() < RELAY_READ / 4 {
-        relay.reserve(relay.capacity().clamp(RELAY_READ, RELAY_MAX));
-    }
-    let room = relay.capacity() - relay.len();
-    let n = stream.read_buf(relay).await?;
-    if n == room && relay.capacity() < RELAY_MAX {
-        relay.reserve(relay.capacity());
-    }
-    Ok(n)
-}
 
 /// A client's request body on its way to the upstream.
 pub(super) struct Upload {

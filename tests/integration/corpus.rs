@@ -1,13 +1,12 @@
-//! The proxy's own HTTP/1 engine against hyper's, on the same corpus of
-//! requests: valid, edge-case and malicious, pipelined, and split at every
-//! byte boundary. Both run as the real binary (hyper's behind
-//! `SWITCHYARD_HTTP1_ENGINE=hyper`) in front of the same kind of upstream,
-//! which answers each request with what it received; the test compares
-//! what each client got back, which includes what each upstream saw.
-//!
-//! Where the two differ on purpose (the own engine is stricter, or answers
-//! in words where hyper closed in silence), the case says so and why.
-//! This file goes with hyper's engine.
+//! The HTTP/1 engine on a corpus of requests: valid, edge-case and
+//! malicious, pipelined, and split at every byte boundary. The proxy runs
+//! as the real binary in front of an upstream that answers each request
+//! with what it received, and each case says what the client must get back
+//! (each answer's status, and what the upstream saw). The transcripts were
+//! first taken from hyper's HTTP/1 server and the proxy's own engine side
+//! by side, and agreed on every case but one (`HTTP/2.0` in a request
+//! line: hyper said 400, the engine says what is wrong with a 505); they
+//! are kept here as the record of that agreement.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,17 +23,21 @@ struct Case {
     bytes: &'static [u8],
     /// Sent split at every byte boundary too.
     split: bool,
-    /// How hyper's engine answers instead, when the two differ on purpose:
-    /// its transcript, and why the own engine's is the one wanted.
-    hyper_differs: Option<(&'static str, &'static str)>,
+    /// The transcript the client must get (see [`transcript`]).
+    expected: &'static str,
 }
 
-const fn case(name: &'static str, bytes: &'static [u8], split: bool) -> Case {
+const fn case(
+    name: &'static str,
+    bytes: &'static [u8],
+    split: bool,
+    expected: &'static str,
+) -> Case {
     Case {
         name,
         bytes,
         split,
-        hyper_differs: None,
+        expected,
     }
 }
 
@@ -43,174 +46,202 @@ const CORPUS: &[Case] = &[
         "a plain GET",
         b"GET /a?b=c HTTP/1.1\r\nHost: app.example\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         true,
+        r#"200:GET /a?b=c {"accept": ["*/*"], "host": ["app.example"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["app.example"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "keep-alive then close",
         b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         true,
+        r#"200:GET /1 {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body= | 200:GET /2 {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "a POST with a length, pipelined",
         b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello worldGET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         true,
+        r#"200:POST /form {"content-type": ["text/plain"], "host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body=hello world | 200:GET /after {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "a chunked POST with an extension and a trailer",
         b"POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=\"y\"\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         true,
+        r#"200:POST /chunks {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body=hello world | 200:GET /after {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "HTTP/1.0 without keep-alive",
         b"GET /old HTTP/1.0\r\n\r\n",
         true,
+        r#"200:GET /old {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "HTTP/1.0 with keep-alive",
         b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /again HTTP/1.0\r\n\r\n",
         false,
+        r#"200:GET /old {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"]} body= | 200:GET /again {"x-forwarded-for": ["127.0.0.1"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "hop-by-hop and forwarded fields",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nX-Original-URL: /admin\r\n\r\n",
         false,
+        r#"200:GET / {"host": ["a"], "x-forwarded-for": ["10.0.0.1, 127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "absolute-form target",
         b"GET http://a/abs?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         false,
+        r#"200:GET /abs?q=1 {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "dot segments and encoded unreserved characters",
         b"GET /x/../%61/./b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         false,
+        r#"200:GET /a/b {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "OPTIONS *",
         b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         false,
+        r#"200:OPTIONS * {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "HEAD",
         b"HEAD /h HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         false,
+        r#"200"#,
     ),
     case(
         "an h2c upgrade goes on as plain HTTP",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
         false,
+        r#"200:GET / {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "CL and TE together",
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         true,
+        r#"400"#,
     ),
     case(
         "two different lengths",
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabcGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
         true,
+        r#"400"#,
     ),
     case(
         "a signed length",
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
         false,
+        r#"400"#,
     ),
     case(
         "gzip, chunked",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         false,
+        r#"501"#,
     ),
     case(
         "a chunk size with a sign",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "two Hosts",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         false,
+        r#"400"#,
     ),
-    case("no Host", b"GET / HTTP/1.1\r\n\r\n", false),
+    case("no Host", b"GET / HTTP/1.1\r\n\r\n", false, r#"400"#),
     case(
         "a Host with userinfo",
         b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "a Host that disagrees with the target",
         b"GET http://b/ HTTP/1.1\r\nHost: a\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "a backslash in the path",
         b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "a target that is not a path",
         b"GET ok HTTP/1.1\r\nHost: a\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "CONNECT",
         b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
         false,
+        r#"405"#,
     ),
     case(
         "obs-fold",
         b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "a space before the colon",
         b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "a chunk-size line ended by a bare LF",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "chunk data not followed by CRLF",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
         false,
+        r#"400"#,
     ),
     case(
         "a client waiting for 100 Continue",
         b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
         false,
+        r#"200:PUT /up {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body=hello"#,
     ),
     case(
         "a WebSocket upgrade the upstream does not take",
         b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         false,
+        r#"200:GET /ws {"connection": ["upgrade"], "host": ["a"], "sec-websocket-key": ["dGhlIHNhbXBsZSBub25jZQ=="], "sec-websocket-version": ["13"], "upgrade": ["websocket"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body= | 200:GET /next {"host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
     case(
         "cookies in two fields",
         b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\nCookie: b=2; switchyard_bypass=x\r\nConnection: close\r\n\r\n",
         false,
+        r#"200:GET / {"cookie": ["a=1; b=2"], "host": ["a"], "x-forwarded-for": ["127.0.0.1"], "x-forwarded-host": ["a"], "x-forwarded-proto": ["http"]} body="#,
     ),
-    Case {
-        name: "a head over the limit",
-        bytes: b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n\r\n",
-        split: false,
-        hyper_differs: None,
-    },
-    Case {
-        name: "HTTP/2.0 in a request line",
-        bytes: b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
-        split: false,
-        hyper_differs: Some((
-            "400",
-            "505 HTTP Version Not Supported says what is wrong (RFC 9110 §15.6.6)",
-        )),
-    },
-    Case {
-        name: "a body the client never finishes",
-        bytes: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
-        split: false,
-        hyper_differs: None,
-    },
+    case(
+        "a head over the limit",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n\r\n",
+        false,
+        "431",
+    ),
+    // 505 HTTP Version Not Supported says what is wrong (RFC 9110 §15.6.6).
+    case(
+        "HTTP/2.0 in a request line",
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        false,
+        "505",
+    ),
+    case(
+        "a body the client never finishes",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+        false,
+        "408",
+    ),
 ];
 
 /// An upstream that answers every request with what it received: method,
@@ -342,7 +373,7 @@ async fn converse(addr: std::net::SocketAddr, bytes: &[u8], split: Option<usize>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_engines_give_the_same_answers_and_upstreams_see_the_same_requests() {
+async fn every_case_gets_its_transcript_however_its_bytes_arrive() {
     let upstream = echo_upstream().await;
     let config = with_listener_keys(
         &config_text(
@@ -352,34 +383,26 @@ async fn both_engines_give_the_same_answers_and_upstreams_see_the_same_requests(
         ),
         "max_header_bytes = 1024\n",
     );
-    let own = Served::start(&config).await;
-    let hyper = Served::start_with(&config, &[("SWITCHYARD_HTTP1_ENGINE", "hyper")]).await;
+    let proxy = Served::start(&config).await;
 
     let mut differences = Vec::new();
     for case in CORPUS {
-        let ours = transcript(&converse(own.addr, case.bytes, None).await);
-        let theirs = transcript(&converse(hyper.addr, case.bytes, None).await);
-        match case.hyper_differs {
-            Some((expected, _why)) if theirs == expected && ours != theirs => {}
-            Some((expected, why)) => differences.push(format!(
-                "{}: expected hyper's {expected:?} beside ours ({why}), got ours {ours:?}, hyper's {theirs:?}",
-                case.name
-            )),
-            None if ours == theirs => {}
-            None => differences.push(format!(
-                "{}:\n  own:   {ours}\n  hyper: {theirs}",
-                case.name
-            )),
+        let whole = transcript(&converse(proxy.addr, case.bytes, None).await);
+        if whole != case.expected {
+            differences.push(format!(
+                "{}:\n  expected: {}\n  got:      {whole}",
+                case.name, case.expected
+            ));
         }
         if !case.split {
             continue;
         }
         for at in 1..case.bytes.len() {
-            let split = transcript(&converse(own.addr, case.bytes, Some(at)).await);
-            if split != ours {
+            let split = transcript(&converse(proxy.addr, case.bytes, Some(at)).await);
+            if split != case.expected {
                 differences.push(format!(
-                    "{} split at byte {at}: own engine answered {split:?}, whole {ours:?}",
-                    case.name
+                    "{} split at byte {at}: got {split:?}, expected {:?}",
+                    case.name, case.expected
                 ));
             }
         }
