@@ -1,17 +1,16 @@
 //! The first bytes of a connection: which protocol, and within what time.
 //!
-//! hyper's HTTP/1 server bounds the time to read a request head, but only
-//! once it owns the connection; telling HTTP/1 from HTTP/2 prior knowledge
-//! means reading first, and hyper-util's auto builder does that read with no
-//! deadline (hyper issue #3962), so a client that connects and sends nothing
-//! would hold a connection forever. [`sniff`] does that read itself under
-//! the header timeout, then hands the bytes back through [`Prefixed`].
+//! Telling HTTP/1 from HTTP/2 prior knowledge means reading first, and a
+//! client that connects and sends nothing must not hold a connection
+//! forever: [`sniff`] does that read under the header timeout, then hands
+//! the bytes on (to the HTTP/1 engine as its first input, or to hyper's
+//! HTTP/2 server through [`Prefixed`]).
 //!
 //! The read takes whatever the client has sent, up to [`FIRST_READ`]
 //! bytes, not just the 24 that tell the protocols apart: a request head
-//! usually arrives whole in the first read, and hyper then parses it
-//! without a second system call, which matters when every request comes
-//! on a new connection.
+//! usually arrives whole in the first read, and is then parsed without a
+//! second system call, which matters when every request comes on a new
+//! connection.
 
 use std::io;
 use std::pin::Pin;
