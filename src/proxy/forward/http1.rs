@@ -294,3 +294,77 @@ pub(super) async fn exchange(
         return Err(lost(upstream, reused, &cut).into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::uri::PathAndQuery;
+    use http::{HeaderMap, HeaderValue};
+
+    fn outgoing(method: Method, fields: &[(&'static str, &'static str)]) -> Outgoing {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        Outgoing {
+            method,
+            path: PathAndQuery::from_static("/a?b=c"),
+            headers,
+        }
+    }
+
+    fn written(head: &Outgoing, framing: Framing) -> String {
+        let mut out = Vec::new();
+        request_head(head, framing, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_head_carries_this_hops_framing_only() {
+        let head = outgoing(
+            Method::POST,
+            &[
+                ("host", "app.example"),
+                ("content-length", "5"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(
+            written(&head, Framing::Length(5)),
+            "POST /a?b=c HTTP/1.1\r\nhost: app.example\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(
+            written(&head, Framing::Chunked),
+            "POST /a?b=c HTTP/1.1\r\nhost: app.example\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // A POST without a body says so; a GET says nothing.
+        assert!(written(&head, Framing::Empty).ends_with("content-length: 0\r\n\r\n"));
+        let get = outgoing(Method::GET, &[("host", "app.example")]);
+        assert_eq!(
+            written(&get, Framing::Empty),
+            "GET /a?b=c HTTP/1.1\r\nhost: app.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_upload_is_held_to_its_length_and_chunked_without_one() {
+        let data = |bytes: &'static [u8]| Some(Ok(Frame::data(Bytes::from_static(bytes))));
+        let mut out = Vec::new();
+        let mut upload = Upload::new(Framing::Length(5));
+        upload.take(data(b"hel"), &mut out).unwrap();
+        assert!(upload.take(None, &mut out).is_err(), "ended short");
+        let mut upload = Upload::new(Framing::Length(5));
+        assert!(upload.take(data(b"hello!"), &mut out).is_err(), "too long");
+
+        out.clear();
+        let mut upload = Upload::new(Framing::Chunked);
+        upload.take(data(b"hello"), &mut out).unwrap();
+        upload.take(data(b""), &mut out).unwrap();
+        upload
+            .take(Some(Ok(Frame::trailers(HeaderMap::new()))), &mut out)
+            .unwrap();
+        upload.take(None, &mut out).unwrap();
+        assert!(upload.done);
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+}
