@@ -77,15 +77,13 @@ pub(super) async fn serve<I: ClientIo>(serving: Serving, io: I, input: Vec<u8>, 
         phase,
         head_by,
         parked: None,
-        moved: false,
     };
     if let Ended::Parked = engine.run().await {
         tokio::spawn(
             async move {
                 // The connection's timer, allocated again here too.
                 engine.clock = Box::pin(tokio::time::sleep_until(engine.head_by));
-                engine.moved = true;
-                engine.run().await;
+                engine.serve_parked().await;
             }
             .in_current_span(),
         );
@@ -96,7 +94,7 @@ pub(super) async fn serve<I: ClientIo>(serving: Serving, io: I, input: Vec<u8>, 
 enum Ended {
     /// The connection is over.
     Over,
-    /// It parked for the first time: it goes on in a task of its own.
+    /// It parked: it waits for its client outside `run`.
     Parked,
 }
 
@@ -122,8 +120,6 @@ pub(super) struct Engine<I> {
     head_by: Instant,
     /// Counts the connection as parked while it is.
     parked: Option<Counted>,
-    /// Whether it has moved to a task of its own (see [`serve`]).
-    moved: bool,
 }
 
 /// Bytes read from the client: `bytes[start..]` are not used yet.
@@ -184,7 +180,7 @@ impl Input {
 enum Next {
     /// A head is parsed in `Engine::head`.
     Head,
-    /// The connection parked for the first time (see [`serve`]).
+    /// The connection parked.
     Parked,
     /// The connection is over (closed, timed out, drained).
     Over,
@@ -214,6 +210,42 @@ enum Decision {
 }
 
 impl<I: ClientIo> Engine<I> {
+    /// Waits, parked, for the client's next request, serves it and those
+    /// that follow, and parks again, until the connection ends. While it
+    /// waits, the task holds the connection and this small wait, nothing
+    /// of [`Engine::run`]'s state: that is boxed, and let go at each
+    /// parking.
+    async fn serve_parked(mut self) {
+        while self.wait_parked().await {
+            if let Ended::Over = Box::pin(self.run()).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the parked connection's client; `false` once the
+    /// connection is over (closed, failed, idle past `head_by`, drained).
+    async fn wait_parked(&mut self) -> bool {
+        self.clock.as_mut().reset(self.head_by);
+        let io = &self.io;
+        tokio::select! {
+            biased;
+            ready = std::future::poll_fn(|cx| io.poll_client(cx)) => match ready {
+                Ok(()) => true,
+                Err(error) => {
+                    debug!(%error, "parked connection failed");
+                    false
+                }
+            },
+            _ = self.phase.wait_for(|p| *p >= Phase::Draining) => false,
+            () = self.clock.as_mut() => {
+                debug!(timeout = ?self.serving.limits.header_timeout, "no request in time; closing");
+                false
+            }
+        }
+    }
+
+    /// Serves requests until the connection parks or ends.
     async fn run(&mut self) -> Ended {
         loop {
             match self.next_head().await {
@@ -305,9 +337,7 @@ impl<I: ClientIo> Engine<I> {
                                 debug!("idle connection parked");
                                 self.park();
                                 self.parked = Some(self.serving.proxy.metrics.count_parked());
-                                if !self.moved {
-                                    return Next::Parked;
-                                }
+                                return Next::Parked;
                             }
                         }
                     }
