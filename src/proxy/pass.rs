@@ -20,11 +20,11 @@ use crate::bypass::{self, BypassKey};
 /// bypass`, `/.switchyard%2Fbypass`, `/.Switchyard/bypass;x`) is forwarded
 /// with a token in its query.
 pub fn is_reserved(path: &str) -> bool {
-    let mut merged = path.split('/').filter(|segment| !segment.is_empty());
-    merged.next().is_some_and(|first| {
-        let prefix = b".switchyard";
-        first.len() >= prefix.len() && first.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix)
-    })
+    // The first segment is what follows the leading slashes; the prefix
+    // has no slash, so it matches only within that segment.
+    let first = path.trim_start_matches('/').as_bytes();
+    let prefix = b".switchyard";
+    first.len() >= prefix.len() && first[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// Whether `path` (normalized, reserved) is exactly the browser path, with
@@ -90,4 +90,26 @@ pub fn answer(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(SET_COOKIE, bypass::set_cookie(token, expires_at, https));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_reserved;
+
+    #[test]
+    fn every_spelling_of_the_reserved_prefix_is_the_proxys() {
+        for path in [
+            "/.switchyard",
+            "/.switchyard/bypass",
+            "//.switchyard/bypass",
+            "/.Switchyard/bypass;x",
+            "/.switchyard%2Fbypass",
+            "///.SWITCHYARD",
+        ] {
+            assert!(is_reserved(path), "{path}");
+        }
+        for path in ["/", "/app/.switchyard", "/.switch/yard", "/.switchyar", "/x.switchyard"] {
+            assert!(!is_reserved(path), "{path}");
+        }
+    }
 }

@@ -275,7 +275,6 @@ impl<I: ClientIo> Engine<I> {
                 self.close().await;
                 return Ended::Over;
             }
-            self.head_by = Instant::now() + self.serving.limits.header_timeout;
         }
     }
 
@@ -306,7 +305,9 @@ impl<I: ClientIo> Engine<I> {
             // Between requests, wait for bytes before taking memory for
             // them, and let the buffers go once the client is quiet.
             if self.input.is_empty() {
-                let park_at = Instant::now() + PARK_AFTER;
+                // Counted from the last answer (or the connection's start),
+                // which set `head_by`: no clock read per request.
+                let park_at = head_by - self.serving.limits.header_timeout + PARK_AFTER;
                 loop {
                     let wake = if self.parked.is_some() {
                         head_by
@@ -372,7 +373,8 @@ impl<I: ClientIo> Engine<I> {
         self.answer = ResponseHead::default();
     }
 
-    /// Serves the parsed request; whether the connection goes on.
+    /// Serves the parsed request; whether the connection goes on. The
+    /// next head is due `timeouts.header` after it is answered.
     async fn serve_request(&mut self) -> bool {
         let started = Instant::now();
         let keep = match self.decide() {
@@ -384,10 +386,12 @@ impl<I: ClientIo> Engine<I> {
                 self.answer_with(Answer::Error(error)).await
             }
         };
+        let now = Instant::now();
         self.serving
             .proxy
             .metrics
-            .observe_duration(started.elapsed());
+            .observe_duration(now.saturating_duration_since(started));
+        self.head_by = now + self.serving.limits.header_timeout;
         keep
     }
 
