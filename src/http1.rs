@@ -219,7 +219,7 @@ impl ConnectionOptions {
 /// list of the same digits (`42, 42`, which RFC 9110 §8.6 lets a recipient
 /// accept). `None` for anything else: a sign, a space inside, a length that
 /// does not fit in 64 bits, two different lengths.
-fn content_length(value: &[u8]) -> Option<u64> {
+pub fn content_length(value: &[u8]) -> Option<u64> {
     let mut length = None;
     for item in value.split(|b| *b == b',') {
         let item = item.trim_ascii();

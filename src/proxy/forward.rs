@@ -29,7 +29,7 @@ use super::exchange::{bad_answer, connect_failure, is_idempotent, lost, timed_ou
 use super::{headers, ProxyError};
 use crate::body::{Body, Progress, ReadAhead};
 use crate::config::Timeouts;
-use crate::http1::ResponseHead;
+use crate::http1::{Kind, ResponseHead};
 use crate::upstream::connection::{self, Connection};
 use crate::upstream::{InFlight, Pool};
 use answer::AnswerBody;
@@ -174,7 +174,15 @@ async fn answered(
     *response.status_mut() =
         StatusCode::from_u16(answer.status).map_err(|_| bad_answer(&upstream, "invalid status"))?;
     let fields = response.headers_mut();
+    let mut length = None;
     for field in &answer.fields {
+        // One canonical length, however the upstream repeated it (`5, 5`,
+        // or two fields): HTTP/2 clients refuse anything else. The parser
+        // has checked they all agree.
+        if field.kind == Kind::ContentLength {
+            length = length.or_else(|| crate::http1::content_length(field.value.of(&buf)));
+            continue;
+        }
         let name = HeaderName::from_bytes(field.name.of(&buf));
         let value = HeaderValue::from_bytes(field.value.of(&buf));
         let (Ok(name), Ok(value)) = (name, value) else {
@@ -183,6 +191,9 @@ async fn answered(
         fields.append(name, value);
     }
     headers::prepare_response(fields);
+    if let Some(length) = length {
+        fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     let reusable = upload_done && !answer.close;
     if !answer.framing.has_body() {
         if reusable && buf.len() == answer.len {

@@ -86,6 +86,12 @@ pub fn check(
 /// The request target must be a path (origin form), an absolute `http(s)`
 /// URI (absolute form), or `*` with OPTIONS.
 fn check_target(method: &Method, uri: &Uri) -> Result<(), ProxyError> {
+    // As an HTTP/1 request line must be (the engine refuses other bytes).
+    if !uri.path_and_query().map_or("", |p| p.as_str()).is_ascii() {
+        return Err(ProxyError::BadRequest(
+            "invalid request target: bytes outside ASCII must be percent-encoded",
+        ));
+    }
     let path = uri.path();
     if path == "*" {
         return if method == Method::OPTIONS {
@@ -179,6 +185,12 @@ mod tests {
         assert!(check_h1("GET", "ok", &["a.example"]).is_err());
         assert!(check_h1("GET", "*", &["a.example"]).is_err());
         assert!(check_h1("GET", "ftp://a.example/x", &["a.example"]).is_err());
+        // HTTP/2 carries a target as bytes: one outside ASCII is refused,
+        // as the HTTP/1 engine refuses it in a request line.
+        let raw = Uri::from_maybe_shared(bytes::Bytes::from_static(b"/x\xc3\xbf")).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("a.example"));
+        assert!(check(&Method::GET, &raw, Version::HTTP_2, &headers).is_err());
         assert!(matches!(
             check_h1("CONNECT", "a.example:443", &["a.example"]),
             Err(ProxyError::ConnectNotAllowed)

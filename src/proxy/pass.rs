@@ -108,7 +108,13 @@ mod tests {
         ] {
             assert!(is_reserved(path), "{path}");
         }
-        for path in ["/", "/app/.switchyard", "/.switch/yard", "/.switchyar", "/x.switchyard"] {
+        for path in [
+            "/",
+            "/app/.switchyard",
+            "/.switch/yard",
+            "/.switchyar",
+            "/x.switchyard",
+        ] {
             assert!(!is_reserved(path), "{path}");
         }
     }

@@ -101,7 +101,7 @@ async fn bodies_go_out_framed_as_they_came_on_kept_alive_connections() {
 
 #[tokio::test]
 async fn answers_come_back_whole_however_the_upstream_framed_them() {
-    let answers: [(&'static [u8], &[u8]); 3] = [
+    let answers: [(&'static [u8], &[u8]); 4] = [
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world",
             b"hello world",
@@ -114,6 +114,11 @@ async fn answers_come_back_whole_however_the_upstream_framed_them() {
             b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the close",
             b"until the close",
         ),
+        // A length repeated goes on once: HTTP/2 clients refuse a list.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\nfive!",
+            b"five!",
+        ),
     ];
     for (reply, expected) in answers {
         let (addr, _task) = raw_upstream(reply).await;
@@ -124,6 +129,8 @@ async fn answers_come_back_whole_however_the_upstream_framed_them() {
         assert_eq!(status, 200);
         assert!(!headers.contains_key("connection"), "{headers:?}");
         assert!(!headers.contains_key("transfer-encoding"), "{headers:?}");
+        let lengths = headers.get_all("content-length").iter().count();
+        assert!(lengths <= 1, "{headers:?}");
         assert_eq!(
             body.unwrap(),
             expected,
