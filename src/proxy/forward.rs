@@ -31,7 +31,7 @@ use crate::body::{Body, Progress, ReadAhead};
 use crate::config::Timeouts;
 use crate::http1::{Kind, ResponseHead};
 use crate::upstream::connection::{self, Connection};
-use crate::upstream::{InFlight, Pool};
+use crate::upstream::{InFlight, Pool, Upstream};
 use answer::AnswerBody;
 use http1::Attempt;
 
@@ -209,19 +209,7 @@ async fn answered(
         reusable,
         in_flight,
     );
-    let body = match Body::from_source(Box::new(source))
-        .read_ahead(RESPONSE_READ_AHEAD)
-        .await
-    {
-        ReadAhead::Ready(body) | ReadAhead::TimedOut(body) => body,
-        ReadAhead::Failed(error) => {
-            return Err(bad_answer(
-                &upstream,
-                format!("body: {}", error_chain(&error)),
-            ))
-        }
-    };
-    *response.body_mut() = body;
+    *response.body_mut() = read_ahead(Body::from_source(Box::new(source)), &upstream).await?;
     Ok(response)
 }
 
@@ -289,23 +277,25 @@ async fn over_http2(
         () = overdue => return Err(timed_out(&upstream, timeouts)),
     };
     let (mut parts, incoming) = response.into_parts();
-    let body = match Body::streamed(incoming)
-        .read_ahead(RESPONSE_READ_AHEAD)
-        .await
-    {
-        ReadAhead::Ready(body) | ReadAhead::TimedOut(body) => body,
-        ReadAhead::Failed(error) => {
-            return Err(bad_answer(
-                &upstream,
-                format!("body: {}", error_chain(&error)),
-            ))
-        }
-    };
+    let body = read_ahead(Body::streamed(incoming), &upstream).await?;
     headers::prepare_response(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
         body.on_completion(Box::new(in_flight)),
     ))
+}
+
+/// An upstream's answer `body` with its first frame read ahead, within
+/// [`RESPONSE_READ_AHEAD`]: a malformed first chunk is a clean 502 rather
+/// than an answer cut once under way.
+async fn read_ahead(body: Body, upstream: &Upstream) -> Result<Body, ProxyError> {
+    match body.read_ahead(RESPONSE_READ_AHEAD).await {
+        ReadAhead::Ready(body) | ReadAhead::TimedOut(body) => Ok(body),
+        ReadAhead::Failed(error) => Err(bad_answer(
+            upstream,
+            format!("body: {}", error_chain(&error)),
+        )),
+    }
 }
 
 /// The request body the proxy was sending, if that is what failed: hyper
