@@ -1,8 +1,8 @@
 //! The data plane: check each request, forward it to the live pool, stream
 //! the answer back. The connections requests arrive on are `conn`'s: HTTP/1
 //! ones are served by the proxy's own engine there, which shares the
-//! judgement ([`Proxy::judge`]) with this file; HTTP/2 ones are served by
-//! hyper, whose every request comes to [`Proxy::handle`] here.
+//! judgement (`Proxy::judge`) with this file; HTTP/2 ones are served by
+//! hyper, whose every request comes to `Proxy::handle` here.
 //!
 //! ```text
 //! handle ─► route: front-door checks, path, one state load (gate, pool, timeouts)
