@@ -352,8 +352,8 @@ impl Drop for Body {
             progress.mark(TURN_DONE);
         }
         // A body with nothing left to read from its upstream (a HEAD answer,
-        // an empty one, one whose last frame was read ahead) leaves its
-        // connection clean, whether or not the client took the frames.
+        // an empty one, one whose last frame was read ahead) is complete,
+        // whether or not the client took the frames.
         if self.rest.as_ref().is_none_or(Rest::is_end_stream) {
             self.finished();
         }

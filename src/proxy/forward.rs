@@ -84,13 +84,15 @@ pub async fn send(
         let upstream = in_flight.upstream().clone();
         // Until a TLS upstream has said whether it speaks h2, a request
         // opens a connection that offers it rather than take an idle
-        // HTTP/1 one (an HTTP/1 client's).
+        // HTTP/1 one (an HTTP/1 client's), while there is room for one:
+        // without room, an idle one will do.
         let h2_unknown = pool.tls_connect_h2.is_some() && upstream.http2.may_speak_h2();
         if h2_unknown {
             if let Some(sender) = upstream.http2.get() {
                 return over_http2(sender, head, body, in_flight, timeouts).await;
             }
         }
+        let h2_unknown = h2_unknown && upstream.slots.available_permits() > 0;
         let checkout = connection::checkout(
             &upstream.authority,
             &upstream.connections,
