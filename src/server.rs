@@ -261,7 +261,8 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 /// Closes the upstream connections idle for longer than
-/// [`connection::IDLE_TIMEOUT`], every upstream of the snapshot in force,
+/// [`connection::IDLE_TIMEOUT`] (and lets go of the shared HTTP/2 ones no
+/// request started on for as long), every upstream of the snapshot in force,
 /// until dropped. An upstream that a reload removed closes its idle
 /// connections when the last request that used it lets it go.
 fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
@@ -273,6 +274,7 @@ fn spawn_reaper(state: Arc<SharedState>) -> StopOnDrop {
             let snapshot = state.load();
             for upstream in snapshot.pools.values().flat_map(|p| &p.upstreams) {
                 upstream.connections.reap(now);
+                upstream.http2.reap(now);
             }
         }
     })

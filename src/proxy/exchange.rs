@@ -8,16 +8,17 @@
 //! again (idempotent, no body) is, on a new connection.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::ProxyError;
 use crate::config::Timeouts;
 use crate::upstream::connection::ConnectError;
-use crate::upstream::{Pool, Upstream};
+use crate::upstream::{InFlight, Pool, Upstream};
 
 /// What a read from an upstream takes at least room for.
 const READ_AT_LEAST: usize = 4 * 1024;
@@ -73,9 +74,59 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// The upstream of a pool a request goes to, and whether a failed connect
+/// may still move it to another.
+pub struct Picked<'p> {
+    pool: &'p Pool,
+    in_flight: InFlight,
+    may_move: bool,
+}
+
+impl<'p> Picked<'p> {
+    /// A healthy upstream of `pool`, or the client's `503` if none is.
+    pub fn from(pool: &'p Pool) -> Result<Picked<'p>, ProxyError> {
+        let in_flight = pool
+            .pick(None)
+            .ok_or_else(|| ProxyError::NoHealthyUpstream {
+                pool: pool.name.clone(),
+            })?;
+        Ok(Picked {
+            pool,
+            in_flight,
+            may_move: pool.has_alternative(),
+        })
+    }
+
+    /// The upstream picked.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        self.in_flight.upstream()
+    }
+
+    /// After a failed connect to the upstream picked: the failure to
+    /// answer with, or (once, and only when another healthy one is left)
+    /// another upstream to try instead, since nothing of the request was
+    /// sent.
+    pub fn connect_failed(&mut self, error: ConnectError) -> Result<(), ProxyError> {
+        let upstream = self.upstream().clone();
+        let failure = connect_failure(&upstream, error, self.pool);
+        if !self.may_move {
+            return Err(failure);
+        }
+        self.may_move = false;
+        debug!(%failure, "retrying on another upstream");
+        self.in_flight = self.pool.pick(Some(&upstream)).ok_or(failure)?;
+        Ok(())
+    }
+
+    /// The request's count on the upstream picked, for as long as it runs.
+    pub fn into_in_flight(self) -> InFlight {
+        self.in_flight
+    }
+}
+
 /// What the client is told when no connection to `upstream` could be had;
 /// a refused or failed connect counts against its health at once.
-pub fn connect_failure(upstream: &Upstream, error: ConnectError, pool: &Pool) -> ProxyError {
+fn connect_failure(upstream: &Upstream, error: ConnectError, pool: &Pool) -> ProxyError {
     let failure = match error {
         ConnectError::Busy { limit } => {
             return ProxyError::UpstreamBusy {

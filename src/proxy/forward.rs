@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! pick an upstream ─► its shared HTTP/2 connection, if it has one (a TLS
-//!   upstream that offered h2) ─► hyper's client
+//!   upstream that offered h2) ─► hyper's client (a request the connection
+//!   did not take goes once more, on a new one)
 //! else an idle HTTP/1 connection or a new one (a failed connect is retried
 //!   once on another upstream; a new TLS one offers h2 and, if the upstream
 //!   takes it, becomes the shared one)
@@ -25,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::exchange::{bad_answer, connect_failure, is_idempotent, lost, timed_out};
+use super::exchange::{bad_answer, is_idempotent, lost, timed_out, Picked};
 use super::{headers, ProxyError};
 use crate::body::{Body, Progress, ReadAhead};
 use crate::config::Timeouts;
@@ -45,7 +46,7 @@ const RESPONSE_READ_AHEAD: Duration = Duration::from_millis(50);
 const TURN_CHECK: Duration = Duration::from_secs(1);
 
 /// A request head as it goes to an upstream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outgoing {
     /// Request method.
     pub method: Method,
@@ -59,14 +60,11 @@ pub struct Outgoing {
 /// ready for the client.
 pub async fn send(
     pool: &Pool,
-    head: Outgoing,
+    mut head: Outgoing,
     mut body: Body,
     timeouts: &Timeouts,
 ) -> Result<Response<Body>, ProxyError> {
-    let no_upstream = || ProxyError::NoHealthyUpstream {
-        pool: pool.name.clone(),
-    };
-    let mut in_flight = pool.pick(None).ok_or_else(no_upstream)?;
+    let mut picked = Picked::from(pool)?;
     let framing = http1::framing(&body);
     let mut written = Vec::with_capacity(512);
     http1::request_head(&head, framing, &mut written);
@@ -76,82 +74,115 @@ pub async fn send(
         to_head: head.method == Method::HEAD,
         resendable: !framing.has_body() && is_idempotent(&head.method),
     };
-    // After a failed connect, once, on another upstream: nothing was sent.
-    let mut may_move = pool.has_alternative();
+    let offers_h2 = pool.tls_connect_h2.is_some();
     // After a reused connection closed under a request that may go again.
     let mut fresh_only = false;
+    // After a shared HTTP/2 connection did not take the request (closed
+    // before it was sent, or refused unprocessed): once, on a new
+    // connection.
+    let mut h2_retried = false;
     loop {
-        let upstream = in_flight.upstream().clone();
-        // Until a TLS upstream has said whether it speaks h2, a request
-        // opens a connection that offers it rather than take an idle
-        // HTTP/1 one (an HTTP/1 client's), while there is room for one:
-        // without room, an idle one will do.
-        let h2_unknown = pool.tls_connect_h2.is_some() && upstream.http2.may_speak_h2();
-        if h2_unknown {
-            if let Some(sender) = upstream.http2.get() {
-                return over_http2(sender, head, body, in_flight, timeouts).await;
-            }
-        }
-        let h2_unknown = h2_unknown && upstream.slots.available_permits() > 0;
-        let checkout = connection::checkout(
-            &upstream.authority,
-            &upstream.connections,
-            &upstream.slots,
-            upstream.max_connections(),
-            pool.tls_connect_h2.as_ref(),
-            timeouts.connect,
-            fresh_only || h2_unknown,
-        )
-        .await;
-        let checkout = match checkout {
-            Ok(checkout) => checkout,
-            Err(error) => {
-                let failure = connect_failure(&upstream, error, pool);
-                if !may_move {
-                    return Err(failure);
+        let upstream = picked.upstream().clone();
+        // Made before looking, so that a connection shared meanwhile wakes
+        // a request waiting for room of its own.
+        let opened = upstream.http2.opened();
+        let shared = (offers_h2 && !fresh_only)
+            .then(|| upstream.http2.get())
+            .flatten();
+        let sender = match shared {
+            Some(sender) => sender,
+            None => {
+                // Until a TLS upstream has said whether it speaks h2, a
+                // request opens a connection that offers it rather than
+                // take an idle HTTP/1 one (an HTTP/1 client's), while there
+                // is room for one: without room, an idle one will do.
+                let h2_unknown = offers_h2
+                    && upstream.http2.may_speak_h2()
+                    && upstream.slots.available_permits() > 0;
+                let checkout = connection::checkout(
+                    &upstream.authority,
+                    &upstream.connections,
+                    &upstream.slots,
+                    upstream.max_connections(),
+                    pool.tls_connect_h2.as_ref(),
+                    timeouts.connect,
+                    fresh_only || h2_unknown,
+                );
+                let checkout = tokio::select! {
+                    checkout = checkout => checkout,
+                    // The connection now shared (a new one) takes the
+                    // request instead.
+                    () = opened, if offers_h2 => {
+                        fresh_only = false;
+                        continue;
+                    }
+                };
+                let checkout = match checkout {
+                    Ok(checkout) => checkout,
+                    Err(error) => {
+                        picked.connect_failed(error)?;
+                        continue;
+                    }
+                };
+                let reused = checkout.idle_since.is_some();
+                let mut connection = checkout.connection;
+                if !connection.speaks_h2() {
+                    if h2_unknown {
+                        upstream.http2.declined();
+                    }
+                    let mut buf = Vec::new();
+                    let mut answer = ResponseHead::default();
+                    let exchanged = http1::exchange(
+                        &mut connection,
+                        &request,
+                        &mut body,
+                        reused,
+                        &upstream,
+                        timeouts,
+                        &mut buf,
+                        &mut answer,
+                    )
+                    .await;
+                    match exchanged {
+                        Ok(upload_done) => {
+                            let in_flight = picked.into_in_flight();
+                            return answered(connection, buf, &answer, upload_done, in_flight)
+                                .await;
+                        }
+                        Err(Attempt::Resend) => {
+                            debug!(upstream = %upstream.authority, "reused connection closed under the request; sending it again on a new one");
+                            fresh_only = true;
+                            continue;
+                        }
+                        Err(Attempt::Failed(error)) => return Err(error),
+                    }
                 }
-                may_move = false;
-                debug!(%failure, "retrying on another upstream");
-                in_flight = pool.pick(Some(&upstream)).ok_or(failure)?;
-                continue;
+                let (stream, slot) = connection.into_parts();
+                upstream
+                    .http2
+                    .start(stream, slot)
+                    .await
+                    .map_err(|error| lost(&upstream, false, &error.to_string()))?
             }
         };
-        let reused = checkout.idle_since.is_some();
-        let mut connection = checkout.connection;
-        if connection.speaks_h2() {
-            let (stream, slot) = connection.into_parts();
-            let sender = upstream
-                .http2
-                .start(stream, slot)
-                .await
-                .map_err(|error| lost(&upstream, false, &error.to_string()))?;
-            return over_http2(sender, head, body, in_flight, timeouts).await;
-        }
-        if h2_unknown {
-            upstream.http2.declined();
-        }
-        let mut buf = Vec::new();
-        let mut answer = ResponseHead::default();
-        let exchanged = http1::exchange(
-            &mut connection,
-            &request,
-            &mut body,
-            reused,
-            &upstream,
-            timeouts,
-            &mut buf,
-            &mut answer,
-        )
-        .await;
-        match exchanged {
-            Ok(upload_done) => {
-                return answered(connection, buf, &answer, upload_done, in_flight).await;
+        match over_http2(sender, head, body, &upstream, timeouts).await? {
+            OverHttp2::Answered(response) => {
+                let in_flight = Box::new(picked.into_in_flight());
+                return Ok(response.map(|body| body.on_completion(in_flight)));
             }
-            Err(Attempt::Resend) => {
-                debug!(upstream = %upstream.authority, "reused connection closed under the request; sending it again on a new one");
+            OverHttp2::Unsent(unsent_head, unsent_body) if !h2_retried => {
+                debug!(upstream = %upstream.authority, "the HTTP/2 connection did not take the request; sending it on a new one");
+                h2_retried = true;
                 fresh_only = true;
+                (head, body) = (unsent_head, unsent_body);
             }
-            Err(Attempt::Failed(error)) => return Err(error),
+            OverHttp2::Unsent(..) => {
+                return Err(lost(
+                    &upstream,
+                    true,
+                    "a new HTTP/2 connection did not take the request either",
+                ))
+            }
         }
     }
 }
@@ -215,6 +246,16 @@ async fn answered(
     Ok(response)
 }
 
+/// How a request on a shared HTTP/2 connection went.
+enum OverHttp2 {
+    /// The upstream answered.
+    Answered(Response<Body>),
+    /// The upstream did not take the request (the connection closed before
+    /// it was sent, or the upstream refused its stream unprocessed): here
+    /// it is back, untouched.
+    Unsent(Outgoing, Body),
+}
+
 /// Sends the request on an upstream's shared HTTP/2 connection.
 ///
 /// The upstream has `timeouts.upstream` to answer, counted only while the
@@ -225,15 +266,17 @@ async fn over_http2(
     mut sender: hyper::client::conn::http2::SendRequest<Body>,
     head: Outgoing,
     mut body: Body,
-    in_flight: InFlight,
+    upstream: &Upstream,
     timeouts: &Timeouts,
-) -> Result<Response<Body>, ProxyError> {
-    let upstream = in_flight.upstream().clone();
+) -> Result<OverHttp2, ProxyError> {
     let sent = (!http_body::Body::is_end_stream(&body)).then(|| {
         let progress = Arc::new(Progress::default());
         body.report_to(progress.clone());
         progress
     });
+    // A bodiless request the upstream refuses unprocessed can go again:
+    // its head is all there is to keep.
+    let resendable = sent.is_none().then(|| head.clone());
     let overdue = async {
         let Some(progress) = &sent else {
             return tokio::time::sleep(timeouts.upstream).await;
@@ -261,30 +304,50 @@ async fn over_http2(
     *request.version_mut() = Version::HTTP_2;
     *request.headers_mut() = head.headers;
     let exchange = async {
-        sender
-            .ready()
-            .await
-            .map_err(|error| lost(&upstream, true, &error.to_string()))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|error| match body_failure(&error) {
-                Some(failure) => http1::client_failure(failure),
-                None => lost(&upstream, true, &error_chain(&error)),
-            })
+        if sender.ready().await.is_err() {
+            return Ok(Err(Some(request)));
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(Ok(response)),
+            Err(mut error) => match error.take_message() {
+                Some(request) => Ok(Err(Some(request))),
+                None if resendable.is_some() && unprocessed(error.error()) => Ok(Err(None)),
+                None => Err(match body_failure(error.error()) {
+                    Some(failure) => http1::client_failure(failure),
+                    None => lost(upstream, true, &error_chain(error.error())),
+                }),
+            },
+        }
     };
     let response = tokio::select! {
         biased;
         response = exchange => response?,
-        () = overdue => return Err(timed_out(&upstream, timeouts)),
+        () = overdue => return Err(timed_out(upstream, timeouts)),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(None) => {
+            let head = resendable.expect("only a bodiless request is resent unreturned");
+            return Ok(OverHttp2::Unsent(head, Body::empty()));
+        }
+        Err(Some(request)) => {
+            let (parts, body) = request.into_parts();
+            let head = Outgoing {
+                method: parts.method,
+                path: parts
+                    .uri
+                    .into_parts()
+                    .path_and_query
+                    .expect("the request was given a path"),
+                headers: parts.headers,
+            };
+            return Ok(OverHttp2::Unsent(head, body));
+        }
     };
     let (mut parts, incoming) = response.into_parts();
-    let body = read_ahead(Body::streamed(incoming), &upstream).await?;
+    let body = read_ahead(Body::streamed(incoming), upstream).await?;
     headers::prepare_response(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        body.on_completion(Box::new(in_flight)),
-    ))
+    Ok(OverHttp2::Answered(Response::from_parts(parts, body)))
 }
 
 /// An upstream's answer `body` with its first frame read ahead, within
@@ -298,6 +361,20 @@ async fn read_ahead(body: Body, upstream: &Upstream) -> Result<Body, ProxyError>
             format!("body: {}", error_chain(&error)),
         )),
     }
+}
+
+/// Whether the upstream refused the request's stream before processing
+/// any of it (RFC 9113, section 8.7): reset with `REFUSED_STREAM`, or
+/// past the last stream a graceful `GOAWAY` kept.
+fn unprocessed(error: &hyper::Error) -> bool {
+    let error: &(dyn std::error::Error + 'static) = error;
+    std::iter::successors(Some(error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            let reason = h2.reason();
+            (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM))
+                || (h2.is_go_away() && h2.is_remote() && reason == Some(h2::Reason::NO_ERROR))
+        })
 }
 
 /// The request body the proxy was sending, if that is what failed: hyper

@@ -21,6 +21,8 @@
 //! - `safety`: health checks, passive health, preview, tunnel drain,
 //!   automatic rollback.
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
+//! - `tls_upstream`: upstreams over TLS, HTTP/1.1 and a shared h2
+//!   connection.
 //! - `windows`: maintenance windows planned ahead.
 //! - `bypass`: bypass tokens through the gate.
 //! - `deploy`: `ctl deploy` with real shell commands as migration and
@@ -48,4 +50,5 @@ mod safety;
 mod support;
 mod switching;
 mod tls;
+mod tls_upstream;
 mod windows;

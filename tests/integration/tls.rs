@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use http::Request;
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -17,12 +16,12 @@ use tokio_rustls::client::TlsStream;
 use crate::support::*;
 
 /// A private CA and the leaf certificates it signs.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
+pub(crate) struct Pki {
+    pub(crate) ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         Pki {
@@ -31,7 +30,7 @@ impl Pki {
     }
 
     /// A certificate for `names`, and its key, as PEM.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
+    pub(crate) fn leaf(&self, names: &[&str]) -> (String, String) {
         self.leaf_until(names, rcgen::date_time_ymd(4000, 1, 1))
     }
 
@@ -453,128 +452,6 @@ async fn a_plain_listener_can_redirect_to_https() {
     assert_eq!(status, 308);
     assert_eq!(headers["location"], "https://shop.test/cart?item=42");
     assert_eq!(blue.hits(), 0);
-}
-
-/// An upstream speaking TLS with a certificate for `name` signed by `pki`,
-/// answering `secure` and the HTTP version it was spoken to with (h2 when
-/// the client offers it by ALPN).
-async fn tls_upstream(
-    pki: &Pki,
-    name: &str,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>, TempDir) {
-    use switchyard::config::tls::{load_pair, server_config, TlsVersion};
-    let dir = TempDir::new();
-    let (cert, key) = pki.leaf(&[name]);
-    let cert_path = dir.write("upstream.pem", &cert);
-    let key_path = dir.write("upstream.key", &key);
-    let pair = load_pair(&cert_path, &key_path, std::time::SystemTime::now()).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(TlsVersion::V1_2, &[pair]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let service = hyper::service::service_fn(
-                    |request: Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(text(format!(
-                            "secure {:?}",
-                            request.version()
-                        )))
-                    },
-                );
-                let io = TokioIo::new(stream);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, service)
-                    .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                }
-            });
-        }
-    });
-    (addr, task, dir)
-}
-
-#[tokio::test]
-async fn upstreams_over_tls_are_verified_with_the_pools_ca() {
-    let pki = Pki::new();
-    let (addr, _server, _files) = tls_upstream(&pki, "upstream.test").await;
-    let stranger = Pki::new();
-    let dir = TempDir::new();
-    dir.write("ca.pem", &pki.ca.pem());
-    dir.write("other-ca.pem", &stranger.ca.pem());
-    let text = format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n\n\
-         [pools.blue]\nupstreams = [\"{addr}\"]\ntls = true\nca_file = \"other-ca.pem\"\nserver_name = \"upstream.test\"\n\n\
-         [pools.green]\nupstreams = [\"{addr}\"]\ntls = true\nca_file = \"ca.pem\"\nserver_name = \"upstream.test\"\n\n\
-         [health]\ntimeout = \"5s\"\n"
-    );
-    dir.write("switchyard.toml", &text);
-    let proxy = Proxy::in_dir(dir).await;
-
-    // Blue's CA did not sign the upstream's certificate: a clear 502.
-    let (status, _, body) = get(&proxy.url("/")).await;
-    assert_eq!(status, 502, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["error"]["code"], "upstream_tls_failed");
-
-    // Green's CA did: the switch's TLS probe passes, and requests go
-    // through: an HTTP/1 client's over HTTP/1.1 (the WebSockets it may ask
-    // for need it), an HTTP/2 client's over HTTP/2, which the upstream
-    // offers by ALPN.
-    let (code, doc) = proxy
-        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
-        .await;
-    assert_eq!(code, 200, "{doc}");
-    let (status, _, body) = get(&proxy.url("/")).await;
-    assert_eq!((status, body.as_str()), (200, "secure HTTP/1.1"));
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<TestBody>();
-    let response = within(h2.request(Request::get(proxy.url("/")).body(full("")).unwrap()))
-        .await
-        .unwrap();
-    let body = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(body, "secure HTTP/2.0");
-}
-
-#[tokio::test]
-async fn upstream_tls_keys_are_checked() {
-    let blue = Upstream::named("blue").await;
-    let dir = TempDir::new();
-    let text = format!(
-        "[listener]\nbind = \"127.0.0.1:0\"\n\n[pools.blue]\nupstreams = [\"{}\"]\nca_file = \"ca.pem\"\n\n\
-         [pools.green]\nupstreams = [\"{}\"]\ntls = true\nca_file = \"missing.pem\"\nserver_name = \"not a name\"\n",
-        blue.addr, blue.addr
-    );
-    dir.write("switchyard.toml", &text);
-    let (code, _, err) = check(&dir.path().join("switchyard.toml")).await;
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("pools.blue.ca_file: only applies with `tls = true`"),
-        "{err}"
-    );
-    assert!(err.contains("pools.green.ca_file: cannot read"), "{err}");
-    assert!(
-        err.contains("pools.green.server_name: `not a name`"),
-        "{err}"
-    );
 }
 
 #[tokio::test]

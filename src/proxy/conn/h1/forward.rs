@@ -28,7 +28,7 @@ use crate::config::Timeouts;
 use crate::http1::write::{Persistence, RequestEdits, ResponseEdits};
 use crate::http1::{self, Framing};
 use crate::proxy::exchange::{
-    self, connect_failure, is_idempotent, lost, timed_out, write_all, MAX_RESPONSE_HEAD,
+    self, is_idempotent, lost, timed_out, write_all, Picked, MAX_RESPONSE_HEAD,
 };
 use crate::proxy::tunnel::{retired, TunnelOrigin};
 use crate::proxy::ProxyError;
@@ -197,14 +197,10 @@ impl<I: ClientIo> Engine<I> {
         // Sent again only if nothing of it can have been lost: no body.
         let resendable = !upload.has_body() && is_idempotent(method);
 
-        let no_upstream = || ProxyError::NoHealthyUpstream {
-            pool: pool.name.clone(),
-        };
-        let mut in_flight = pool.pick(None).ok_or_else(no_upstream)?;
-        let mut may_move = pool.has_alternative();
+        let mut picked = Picked::from(pool)?;
         let mut fresh_only = false;
         let connection = 'attempt: loop {
-            let upstream = in_flight.upstream().clone();
+            let upstream = picked.upstream().clone();
             let checkout = connection::checkout(
                 &upstream.authority,
                 &upstream.connections,
@@ -218,14 +214,7 @@ impl<I: ClientIo> Engine<I> {
             let checkout = match checkout {
                 Ok(checkout) => checkout,
                 Err(error) => {
-                    let failure = connect_failure(&upstream, error, pool);
-                    // Nothing of the request was sent: once, elsewhere.
-                    if !may_move {
-                        return Err(failure.into());
-                    }
-                    may_move = false;
-                    debug!(%failure, "retrying on another upstream");
-                    in_flight = pool.pick(Some(&upstream)).ok_or(failure)?;
+                    picked.connect_failed(error)?;
                     continue;
                 }
             };
@@ -319,6 +308,7 @@ impl<I: ClientIo> Engine<I> {
             }
         };
 
+        let in_flight = picked.into_in_flight();
         if self.answer.status == 101 {
             return match destination.tunnel.as_ref().filter(|_| websocket) {
                 Some(ask) => self.tunnel(connection, in_flight, ask, &pool.name).await,
