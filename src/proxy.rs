@@ -156,12 +156,7 @@ impl Proxy {
         request: &mut Request<Incoming>,
         client: &Client,
     ) -> Result<Routing, ProxyError> {
-        let target = frontdoor::check(
-            request.method(),
-            request.uri(),
-            request.version(),
-            request.headers(),
-        )?;
+        let target = frontdoor::check(request.method(), request.uri(), request.headers())?;
         if let Some(normalized) =
             path::normalize(request.uri().path()).map_err(ProxyError::BadRequest)?
         {

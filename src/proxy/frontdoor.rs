@@ -13,7 +13,7 @@
 
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderMap, Method, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
 
 use super::error::ProxyError;
 use crate::body::Body;
@@ -25,13 +25,9 @@ pub struct Target {
     pub authority: Option<Authority>,
 }
 
-/// Checks method, target and `Host` of a request head.
-pub fn check(
-    method: &Method,
-    uri: &Uri,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<Target, ProxyError> {
+/// Checks method, target (`:path` and `:authority`) and `Host` of an
+/// HTTP/2 request head.
+pub fn check(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Target, ProxyError> {
     if method == Method::CONNECT {
         return Err(ProxyError::ConnectNotAllowed);
     }
@@ -66,8 +62,8 @@ pub fn check(
     }
     let authority = match (host, uri.authority()) {
         (Some(host), Some(target)) => {
-            // An absolute-form target (HTTP/1) or `:authority` (HTTP/2)
-            // names the host too; two different answers is an attack.
+            // `:authority` names the host too; two different answers is
+            // an attack.
             if !host.as_str().eq_ignore_ascii_case(target.as_str()) {
                 return Err(ProxyError::BadRequest(
                     "Host header disagrees with the request target's authority",
@@ -76,9 +72,8 @@ pub fn check(
             Some(host)
         }
         (Some(host), None) => Some(host),
-        (None, Some(target)) if version == Version::HTTP_2 => Some(target.clone()),
-        (None, _) if version == Version::HTTP_10 => None,
-        (None, _) => return Err(ProxyError::BadRequest("missing Host header")),
+        (None, Some(target)) => Some(target.clone()),
+        (None, None) => return Err(ProxyError::BadRequest("missing Host header")),
     };
     Ok(Target { authority })
 }
@@ -163,47 +158,48 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn check_h1(method: &str, target: &str, hosts: &[&str]) -> Result<Target, ProxyError> {
+    /// `target` is `:path`, or `:authority` and `:path` as a URI.
+    fn check_h2(method: &str, target: &str, hosts: &[&str]) -> Result<Target, ProxyError> {
         let mut headers = HeaderMap::new();
         for host in hosts {
             headers.append(HOST, HeaderValue::from_str(host).unwrap());
         }
         let uri: Uri = target.parse().unwrap();
-        check(&method.parse().unwrap(), &uri, Version::HTTP_11, &headers)
+        check(&method.parse().unwrap(), &uri, &headers)
     }
 
     #[test]
     fn ordinary_requests_pass() {
-        assert!(check_h1("GET", "/", &["a.example"]).is_ok());
-        assert!(check_h1("OPTIONS", "*", &["a.example"]).is_ok());
-        assert!(check_h1("GET", "http://a.example/x", &["a.example"]).is_ok());
+        assert!(check_h2("GET", "/", &["a.example"]).is_ok());
+        assert!(check_h2("OPTIONS", "*", &["a.example"]).is_ok());
+        assert!(check_h2("GET", "http://a.example/x", &["a.example"]).is_ok());
     }
 
     #[test]
     fn bad_targets_are_refused() {
         // `GET ok` parses as an authority-form URI.
-        assert!(check_h1("GET", "ok", &["a.example"]).is_err());
-        assert!(check_h1("GET", "*", &["a.example"]).is_err());
-        assert!(check_h1("GET", "ftp://a.example/x", &["a.example"]).is_err());
+        assert!(check_h2("GET", "ok", &["a.example"]).is_err());
+        assert!(check_h2("GET", "*", &["a.example"]).is_err());
+        assert!(check_h2("GET", "ftp://a.example/x", &["a.example"]).is_err());
         // HTTP/2 carries a target as bytes: one outside ASCII is refused,
         // as the HTTP/1 engine refuses it in a request line.
         let raw = Uri::from_maybe_shared(bytes::Bytes::from_static(b"/x\xc3\xbf")).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("a.example"));
-        assert!(check(&Method::GET, &raw, Version::HTTP_2, &headers).is_err());
+        assert!(check(&Method::GET, &raw, &headers).is_err());
         assert!(matches!(
-            check_h1("CONNECT", "a.example:443", &["a.example"]),
+            check_h2("CONNECT", "a.example:443", &["a.example"]),
             Err(ProxyError::ConnectNotAllowed)
         ));
     }
 
     #[test]
     fn host_must_be_there_once_and_agree() {
-        assert!(check_h1("GET", "/", &[]).is_err());
-        assert!(check_h1("GET", "/", &["a.example", "b.example"]).is_err());
-        assert!(check_h1("GET", "http://b.example/", &["a.example"]).is_err());
-        assert!(check_h1("GET", "/", &["user@a.example"]).is_err());
-        assert!(check_h1("GET", "http://user@a.example/", &["user@a.example"]).is_err());
+        assert!(check_h2("GET", "/", &[]).is_err());
+        assert!(check_h2("GET", "/", &["a.example", "b.example"]).is_err());
+        assert!(check_h2("GET", "http://b.example/", &["a.example"]).is_err());
+        assert!(check_h2("GET", "/", &["user@a.example"]).is_err());
+        assert!(check_h2("GET", "http://user@a.example/", &["user@a.example"]).is_err());
     }
 
     #[test]
@@ -212,13 +208,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         let get = Method::GET;
         assert_eq!(
-            check(&get, &uri, Version::HTTP_2, &headers)
+            check(&get, &uri, &headers)
                 .unwrap()
                 .authority
                 .unwrap(),
             "a.example"
         );
         headers.insert(HOST, HeaderValue::from_static("b.example"));
-        assert!(check(&get, &uri, Version::HTTP_2, &headers).is_err());
+        assert!(check(&get, &uri, &headers).is_err());
     }
 }
