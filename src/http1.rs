@@ -114,32 +114,40 @@ pub enum Kind {
 impl Kind {
     /// The kind of the field named `name` (any case).
     pub fn of(name: &[u8]) -> Kind {
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-        // By length first: most names are compared with nothing.
-        match name.len() {
-            2 if is("te") => Kind::HopByHop,
-            4 if is("host") => Kind::Host,
-            4 if is("date") => Kind::Date,
-            6 if is("cookie") => Kind::Cookie,
-            6 if is("expect") => Kind::Expect,
-            7 if is("upgrade") => Kind::Upgrade,
-            7 if is("trailer") => Kind::HopByHop,
-            10 if is("connection") => Kind::Connection,
-            10 if is("keep-alive") => Kind::HopByHop,
-            13 if is("x-rewrite-url") || is("x-http-method") => Kind::Rewrite,
-            14 if is("content-length") => Kind::ContentLength,
-            14 if is("x-original-url") => Kind::Rewrite,
-            14 if is("http2-settings") => Kind::HopByHop,
-            15 if is("x-forwarded-for") => Kind::ForwardedFor,
-            16 if is("x-forwarded-host") => Kind::ForwardedSet,
-            16 if is("proxy-connection") => Kind::HopByHop,
-            17 if is("transfer-encoding") => Kind::TransferEncoding,
-            17 if is("x-forwarded-proto") => Kind::ForwardedSet,
-            17 if is("x-method-override") => Kind::Rewrite,
-            18 if is("proxy-authenticate") => Kind::HopByHop,
-            19 if is("proxy-authorization") => Kind::HopByHop,
-            19 if is("x-switchyard-bypass") => Kind::Bypass,
-            22 if is("x-http-method-override") => Kind::Rewrite,
+        // `known` is lower case: only `name`'s letters need folding.
+        let is = |known: &str| {
+            name.len() == known.len()
+                && name
+                    .iter()
+                    .zip(known.as_bytes())
+                    .all(|(n, k)| n.to_ascii_lowercase() == *k)
+        };
+        // By length and first letter: most names are compared with nothing.
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
+        match (name.len(), first) {
+            (2, b't') if is("te") => Kind::HopByHop,
+            (4, b'h') if is("host") => Kind::Host,
+            (4, b'd') if is("date") => Kind::Date,
+            (6, b'c') if is("cookie") => Kind::Cookie,
+            (6, b'e') if is("expect") => Kind::Expect,
+            (7, b'u') if is("upgrade") => Kind::Upgrade,
+            (7, b't') if is("trailer") => Kind::HopByHop,
+            (10, b'c') if is("connection") => Kind::Connection,
+            (10, b'k') if is("keep-alive") => Kind::HopByHop,
+            (13, b'x') if is("x-rewrite-url") || is("x-http-method") => Kind::Rewrite,
+            (14, b'c') if is("content-length") => Kind::ContentLength,
+            (14, b'x') if is("x-original-url") => Kind::Rewrite,
+            (14, b'h') if is("http2-settings") => Kind::HopByHop,
+            (15, b'x') if is("x-forwarded-for") => Kind::ForwardedFor,
+            (16, b'x') if is("x-forwarded-host") => Kind::ForwardedSet,
+            (16, b'p') if is("proxy-connection") => Kind::HopByHop,
+            (17, b't') if is("transfer-encoding") => Kind::TransferEncoding,
+            (17, b'x') if is("x-forwarded-proto") => Kind::ForwardedSet,
+            (17, b'x') if is("x-method-override") => Kind::Rewrite,
+            (18, b'p') if is("proxy-authenticate") => Kind::HopByHop,
+            (19, b'p') if is("proxy-authorization") => Kind::HopByHop,
+            (19, b'x') if is("x-switchyard-bypass") => Kind::Bypass,
+            (22, b'x') if is("x-http-method-override") => Kind::Rewrite,
             _ => Kind::Other,
         }
     }

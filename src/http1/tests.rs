@@ -550,3 +550,47 @@ proptest! {
         prop_assert_eq!(others(&again, &out), others(&head, &bytes));
     }
 }
+
+#[test]
+fn every_field_the_proxy_acts_on_is_known_in_any_case() {
+    let known = [
+        ("te", Kind::HopByHop),
+        ("host", Kind::Host),
+        ("date", Kind::Date),
+        ("cookie", Kind::Cookie),
+        ("expect", Kind::Expect),
+        ("upgrade", Kind::Upgrade),
+        ("trailer", Kind::HopByHop),
+        ("connection", Kind::Connection),
+        ("keep-alive", Kind::HopByHop),
+        ("x-rewrite-url", Kind::Rewrite),
+        ("x-http-method", Kind::Rewrite),
+        ("content-length", Kind::ContentLength),
+        ("x-original-url", Kind::Rewrite),
+        ("http2-settings", Kind::HopByHop),
+        ("x-forwarded-for", Kind::ForwardedFor),
+        ("x-forwarded-host", Kind::ForwardedSet),
+        ("proxy-connection", Kind::HopByHop),
+        ("transfer-encoding", Kind::TransferEncoding),
+        ("x-forwarded-proto", Kind::ForwardedSet),
+        ("x-method-override", Kind::Rewrite),
+        ("proxy-authenticate", Kind::HopByHop),
+        ("proxy-authorization", Kind::HopByHop),
+        ("x-switchyard-bypass", Kind::Bypass),
+        ("x-http-method-override", Kind::Rewrite),
+    ];
+    for (name, kind) in known {
+        let upper = name.to_ascii_uppercase();
+        let title: String = name
+            .split('-')
+            .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+            .collect::<Vec<_>>()
+            .join("-");
+        for spelling in [name, upper.as_str(), title.as_str()] {
+            assert_eq!(Kind::of(spelling.as_bytes()), kind, "{spelling}");
+        }
+    }
+    for other in ["", "t", "server", "hosts", "content-type", "x-forwarded-fox"] {
+        assert_eq!(Kind::of(other.as_bytes()), Kind::Other, "{other}");
+    }
+}

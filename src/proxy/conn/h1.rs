@@ -78,7 +78,10 @@ pub(super) async fn serve<I: ClientIo>(serving: Serving, io: I, input: Vec<u8>, 
         head_by,
         parked: None,
     };
-    if let Ended::Parked = engine.run().await {
+    // Boxed, as at each wake from parking (see `serve_parked`): what
+    // serving requests takes is let go at parking, and the task that stays
+    // until then is small.
+    if let Ended::Parked = Box::pin(engine.run()).await {
         tokio::spawn(
             async move {
                 // The connection's timer, allocated again here too.
@@ -262,12 +265,13 @@ impl<I: ClientIo> Engine<I> {
                 }
             }
             let mut phase = self.phase.clone();
-            // Boxed: serving a request takes kilobytes of state (the
-            // exchange with an upstream), which a connection waiting for its
-            // next request, parked for hours maybe, must not keep.
+            // Serving a request takes kilobytes of state (the exchange with
+            // an upstream), held here, in `run`'s: a parked connection lets
+            // it go with `run`, and an active one allocates it once a wake
+            // rather than once a request.
             let keep = tokio::select! {
                 biased;
-                keep = Box::pin(self.serve_request()) => keep,
+                keep = self.serve_request() => keep,
                 // Dropping the exchange drops its connections.
                 _ = phase.wait_for(|p| *p == Phase::Closing) => false,
             };
@@ -315,11 +319,17 @@ impl<I: ClientIo> Engine<I> {
                         park_at.min(head_by)
                     };
                     self.clock.as_mut().reset(wake);
+                    // A drain is noticed when the clock fires, within
+                    // `PARK_AFTER`, rather than watched for: watching costs
+                    // every request a subscription taken and dropped. (A
+                    // parked connection, and one woken from parking, has
+                    // no such clock, and watches.)
+                    let watch_drain = self.parked.is_some();
                     let io = &self.io;
                     let woke = tokio::select! {
                         biased;
                         ready = std::future::poll_fn(|cx| io.poll_client(cx)) => Woke::Client(ready),
-                        _ = self.phase.wait_for(|p| *p >= Phase::Draining) => Woke::Drain,
+                        _ = self.phase.wait_for(|p| *p >= Phase::Draining), if watch_drain => Woke::Drain,
                         () = self.clock.as_mut() => Woke::Clock,
                     };
                     match woke {
@@ -329,6 +339,7 @@ impl<I: ClientIo> Engine<I> {
                             return Next::Over;
                         }
                         Woke::Drain => return Next::Over,
+                        Woke::Clock if *self.phase.borrow() >= Phase::Draining => return Next::Over,
                         Woke::Clock if Instant::now() >= head_by => {
                             debug!(timeout = ?self.serving.limits.header_timeout, "no request in time; closing");
                             return Next::Over;
