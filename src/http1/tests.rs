@@ -590,7 +590,14 @@ fn every_field_the_proxy_acts_on_is_known_in_any_case() {
             assert_eq!(Kind::of(spelling.as_bytes()), kind, "{spelling}");
         }
     }
-    for other in ["", "t", "server", "hosts", "content-type", "x-forwarded-fox"] {
+    for other in [
+        "",
+        "t",
+        "server",
+        "hosts",
+        "content-type",
+        "x-forwarded-fox",
+    ] {
         assert_eq!(Kind::of(other.as_bytes()), Kind::Other, "{other}");
     }
 }

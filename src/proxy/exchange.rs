@@ -66,6 +66,17 @@ pub async fn read_more<R: AsyncRead + Unpin>(
     Ok(n)
 }
 
+/// Whether the upstream's connection may carry another request once its
+/// answer (`status`) has been read, as far as the request's body goes: it
+/// was all sent (`upload_done`), and, if there was one (`had_body`), the
+/// answer is not an error. An upstream that answers early (`413`, `401`)
+/// ought to read the rest of the body or close (RFC 9112 §9.3); one that
+/// does neither would read the body's bytes as a request of their own, and
+/// its answer to them could reach the next request sent on the connection.
+pub fn body_settled(upload_done: bool, had_body: bool, status: u16) -> bool {
+    upload_done && !(had_body && status >= 400)
+}
+
 /// Whether a request with `method` may be sent twice (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(

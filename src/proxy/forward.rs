@@ -26,12 +26,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::exchange::{bad_answer, is_idempotent, lost, timed_out, Picked};
+use super::exchange::{bad_answer, body_settled, is_idempotent, lost, timed_out, Picked};
 use super::{headers, ProxyError};
-use crate::body::{Body, Progress, ReadAhead};
+use crate::body::{Body, Completion, Progress, ReadAhead};
 use crate::config::Timeouts;
 use crate::http1::{Kind, ResponseHead};
 use crate::upstream::connection::{self, Connection};
+use crate::upstream::http2::Hold;
 use crate::upstream::{InFlight, Pool, Upstream};
 use answer::AnswerBody;
 use http1::Attempt;
@@ -75,22 +76,25 @@ pub async fn send(
         resendable: !framing.has_body() && is_idempotent(&head.method),
     };
     let offers_h2 = pool.tls_connect_h2.is_some();
-    // After a reused connection closed under a request that may go again.
+    // After a reused HTTP/1 connection closed under a request that may go
+    // again: a new connection only.
     let mut fresh_only = false;
-    // After a shared HTTP/2 connection did not take the request (closed
-    // before it was sent, or refused unprocessed): once, on a new
-    // connection.
-    let mut h2_retried = false;
+    // After the shared HTTP/2 connection stopped taking requests: not that
+    // one (a new one opened since is welcome).
+    let mut skip_shared = false;
+    // The request goes again at most once after the shared connection did
+    // not take it, and wakes at most once for a connection shared meanwhile.
+    let (mut h2_retried, mut woken) = (false, false);
     loop {
         let upstream = picked.upstream().clone();
         // Made before looking, so that a connection shared meanwhile wakes
         // a request waiting for room of its own.
         let opened = upstream.http2.opened();
-        let shared = (offers_h2 && !fresh_only)
+        let shared = (offers_h2 && !skip_shared)
             .then(|| upstream.http2.get())
             .flatten();
-        let sender = match shared {
-            Some(sender) => sender,
+        let (sender, hold) = match shared {
+            Some(shared) => shared,
             None => {
                 // Until a TLS upstream has said whether it speaks h2, a
                 // request opens a connection that offers it rather than
@@ -109,11 +113,12 @@ pub async fn send(
                     fresh_only || h2_unknown,
                 );
                 let checkout = tokio::select! {
+                    biased;
                     checkout = checkout => checkout,
-                    // The connection now shared (a new one) takes the
+                    // A connection became shared (a new one): it takes the
                     // request instead.
-                    () = opened, if offers_h2 => {
-                        fresh_only = false;
+                    () = opened, if offers_h2 && !woken => {
+                        (woken, skip_shared) = (true, false);
                         continue;
                     }
                 };
@@ -121,6 +126,7 @@ pub async fn send(
                     Ok(checkout) => checkout,
                     Err(error) => {
                         picked.connect_failed(error)?;
+                        (fresh_only, skip_shared) = (false, false);
                         continue;
                     }
                 };
@@ -146,8 +152,9 @@ pub async fn send(
                     match exchanged {
                         Ok(upload_done) => {
                             let in_flight = picked.into_in_flight();
-                            return answered(connection, buf, &answer, upload_done, in_flight)
-                                .await;
+                            let settled =
+                                body_settled(upload_done, framing.has_body(), answer.status);
+                            return answered(connection, buf, &answer, settled, in_flight).await;
                         }
                         Err(Attempt::Resend) => {
                             debug!(upstream = %upstream.authority, "reused connection closed under the request; sending it again on a new one");
@@ -157,43 +164,69 @@ pub async fn send(
                         Err(Attempt::Failed(error)) => return Err(error),
                     }
                 }
-                let (stream, slot) = connection.into_parts();
                 upstream
                     .http2
-                    .start(stream, slot)
+                    .start(connection)
                     .await
                     .map_err(|error| lost(&upstream, false, &error.to_string()))?
             }
         };
         match over_http2(sender, head, body, &upstream, timeouts).await? {
             OverHttp2::Answered(response) => {
-                let in_flight = Box::new(picked.into_in_flight());
-                return Ok(response.map(|body| body.on_completion(in_flight)));
+                let completion = Box::new(OnShared {
+                    _in_flight: picked.into_in_flight(),
+                    _hold: hold,
+                });
+                return Ok(response.map(|body| body.on_completion(completion)));
             }
-            OverHttp2::Unsent(unsent_head, unsent_body) if !h2_retried => {
-                debug!(upstream = %upstream.authority, "the HTTP/2 connection did not take the request; sending it on a new one");
+            OverHttp2::Unsent(unsent_head, unsent_body, retry) if !h2_retried => {
                 h2_retried = true;
-                fresh_only = true;
                 (head, body) = (unsent_head, unsent_body);
+                match retry {
+                    // The connection goes on: the stream was one too many
+                    // for the upstream just then.
+                    Retry::Refused => {
+                        debug!(upstream = %upstream.authority, "the upstream refused the stream unprocessed; sending the request again");
+                    }
+                    Retry::Elsewhere => {
+                        debug!(upstream = %upstream.authority, "the HTTP/2 connection takes no more requests; sending the request on a new one");
+                        upstream.http2.forget(&hold);
+                        skip_shared = true;
+                    }
+                }
             }
             OverHttp2::Unsent(..) => {
                 return Err(lost(
                     &upstream,
                     true,
-                    "a new HTTP/2 connection did not take the request either",
+                    "the upstream did not take the request, sent twice",
                 ))
             }
         }
     }
 }
 
+/// What an answer over a shared HTTP/2 connection holds until it has been
+/// read: its count on the upstream, and its hold on the connection (not
+/// let go as idle while held).
+#[derive(Debug)]
+struct OnShared {
+    _in_flight: InFlight,
+    _hold: Hold,
+}
+
+impl Completion for OnShared {
+    fn complete(self: Box<Self>) {}
+}
+
 /// The client's answer from an HTTP/1 upstream's `answer`, whose head is
-/// at the start of `buf`.
+/// at the start of `buf`; `settled`: whether the request's body leaves the
+/// connection fit for another request (see [`body_settled`]).
 async fn answered(
     connection: Connection,
     buf: Vec<u8>,
     answer: &ResponseHead,
-    upload_done: bool,
+    settled: bool,
     in_flight: InFlight,
 ) -> Result<Response<Body>, ProxyError> {
     let upstream = in_flight.upstream().clone();
@@ -227,7 +260,7 @@ async fn answered(
     if let Some(length) = length {
         fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
     }
-    let reusable = upload_done && !answer.close;
+    let reusable = settled && !answer.close;
     if !answer.framing.has_body() {
         if reusable && buf.len() == answer.len {
             upstream.connections.put(connection);
@@ -250,10 +283,20 @@ async fn answered(
 enum OverHttp2 {
     /// The upstream answered.
     Answered(Response<Body>),
-    /// The upstream did not take the request (the connection closed before
-    /// it was sent, or the upstream refused its stream unprocessed): here
-    /// it is back, untouched.
-    Unsent(Outgoing, Body),
+    /// The upstream did not take the request: here it is back, untouched,
+    /// with where it may go again.
+    Unsent(Outgoing, Body, Retry),
+}
+
+/// Where a request the upstream did not take may go again.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// On the same connection: the upstream refused the stream
+    /// (`REFUSED_STREAM`) and goes on.
+    Refused,
+    /// On a new connection: this one closed before the request went out,
+    /// or takes no more (past the last stream its `GOAWAY` kept).
+    Elsewhere,
 }
 
 /// Sends the request on an upstream's shared HTTP/2 connection.
@@ -274,9 +317,10 @@ async fn over_http2(
         body.report_to(progress.clone());
         progress
     });
-    // A bodiless request the upstream refuses unprocessed can go again:
-    // its head is all there is to keep.
+    // A bodiless request the upstream did not take can go again: its head
+    // is all there is to keep.
     let resendable = sent.is_none().then(|| head.clone());
+    let idempotent = is_idempotent(&head.method);
     let overdue = async {
         let Some(progress) = &sent else {
             return tokio::time::sleep(timeouts.upstream).await;
@@ -305,14 +349,14 @@ async fn over_http2(
     *request.headers_mut() = head.headers;
     let exchange = async {
         if sender.ready().await.is_err() {
-            return Ok(Err(Some(request)));
+            return Ok(Err((Some(request), Retry::Elsewhere)));
         }
         match sender.try_send_request(request).await {
             Ok(response) => Ok(Ok(response)),
-            Err(mut error) => match error.take_message() {
-                Some(request) => Ok(Err(Some(request))),
-                None if resendable.is_some() && unprocessed(error.error()) => Ok(Err(None)),
-                None => Err(match body_failure(error.error()) {
+            Err(mut error) => match (error.take_message(), unanswered(error.error(), idempotent)) {
+                (Some(request), _) => Ok(Err((Some(request), Retry::Elsewhere))),
+                (None, Some(retry)) if resendable.is_some() => Ok(Err((None, retry))),
+                (None, _) => Err(match body_failure(error.error()) {
                     Some(failure) => http1::client_failure(failure),
                     None => lost(upstream, true, &error_chain(error.error())),
                 }),
@@ -326,11 +370,11 @@ async fn over_http2(
     };
     let response = match response {
         Ok(response) => response,
-        Err(None) => {
+        Err((None, retry)) => {
             let head = resendable.expect("only a bodiless request is resent unreturned");
-            return Ok(OverHttp2::Unsent(head, Body::empty()));
+            return Ok(OverHttp2::Unsent(head, Body::empty(), retry));
         }
-        Err(Some(request)) => {
+        Err((Some(request), retry)) => {
             let (parts, body) = request.into_parts();
             let head = Outgoing {
                 method: parts.method,
@@ -341,7 +385,7 @@ async fn over_http2(
                     .expect("the request was given a path"),
                 headers: parts.headers,
             };
-            return Ok(OverHttp2::Unsent(head, body));
+            return Ok(OverHttp2::Unsent(head, body, retry));
         }
     };
     let (mut parts, incoming) = response.into_parts();
@@ -363,18 +407,28 @@ async fn read_ahead(body: Body, upstream: &Upstream) -> Result<Body, ProxyError>
     }
 }
 
-/// Whether the upstream refused the request's stream before processing
-/// any of it (RFC 9113, section 8.7): reset with `REFUSED_STREAM`, or
-/// past the last stream a graceful `GOAWAY` kept.
-fn unprocessed(error: &hyper::Error) -> bool {
-    let error: &(dyn std::error::Error + 'static) = error;
-    std::iter::successors(Some(error), |e| e.source())
-        .find_map(|e| e.downcast_ref::<h2::Error>())
-        .is_some_and(|h2| {
-            let reason = h2.reason();
-            (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM))
-                || (h2.is_go_away() && h2.is_remote() && reason == Some(h2::Reason::NO_ERROR))
-        })
+/// Whether, and where, a bodiless request may go again after its stream
+/// failed with `error` before an answer: when the upstream did not process
+/// it (RFC 9113, section 8.7: reset with `REFUSED_STREAM`, or past the last
+/// stream a graceful `GOAWAY` kept), or, `idempotent`, when the connection
+/// was lost under it (as over HTTP/1, where a kept-alive connection closed
+/// under a request that may go twice costs no request).
+fn unanswered(error: &hyper::Error, idempotent: bool) -> Option<Retry> {
+    let chain: &(dyn std::error::Error + 'static) = error;
+    let mut chain = std::iter::successors(Some(chain), |e| e.source());
+    let Some(h2) = chain.clone().find_map(|e| e.downcast_ref::<h2::Error>()) else {
+        // hyper passes the connection's I/O failure on as its own.
+        let lost =
+            error.is_closed() || error.is_canceled() || chain.any(|e| e.is::<std::io::Error>());
+        return (idempotent && lost).then_some(Retry::Elsewhere);
+    };
+    let reason = h2.reason();
+    if h2.is_remote() && h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM) {
+        return Some(Retry::Refused);
+    }
+    let unprocessed = h2.is_remote() && h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR);
+    let lost = h2.is_io() || (h2.is_go_away() && h2.is_remote());
+    (unprocessed || (idempotent && lost)).then_some(Retry::Elsewhere)
 }
 
 /// The request body the proxy was sending, if that is what failed: hyper

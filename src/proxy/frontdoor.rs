@@ -208,10 +208,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         let get = Method::GET;
         assert_eq!(
-            check(&get, &uri, &headers)
-                .unwrap()
-                .authority
-                .unwrap(),
+            check(&get, &uri, &headers).unwrap().authority.unwrap(),
             "a.example"
         );
         headers.insert(HOST, HeaderValue::from_static("b.example"));

@@ -69,13 +69,6 @@ impl Connection {
         }
     }
 
-    /// Its stream, and the permit that counts it against the upstream's
-    /// `max_connections`, for a connection that another protocol takes
-    /// over.
-    pub fn into_parts(self) -> (Stream, OwnedSemaphorePermit) {
-        (self.stream, self._slot)
-    }
-
     /// Whether the connection is still usable between two requests: the
     /// upstream has neither closed it nor sent anything unasked. Costs no
     /// system call when nothing has arrived (the reactor's readiness says
@@ -355,6 +348,36 @@ async fn connect(authority: &Authority, tls: Option<&TlsConnect>) -> Result<Stre
         .await
         .map_err(ConnectError::Tls)?;
     Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// A connection another protocol takes over (HTTP/2) is read and written
+/// whole, so that its slot stays held for as long as its socket is open.
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 impl AsyncRead for Stream {

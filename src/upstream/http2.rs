@@ -5,19 +5,21 @@
 //! [`super::connection`].)
 //!
 //! The connection is let go once no request has started on it for
-//! [`IDLE_TIMEOUT`] (by the same sweep as the idle HTTP/1 connections):
-//! the requests still on it finish, and hyper closes it after them.
+//! [`IDLE_TIMEOUT`] and none is still on it (by the same sweep as the idle
+//! HTTP/1 connections), or once it stops taking requests (the upstream's
+//! `GOAWAY`); hyper closes it after its last stream. Its slot counts
+//! against `max_connections` until its socket is closed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::connection::{Stream, IDLE_TIMEOUT};
+use super::connection::{Connection, IDLE_TIMEOUT};
 use crate::body::Body;
 
 /// The HTTP/2 connection to an upstream, while it is open.
@@ -40,7 +42,14 @@ struct Open {
     sender: SendRequest<Body>,
     /// When a request last started on it.
     used: Instant,
+    /// One more than the requests on it: each holds a [`Hold`].
+    held: Arc<()>,
 }
+
+/// A request's hold on the shared connection it was sent on, until its
+/// answer has been read: a connection still held is not let go as idle.
+#[derive(Debug, Clone)]
+pub struct Hold(Arc<()>);
 
 impl Shared {
     /// Whether the upstream may speak h2: it has not declined it yet.
@@ -55,18 +64,27 @@ impl Shared {
 
     /// A handle on the open connection, for a request that starts now, if
     /// there is one that still takes requests.
-    pub fn get(&self) -> Option<SendRequest<Body>> {
+    pub fn get(&self) -> Option<(SendRequest<Body>, Hold)> {
         let mut open = self.lock();
         match open.as_mut() {
             Some(shared) if !shared.sender.is_closed() => {
                 shared.used = Instant::now();
-                Some(shared.sender.clone())
+                Some((shared.sender.clone(), Hold(shared.held.clone())))
             }
             Some(_) => {
                 *open = None;
                 None
             }
             None => None,
+        }
+    }
+
+    /// Lets go of the connection `hold` is on, if it is still the shared
+    /// one: it takes no more requests (its upstream said `GOAWAY`).
+    pub fn forget(&self, hold: &Hold) {
+        let mut open = self.lock();
+        if open.as_ref().is_some_and(|o| Arc::ptr_eq(&o.held, &hold.0)) {
+            *open = None;
         }
     }
 
@@ -77,45 +95,47 @@ impl Shared {
         self.opened.notified()
     }
 
-    /// Lets go of the connection if it has closed, or no request has
-    /// started on it for [`IDLE_TIMEOUT`] as of `now`.
+    /// Lets go of the connection if it has closed, or if no request is on
+    /// it and none has started on it for [`IDLE_TIMEOUT`] as of `now`.
     pub fn reap(&self, now: Instant) {
         let mut open = self.lock();
-        if open
-            .as_ref()
-            .is_some_and(|o| o.sender.is_closed() || now.duration_since(o.used) >= IDLE_TIMEOUT)
-        {
+        if open.as_ref().is_some_and(|o| {
+            o.sender.is_closed()
+                || (Arc::strong_count(&o.held) == 1 && now.duration_since(o.used) >= IDLE_TIMEOUT)
+        }) {
             *open = None;
         }
     }
 
-    /// Starts HTTP/2 on `stream` (whose ALPN said h2), as the connection
-    /// later requests share; `slot` counts it against the upstream's
-    /// `max_connections` while it is open.
+    /// Starts HTTP/2 on `connection` (whose ALPN said h2), as the one later
+    /// requests share; a hold on it for the request that opened it.
     pub async fn start(
         &self,
-        stream: Stream,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<SendRequest<Body>, hyper::Error> {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        connection: Connection,
+    ) -> Result<(SendRequest<Body>, Hold), hyper::Error> {
+        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(connection))
             .await?;
+        // Hyper drives the socket in a task of its own, which keeps the
+        // connection (and its slot) until the last stream on it is done;
+        // this one takes the requests, until the last handle is dropped.
         tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(error) = connection.await {
+            if let Err(error) = driver.await {
                 debug!(%error, "upstream HTTP/2 connection failed");
             }
         });
         self.declined.store(false, Ordering::Relaxed);
+        let held = Arc::new(());
         // Two requests that opened one each at once: the later one is kept,
         // the other closes once its requests are answered.
         *self.lock() = Some(Open {
             sender: sender.clone(),
             used: Instant::now(),
+            held: held.clone(),
         });
         self.opened.notify_waiters();
-        Ok(sender)
+        Ok((sender, Hold(held)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Open>> {
@@ -128,15 +148,18 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
     use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::upstream::connection::{checkout, Connections};
 
     /// A shared connection to an HTTP/2 server on loopback, whose slot
-    /// comes from `slots`; and a handle on the server's side, which ends
-    /// when the connection closes.
-    async fn shared_connection(slots: &Arc<Semaphore>) -> (Shared, tokio::task::JoinHandle<()>) {
+    /// comes from `slots`, with the hold of the request that opened it;
+    /// and the server's side, which ends when the connection closes.
+    async fn shared_connection(
+        slots: &Arc<Semaphore>,
+    ) -> (Shared, Hold, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -148,24 +171,31 @@ mod tests {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+        let authority = addr.to_string().parse().unwrap();
+        let idle = Connections::default();
+        let timeout = Duration::from_secs(10);
+        let opened = checkout(&authority, &idle, slots, 1, None, timeout, true)
+            .await
+            .unwrap();
         let shared = Shared::default();
-        let stream = Stream::Plain(TcpStream::connect(addr).await.unwrap());
-        let slot = slots.clone().try_acquire_owned().unwrap();
-        shared.start(stream, slot).await.unwrap();
-        (shared, server)
+        let (_, hold) = shared.start(opened.connection).await.unwrap();
+        (shared, hold, server)
     }
 
     #[tokio::test]
-    async fn a_connection_no_request_started_on_for_the_idle_timeout_closes_and_frees_its_slot() {
+    async fn a_connection_idle_for_the_idle_timeout_closes_and_frees_its_slot() {
         let slots = Arc::new(Semaphore::new(1));
-        let (shared, server) = shared_connection(&slots).await;
+        let (shared, hold, server) = shared_connection(&slots).await;
         assert!(shared.get().is_some());
 
-        // Not yet idle long enough: kept.
+        // Not idle long enough yet, or still held by a request: kept.
         shared.reap(Instant::now() + IDLE_TIMEOUT / 2);
+        assert!(shared.get().is_some());
+        shared.reap(Instant::now() + IDLE_TIMEOUT);
         assert!(shared.get().is_some());
         assert_eq!(slots.available_permits(), 0);
 
+        drop(hold);
         shared.reap(Instant::now() + IDLE_TIMEOUT);
         assert!(shared.get().is_none());
         tokio::time::timeout(Duration::from_secs(10), server)
@@ -177,5 +207,18 @@ mod tests {
             assert!(Instant::now() < deadline, "the slot was never freed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_takes_no_more_requests_is_forgotten_by_its_holders_only() {
+        let slots = Arc::new(Semaphore::new(2));
+        let (shared, old_hold, _server) = shared_connection(&slots).await;
+        let (newer, new_hold, _other) = shared_connection(&slots).await;
+        // A hold on another connection lets go of nothing.
+        shared.forget(&new_hold);
+        assert!(shared.get().is_some());
+        shared.forget(&old_hold);
+        assert!(shared.get().is_none());
+        assert!(newer.get().is_some());
     }
 }

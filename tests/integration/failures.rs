@@ -129,3 +129,60 @@ async fn upstream_cut_off_mid_body_is_never_passed_off_as_complete() {
         Err(error) => panic!("no answer at all: {error}"),
     }
 }
+
+/// An upstream that breaks RFC 9112 §9.3 on purpose: it answers a POST
+/// with `400` without reading its body, keeps the connection open, and
+/// then reads whatever comes next on it, the unread body first, as the
+/// next request, whose answer names the line it read.
+async fn upstream_that_leaves_bodies_unread() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let answer = if line.starts_with("POST ") {
+                        "HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\nbad".to_owned()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{line}",
+                            line.len()
+                        )
+                    };
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connection_that_answered_an_error_to_a_request_with_a_body_is_not_reused() {
+    let upstream = upstream_that_leaves_bodies_unread().await;
+    let proxy = Proxy::start(&[upstream], &[upstream]).await;
+    let post = Request::post(proxy.url("/form"))
+        .body(full("SMUGGLED"))
+        .unwrap();
+    let (status, _, body) = send(post).await;
+    assert_eq!((status, body.as_str()), (400, "bad"));
+    // On the same connection, the upstream would read `SMUGGLEDGET /next`
+    // as this request's line.
+    let (status, _, body) = get(&proxy.url("/next")).await;
+    assert_eq!((status, body.as_str()), (200, "GET /next HTTP/1.1"));
+}

@@ -192,53 +192,122 @@ async fn http2_requests_at_first_contact_share_the_one_connection_a_cap_of_one_a
     assert_eq!(accepted.load(Ordering::SeqCst) - before, 1);
 }
 
-#[tokio::test]
-async fn a_request_the_shared_connection_refuses_unprocessed_goes_again_on_a_new_one() {
-    // Each h2 connection answers its first request, which says which
-    // connection it was, and refuses every later one with REFUSED_STREAM
-    // (as an upstream at its stream limit, or shutting down, does).
-    let pki = Pki::new();
-    let (addr, _server, _files, _) =
-        tls_server(&pki, "upstream.test", |stream, before| async move {
-            let Ok(mut connection) = h2::server::handshake(stream).await else {
-                return;
-            };
-            let mut answered = false;
-            while let Some(Ok((_request, mut respond))) = connection.accept().await {
-                if answered {
+/// An h2 upstream whose connections answer with the rank of the stream
+/// on its connection (from 1), and treat each stream as `treat` says of
+/// that rank. Over HTTP/1.1 (health probes), it answers `200`.
+async fn h2_upstream(
+    pki: &Pki,
+    treat: fn(usize) -> Treat,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>, TempDir) {
+    let (addr, server, files, _) = tls_server(pki, "upstream.test", move |stream, _| async move {
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            let ok = hyper::service::service_fn(|_| async {
+                Ok::<_, std::convert::Infallible>(text("ok"))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), ok)
+                .await;
+            return;
+        }
+        let Ok(mut connection) = h2::server::handshake(stream).await else {
+            return;
+        };
+        let mut rank = 0;
+        while let Some(Ok((_request, mut respond))) = connection.accept().await {
+            rank += 1;
+            let treatment = treat(rank);
+            match treatment {
+                Treat::Answer => {}
+                Treat::Refuse => {
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     continue;
                 }
-                answered = true;
-                let head = http::Response::builder().status(200).body(()).unwrap();
-                if let Ok(mut body) = respond.send_response(head, false) {
-                    let _ = body.send_data(format!("connection {}", before + 1).into(), true);
+                Treat::GoAwayUnanswered => {
+                    connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    continue;
                 }
             }
-        })
-        .await;
+            let head = http::Response::builder().status(200).body(()).unwrap();
+            if let Ok(mut body) = respond.send_response(head, false) {
+                let _ = body.send_data(format!("stream {rank}").into(), true);
+            }
+        }
+    })
+    .await;
+    (addr, server, files)
+}
+
+/// What [`h2_upstream`] does with a stream.
+#[derive(Clone, Copy)]
+enum Treat {
+    Answer,
+    /// Reset with `REFUSED_STREAM`.
+    Refuse,
+    /// Say GOAWAY and close the connection, the stream unanswered.
+    GoAwayUnanswered,
+}
+
+#[tokio::test]
+async fn a_stream_the_upstream_refuses_unprocessed_goes_again_on_its_connection() {
+    // The second and fourth streams of a connection are refused, as by an
+    // upstream at its stream limit just then.
+    let pki = Pki::new();
+    let (addr, _server, _files) = h2_upstream(&pki, |rank| match rank {
+        2 | 4 => Treat::Refuse,
+        _ => Treat::Answer,
+    })
+    .await;
     let dir = TempDir::new();
     dir.write("ca.pem", &pki.ca.pem());
-    dir.write("switchyard.toml", &tls_pools(addr, ""));
+    // One connection at most: the request goes again on the one there is.
+    dir.write("switchyard.toml", &tls_pools(addr, "max_connections = 1\n"));
     let proxy = Proxy::in_dir(dir).await;
     let h2 = h2_client();
     let get = || Request::get(proxy.url("/")).body(full("")).unwrap();
 
-    let (status, first) = h2_send(&h2, get()).await;
-    assert_eq!(status, 200, "{first}");
-    // Refused on the shared connection: sent again on a new one, which
-    // becomes the shared one.
-    let (status, second) = h2_send(&h2, get()).await;
-    assert_eq!(status, 200, "{second}");
-    assert_ne!(first, second);
-    // A request with a body is not: its body went with the refused stream.
+    let answer = h2_send(&h2, get()).await;
+    assert_eq!(answer, (200, "stream 1".to_owned()));
+    let answer = h2_send(&h2, get()).await;
+    assert_eq!(answer, (200, "stream 3".to_owned()));
+    // A request with a body does not go again: its body went with the
+    // refused stream.
     let post = Request::post(proxy.url("/")).body(full("payload")).unwrap();
     let (status, body) = h2_send(&h2, post).await;
     assert_eq!(status, 502, "{body}");
     // And the refusal counts nothing against the upstream's health.
-    let (status, third) = h2_send(&h2, get()).await;
-    assert_eq!(status, 200, "{third}");
-    assert_ne!(third, second);
+    let answer = h2_send(&h2, get()).await;
+    assert_eq!(answer, (200, "stream 5".to_owned()));
+}
+
+#[tokio::test]
+async fn a_request_lost_with_its_shared_connection_goes_again_on_a_new_one_if_it_may_go_twice() {
+    // Each connection answers its first stream; at its second, it says
+    // GOAWAY and closes without answering, as an upstream that stops.
+    let pki = Pki::new();
+    let (addr, _server, _files) = h2_upstream(&pki, |rank| match rank {
+        1 => Treat::Answer,
+        _ => Treat::GoAwayUnanswered,
+    })
+    .await;
+    let dir = TempDir::new();
+    dir.write("ca.pem", &pki.ca.pem());
+    dir.write("switchyard.toml", &tls_pools(addr, "max_connections = 1\n"));
+    let proxy = Proxy::in_dir(dir).await;
+    let h2 = h2_client();
+    let get = || Request::get(proxy.url("/")).body(full("")).unwrap();
+
+    let answer = h2_send(&h2, get()).await;
+    assert_eq!(answer, (200, "stream 1".to_owned()));
+    // Lost with the first connection: sent again, as the first stream of
+    // a new one (once the old one has closed: a cap of one).
+    let answer = h2_send(&h2, get()).await;
+    assert_eq!(answer, (200, "stream 1".to_owned()));
+    // A POST may not go twice: the upstream may have acted on it.
+    let post = Request::post(proxy.url("/")).body(full("")).unwrap();
+    let (status, body) = h2_send(&h2, post).await;
+    assert_eq!(status, 502, "{body}");
+    let answer = h2_send(&h2, get()).await;
+    assert_eq!(answer, (200, "stream 1".to_owned()));
 }
 
 #[tokio::test]

@@ -339,7 +339,9 @@ impl<I: ClientIo> Engine<I> {
                             return Next::Over;
                         }
                         Woke::Drain => return Next::Over,
-                        Woke::Clock if *self.phase.borrow() >= Phase::Draining => return Next::Over,
+                        Woke::Clock if *self.phase.borrow() >= Phase::Draining => {
+                            return Next::Over
+                        }
                         Woke::Clock if Instant::now() >= head_by => {
                             debug!(timeout = ?self.serving.limits.header_timeout, "no request in time; closing");
                             return Next::Over;

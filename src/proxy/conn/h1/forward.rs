@@ -81,6 +81,8 @@ pub(super) struct Asked {
     pub(super) to_head: bool,
     pub(super) http10: bool,
     pub(super) close: bool,
+    /// Whether the request had a body.
+    pub(super) body: bool,
 }
 
 impl<I: ClientIo> Engine<I> {
@@ -176,6 +178,7 @@ impl<I: ClientIo> Engine<I> {
             to_head: *method == Method::HEAD,
             http10: self.head.version == Version::HTTP_10,
             close: self.head.close,
+            body: upload.has_body(),
         };
         let websocket = self.head.websocket;
         let expects_continue = self.head.expects_continue;

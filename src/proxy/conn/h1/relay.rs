@@ -19,7 +19,7 @@ use super::{ClientIo, Engine, Input};
 use crate::http1::chunked::{self, ChunkError, Decoded, Decoder};
 use crate::http1::write::{Persistence, ResponseEdits};
 use crate::http1::{self, Framing};
-use crate::proxy::exchange::read_more;
+use crate::proxy::exchange::{body_settled, read_more};
 use crate::proxy::ProxyError;
 use crate::shutdown::Phase;
 use crate::upstream::connection::Connection;
@@ -256,8 +256,12 @@ impl<I: ClientIo> Engine<I> {
             tracing::debug!(%upstream, "upstream answer cut short; closing the client connection");
             return Err(Failed::Cut);
         }
-        // Reused only if nothing is left over and nobody said close.
-        if !upstream_close && upload_done && at == self.relay.len() {
+        // Reused only if nothing is left over, nobody said close, and the
+        // request's body is settled.
+        if !upstream_close
+            && body_settled(upload_done, asked.body, status.as_u16())
+            && at == self.relay.len()
+        {
             in_flight.upstream().connections.put(stream);
         }
         drop(in_flight);
