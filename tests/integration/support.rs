@@ -490,6 +490,11 @@ pub async fn send_on(
     request: Request<TestBody>,
 ) -> (u16, String) {
     let response = within(sender.send_request(request)).await.unwrap();
+    status_and_text(response).await
+}
+
+/// An answer's status and its whole body as text.
+pub async fn status_and_text(response: Response<hyper::body::Incoming>) -> (u16, String) {
     let status = response.status().as_u16();
     let body = within(response.into_body().collect())
         .await

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::Request;
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use crate::support::*;
@@ -113,13 +112,16 @@ async fn h2_send(
     >,
     request: Request<TestBody>,
 ) -> (u16, String) {
-    let response = within(client.request(request)).await.unwrap();
-    let status = response.status().as_u16();
-    let body = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    status_and_text(within(client.request(request)).await.unwrap()).await
+}
+
+/// The proxy in front of the TLS upstream at `addr`, whose certificate
+/// `pki` signed, for both pools, with blue's `blue_extra` keys.
+async fn proxy_in_front(pki: &Pki, addr: std::net::SocketAddr, blue_extra: &str) -> Proxy {
+    let dir = TempDir::new();
+    dir.write("ca.pem", &pki.ca.pem());
+    dir.write("switchyard.toml", &tls_pools(addr, blue_extra));
+    Proxy::in_dir(dir).await
 }
 
 #[tokio::test]
@@ -167,10 +169,7 @@ async fn upstreams_over_tls_are_verified_with_the_pools_ca() {
 async fn http2_requests_at_first_contact_share_the_one_connection_a_cap_of_one_allows() {
     let pki = Pki::new();
     let (addr, _server, _files, accepted) = tls_upstream(&pki, "upstream.test").await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", &pki.ca.pem());
-    dir.write("switchyard.toml", &tls_pools(addr, "max_connections = 1\n"));
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = proxy_in_front(&pki, addr, "max_connections = 1\n").await;
     // The first round of health probes, one per pool, then none for an hour.
     eventually("the first probes", || accepted.load(Ordering::SeqCst) >= 2).await;
     let before = accepted.load(Ordering::SeqCst);
@@ -257,11 +256,8 @@ async fn a_stream_the_upstream_refuses_unprocessed_goes_again_on_its_connection(
         _ => Treat::Answer,
     })
     .await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", &pki.ca.pem());
     // One connection at most: the request goes again on the one there is.
-    dir.write("switchyard.toml", &tls_pools(addr, "max_connections = 1\n"));
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = proxy_in_front(&pki, addr, "max_connections = 1\n").await;
     let h2 = h2_client();
     let get = || Request::get(proxy.url("/")).body(full("")).unwrap();
 
@@ -289,10 +285,7 @@ async fn a_request_lost_with_its_shared_connection_goes_again_on_a_new_one_if_it
         _ => Treat::GoAwayUnanswered,
     })
     .await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", &pki.ca.pem());
-    dir.write("switchyard.toml", &tls_pools(addr, "max_connections = 1\n"));
-    let proxy = Proxy::in_dir(dir).await;
+    let proxy = proxy_in_front(&pki, addr, "max_connections = 1\n").await;
     let h2 = h2_client();
     let get = || Request::get(proxy.url("/")).body(full("")).unwrap();
 
