@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use crate::ctl::CtlArgs;
 use crate::server::Server;
 
@@ -52,6 +52,17 @@ pub struct DemoArgs {
     /// Address of the demo proxy (use port 0 for any free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+}
+
+/// The format of the log lines: `serve`'s config says (`log.format`); a
+/// config that does not load is reported in text, by `serve` itself.
+pub fn log_format(cli: &Cli) -> LogFormat {
+    match &cli.command {
+        Command::Serve(args) => Config::load(&args.config)
+            .map(|config| config.log.format)
+            .unwrap_or_default(),
+        _ => LogFormat::Text,
+    }
 }
 
 /// Runs a parsed command line.

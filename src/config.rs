@@ -130,6 +130,8 @@ pub struct Config {
     /// The etcd cluster the decisions live in; `None` without a
     /// `[cluster]` section (then nothing of etcd is touched).
     pub cluster: Option<Cluster>,
+    /// The log lines' format and the access log.
+    pub log: Log,
     /// A digest of the file's text, so a watcher can tell whether the file
     /// on disk is still the one this config came from.
     pub digest: u64,
@@ -272,6 +274,38 @@ pub struct Maintenance {
     /// The key of bypass tokens, read from `bypass_secret_file` when the
     /// config is loaded; without it, no token is issued or honoured.
     pub bypass_secret: Option<Secret>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Log {
+    /// The format of every line: the diagnostic log's and the access log's.
+    pub format: LogFormat,
+    /// Where each answered request is logged, if anywhere.
+    pub access: AccessLog,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of words and `key=value` pairs, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Nowhere: no line per request.
+    #[default]
+    Off,
+    /// Standard error, between the other log lines.
+    Stderr,
+    /// This file, appended to, and opened again on `SIGUSR1` (after a
+    /// rotation has moved it away).
+    File(PathBuf),
 }
 
 /// A maintenance page, read when the config is loaded.

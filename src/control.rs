@@ -538,8 +538,8 @@ impl SwitchKind {
     }
 }
 
-/// Keys whose new value needs a restart: the bound sockets and the state
-/// file's location.
+/// Keys whose new value needs a restart: the bound sockets, the state
+/// file's location, and the logs.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     if old.listener.bind != new.listener.bind {
@@ -559,6 +559,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.cluster != new.cluster {
         keys.push("cluster");
+    }
+    if old.log.format != new.log.format {
+        keys.push("log.format");
+    }
+    if old.log.access != new.log.access {
+        keys.push("log.access");
     }
     keys
 }

@@ -1,7 +1,8 @@
 //! The JSON error envelope of every answer switchyard makes itself, on the
 //! public listeners and on the admin API alike:
-//! `{"error": {"code": "...", "message": "...", "details": [...]}}`, with
-//! `details` only where there are several items. `ctl` reads it back.
+//! `{"error": {"code": "...", "message": "...", "details": [...],
+//! "request_id": "..."}}`, with `details` only where there are several
+//! items and `request_id` only in the data plane's. `ctl` reads it back.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct ErrorBody {
     /// upstreams).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// The request's `X-Request-Id`, in the data plane's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ErrorDocument {
@@ -34,6 +38,7 @@ impl ErrorDocument {
                 code: code.into(),
                 message: message.into(),
                 details: Vec::new(),
+                request_id: None,
             },
         }
     }
@@ -41,6 +46,12 @@ impl ErrorDocument {
     /// The same, with `details`.
     pub fn with_details(mut self, details: Vec<String>) -> ErrorDocument {
         self.error.details = details;
+        self
+    }
+
+    /// The same, naming the request it answers.
+    pub fn with_request_id(mut self, request_id: &str) -> ErrorDocument {
+        self.error.request_id = Some(request_id.to_owned());
         self
     }
 

@@ -98,6 +98,9 @@ pub enum Kind {
     ForwardedSet,
     /// `X-Switchyard-Bypass`: a pass through the gate, the proxy's alone.
     Bypass,
+    /// `X-Request-Id`, which the proxy sets in both directions (keeping a
+    /// client's sane one).
+    RequestId,
     /// The other hop-by-hop fields (RFC 9110 §7.6.1), the legacy
     /// `Keep-Alive` and `Proxy-Connection`, and h2c's `HTTP2-Settings`.
     HopByHop,
@@ -134,6 +137,7 @@ impl Kind {
             (7, b't') if is("trailer") => Kind::HopByHop,
             (10, b'c') if is("connection") => Kind::Connection,
             (10, b'k') if is("keep-alive") => Kind::HopByHop,
+            (12, b'x') if is("x-request-id") => Kind::RequestId,
             (13, b'x') if is("x-rewrite-url") || is("x-http-method") => Kind::Rewrite,
             (14, b'c') if is("content-length") => Kind::ContentLength,
             (14, b'x') if is("x-original-url") => Kind::Rewrite,

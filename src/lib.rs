@@ -16,6 +16,8 @@
 //! - [`shutdown`]: signals, the drain of in-flight work, and background
 //!   tasks that stop when dropped.
 //! - [`body`]: the streamed body with one frame read ahead.
+//! - [`access_log`]: one line per answered request, written by a thread of
+//!   its own.
 //! - [`upstream`]: pools of upstreams, how a request picks one, and each
 //!   upstream's own connections.
 //! - [`state`]: the runtime [`state::Snapshot`] (decisions, pools, gate,
@@ -41,6 +43,7 @@ pub mod http1;
 pub mod metrics;
 pub mod shutdown;
 
+pub mod access_log;
 pub mod body;
 
 pub mod upstream;
@@ -74,6 +77,7 @@ mod tests {
         ("http1", 0),
         ("metrics", 0),
         ("shutdown", 0),
+        ("access_log", 1),
         ("body", 1),
         ("upstream", 2),
         ("state", 3),

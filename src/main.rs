@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use switchyard::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc hands memory freed by parked connections back to the system,
@@ -14,12 +15,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Usage errors exit with 2 from here, before anything starts.
     let cli = switchyard::cli::Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match switchyard::cli::log_format(&cli) {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line, the event's fields flattened beside its
+        // message, for log pipelines.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     switchyard::cli::run(cli)
 }

@@ -20,6 +20,8 @@ mod forward;
 mod frontdoor;
 pub mod headers;
 mod pass;
+mod record;
+pub mod request_id;
 mod tunnel;
 
 use std::future::Future;
@@ -27,7 +29,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::header::ACCEPT;
+use http::header::{HeaderValue, ACCEPT};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -37,14 +39,17 @@ use tracing::{debug, warn};
 pub use conn::accept_loop;
 pub use error::{json_response, ProxyError};
 
+use crate::access_log::AccessLog;
 use crate::body::{Body, ReadAhead};
 use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
 use crate::state::gate::{path, Gate};
 use crate::state::{SharedState, Snapshot};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Upstream};
 use forward::Outgoing;
+use record::{Asked, Served};
+use request_id::{RequestId, X_REQUEST_ID};
 
 /// Which pool a listener routes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub struct Proxy {
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
+    /// Where each answered request is logged, if anywhere.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
@@ -84,7 +91,14 @@ impl Proxy {
             state,
             metrics,
             lifecycle,
+            access_log: None,
         }
+    }
+
+    /// The same, logging every answered request to `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Proxy {
+        self.access_log = log;
+        self
     }
 
     /// The connections and tunnels this proxy tracks.
@@ -104,25 +118,56 @@ impl Proxy {
     async fn handle(&self, mut request: Request<Incoming>, client: &Client) -> Response<Body> {
         let started = Instant::now();
         let version = request.version();
-        let response = match self.route(&mut request, client) {
+        let sent_id = request.headers().get(X_REQUEST_ID);
+        let id = RequestId::keep_or_make(sent_id.map(HeaderValue::as_bytes));
+        let id_field = id.header_value();
+        // Every copy the client sent goes: the upstream reads one id.
+        request.headers_mut().insert(X_REQUEST_ID, id_field.clone());
+        let asked = self
+            .access_log
+            .as_ref()
+            .map(|_| Asked::of(&request, started));
+        let mut served = Served::default();
+        let mut response = match self.route(&mut request, client) {
             // An unread body goes with its stream, which hyper resets.
             Ok(Routing::Answered(response)) => response,
+            Ok(Routing::Gated(response)) => {
+                served.gated = true;
+                response
+            }
             Ok(Routing::Forward(destination)) => {
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once (see
                 // `boxed_forward` for why boxing takes a function).
                 let response = match self.boxed_forward(request, client, &destination).await {
-                    Ok(response) => response,
-                    Err(error) => self.failed(error, version, client),
+                    Ok((response, upstream)) => {
+                        served.upstream = asked.as_ref().map(|_| upstream);
+                        response
+                    }
+                    Err(error) => self.failed(error, version, client, &id),
                 };
                 destination.pool.requests.count(response.status());
+                served.pool = asked.as_ref().map(|_| destination.pool);
                 response
             }
-            Err(error) => self.failed(error, version, client),
+            Err(error) => self.failed(error, version, client, &id),
         };
+        response.headers_mut().insert(X_REQUEST_ID, id_field);
         self.metrics.observe_duration(started.elapsed());
-        response
+        match (&self.access_log, asked) {
+            (Some(log), Some(asked)) => {
+                let line = record::Line {
+                    asked,
+                    served,
+                    client: client.addr,
+                    status: response.status().as_u16(),
+                    request_id: id,
+                };
+                record::logged(response, log.clone(), line)
+            }
+            _ => response,
+        }
     }
 
     /// [`Proxy::forward`]'s future, boxed. Boxing it in a plain function
@@ -135,14 +180,20 @@ impl Proxy {
         request: Request<Incoming>,
         client: &'a Client,
         destination: &'a Destination,
-    ) -> Pin<Box<impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
+    ) -> Pin<Box<impl Future<Output = Result<Forwarded, ProxyError>> + Send + 'a>> {
         Box::pin(self.forward(request, client, destination))
     }
 
     /// The proxy's answer to `error`, logged.
-    fn failed(&self, error: ProxyError, version: Version, client: &Client) -> Response<Body> {
+    fn failed(
+        &self,
+        error: ProxyError,
+        version: Version,
+        client: &Client,
+        id: &RequestId,
+    ) -> Response<Body> {
         log_failure(&error, client);
-        error.to_response(version)
+        error.to_response(version, id)
     }
 
     /// Checks the request's head and decides, from the one state load of
@@ -191,9 +242,7 @@ impl Proxy {
                 )))
             }
             Verdict::Gated(gate) => {
-                return Ok(Routing::Answered(
-                    gate.response(request.headers().get(ACCEPT)),
-                ))
+                return Ok(Routing::Gated(gate.response(request.headers().get(ACCEPT))))
             }
             Verdict::Forward(pool) => pool.clone(),
         };
@@ -245,13 +294,14 @@ impl Proxy {
         })
     }
 
-    /// Forwards `request` to `destination.pool` and passes on the answer.
+    /// Forwards `request` to `destination.pool` and passes on the answer,
+    /// with the upstream that gave it.
     async fn forward(
         &self,
         request: Request<Incoming>,
         client: &Client,
         destination: &Destination,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Forwarded, ProxyError> {
         let Client {
             forwarded_for,
             https,
@@ -301,10 +351,15 @@ fn log_failure(error: &ProxyError, client: &Client) {
     }
 }
 
+/// A forwarded request's answer, and the upstream that gave it.
+type Forwarded = (Response<Body>, Arc<Upstream>);
+
 /// Where a request goes, decided by [`Proxy::route`].
 enum Routing {
     /// The proxy answers it itself.
     Answered(Response<Body>),
+    /// The gate answers it.
+    Gated(Response<Body>),
     /// It goes to a pool.
     Forward(Destination),
 }

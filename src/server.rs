@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
 use crate::admin::api::Listeners;
 use crate::admin::{AdminListeners, AdminStartError, Router};
 use crate::config::Config;
@@ -60,6 +61,9 @@ pub enum ServeError {
     /// The instance could not join its fleet.
     #[error(transparent)]
     Cluster(#[from] JoinError),
+    /// The access log could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::OpenError),
 }
 
 /// A bound server, ready to run.
@@ -70,6 +74,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     listeners: Vec<(Route, TcpListener)>,
     admin: AdminListeners,
+    /// The access log the proxy writes, if any.
+    access_log: Option<Arc<AccessLog>>,
     /// This process's hold on the state file, released when `run` ends.
     state_lock: persist::StateLock,
 }
@@ -150,12 +156,13 @@ impl Server {
             listeners.push((Route::Preview, bind("preview", preview.bind).await?));
         }
         let admin = AdminListeners::bind(&config.admin).await?;
+        let access_log = AccessLog::start(&config.log.access, config.log.format)?.map(Arc::new);
         Ok(Server {
-            proxy: Arc::new(Proxy::new(
-                state.clone(),
-                metrics.clone(),
-                Lifecycle::default(),
-            )),
+            proxy: Arc::new(
+                Proxy::new(state.clone(), metrics.clone(), Lifecycle::default())
+                    .with_access_log(access_log.clone()),
+            ),
+            access_log,
             control: {
                 let control = Control::new(state, fleet);
                 if let Some(watch) = watch {
@@ -198,8 +205,10 @@ impl Server {
     /// once, in-flight requests get `timeouts.drain` to finish, and what is
     /// left after that is closed. The admin socket is removed on the way out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        // First: until it is listened for, a SIGHUP would end the process.
+        // First: until they are listened for, a SIGHUP or a SIGUSR1 would
+        // end the process.
         let hangups = crate::reload::on_hangup(self.control.clone());
+        let reopens = reopen_on_usr1(self.access_log.clone());
         let bound = Listeners {
             public: self.local_addr(Route::Live),
             preview: self.local_addr(Route::Preview),
@@ -228,6 +237,7 @@ impl Server {
         };
         shutdown.await;
         drop(hangups);
+        drop(reopens);
         drop(fleet);
         drop(schedule);
         // Changes stop waiting for this instance at once.
@@ -252,6 +262,29 @@ impl Server {
         }
         drop(self.state_lock);
     }
+}
+
+/// Opens the access log file again on every `SIGUSR1` (as nginx does),
+/// once logrotate has moved it away, until dropped; `None` (logged) if the
+/// signal cannot be listened for. Listened for without an access log too:
+/// the signal's default would end the process.
+fn reopen_on_usr1(log: Option<Arc<AccessLog>>) -> Option<StopOnDrop> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(usr1) => usr1,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGUSR1; the access log cannot be reopened");
+            return None;
+        }
+    };
+    Some(StopOnDrop::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match &log {
+                Some(log) => log.reopen(),
+                None => info!("SIGUSR1: no access log file to reopen"),
+            }
+        }
+    }))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {

@@ -142,6 +142,14 @@ pub struct ClusterSection {
     pub lease_ttl: Option<SpannedDuration>,
 }
 
+/// `[log]`: the format of every log line, and the access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub format: Option<Spanned<String>>,
+    pub access: Option<Spanned<String>>,
+}
+
 /// The whole file, section by section; `None` where a section is absent or
 /// could not be read (its error is already recorded).
 #[derive(Debug, Default)]
@@ -156,4 +164,5 @@ pub struct FileConfig {
     pub switch: Option<Spanned<SwitchSection>>,
     pub timeouts: Option<Spanned<TimeoutsSection>>,
     pub cluster: Option<Spanned<ClusterSection>>,
+    pub log: Option<Spanned<LogSection>>,
 }

@@ -22,6 +22,7 @@ use super::*;
 mod behaviour;
 mod cluster;
 mod listeners;
+mod log;
 mod pools;
 
 /// The sections a config file may have.
@@ -36,6 +37,7 @@ const SECTIONS: &[&str] = &[
     "switch",
     "timeouts",
     "cluster",
+    "log",
 ];
 
 /// Largest `max_header_bytes` accepted: beyond this a header block is an attack.
@@ -140,6 +142,7 @@ impl Validator<'_> {
                 "switch" => file.switch = self.section(name, value),
                 "timeouts" => file.timeouts = self.section(name, value),
                 "cluster" => file.cluster = self.section(name, value),
+                "log" => file.log = self.section(name, value),
                 other => self.problem(
                     Some(key.span()),
                     format!(
@@ -233,6 +236,7 @@ impl Validator<'_> {
         let switch = file.switch.as_ref().map(|s| self.switch(s.get_ref()));
         let timeouts = self.timeouts(file.timeouts.as_ref());
         let cluster = file.cluster.as_ref().map(|c| self.cluster(c.get_ref()));
+        let log = self.log(file.log.as_ref());
         Config {
             path: path.to_owned(),
             listener,
@@ -245,6 +249,7 @@ impl Validator<'_> {
             switch,
             timeouts,
             cluster,
+            log,
             digest: 0,
             warnings: Vec::new(),
         }

@@ -28,6 +28,8 @@ fn forwarded(bytes: &[u8]) -> String {
             forwarded_for: b"192.0.2.7",
             proto: b"http",
             drops_cookie: no_cookie_of_ours,
+            // None here: see `the_request_id_replaces_any_other`.
+            request_id: b"",
         },
         &mut out,
     );
@@ -366,6 +368,7 @@ fn the_clients_response_head_drops_this_hops_fields() {
         &ResponseEdits {
             framing: Framing::Chunked,
             persistence: write::Persistence::Close,
+            request_id: b"",
         },
         &mut out,
     );
@@ -382,6 +385,7 @@ fn the_clients_response_head_drops_this_hops_fields() {
         &ResponseEdits {
             framing: Framing::Empty,
             persistence: write::Persistence::Keep,
+            request_id: b"",
         },
         &mut out,
     );
@@ -400,6 +404,7 @@ fn the_clients_response_head_drops_this_hops_fields() {
     let edits = ResponseEdits {
         framing: Framing::Empty,
         persistence: write::Persistence::KeepAlive,
+        request_id: b"",
     };
     write::response_head(dated, &head, &edits, &mut out);
     assert_eq!(
@@ -469,3 +474,43 @@ fn every_field_the_proxy_acts_on_is_known_in_any_case() {
 }
 
 mod properties;
+
+#[test]
+fn the_request_id_replaces_any_other_both_ways() {
+    let bytes =
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: bad id\r\nx-request-id: second\r\n\r\n";
+    let head = parse(bytes).unwrap().unwrap();
+    let mut out = Vec::new();
+    let edits = RequestEdits {
+        path: None,
+        forwarded_for: b"192.0.2.7",
+        proto: b"http",
+        drops_cookie: no_cookie_of_ours,
+        request_id: b"chosen",
+    };
+    write::request_head(bytes, &head, &edits, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.to_ascii_lowercase().matches("x-request-id").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("\r\nx-request-id: chosen\r\n"), "{text}");
+
+    let answer = b"HTTP/1.1 200 OK\r\nX-Request-Id: the-upstream-s\r\nContent-Length: 0\r\n\r\n";
+    let head = response(answer, false).unwrap();
+    let mut out = Vec::new();
+    let edits = ResponseEdits {
+        framing: Framing::Empty,
+        persistence: write::Persistence::Keep,
+        request_id: b"chosen",
+    };
+    write::response_head(answer, &head, &edits, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.to_ascii_lowercase().matches("x-request-id").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("\r\nx-request-id: chosen\r\n"), "{text}");
+}

@@ -27,6 +27,8 @@ pub struct RequestEdits<'a> {
     /// Whether a `Cookie` pair (`name=value`) is the proxy's own, never
     /// passed on.
     pub drops_cookie: fn(&[u8]) -> bool,
+    /// The request's `X-Request-Id`, instead of any the client sent.
+    pub request_id: &'a [u8],
 }
 
 /// Writes the head of `head` (parsed from `buf`) as it goes to an
@@ -63,6 +65,7 @@ pub fn request_head(buf: &[u8], head: &RequestHead, edits: &RequestEdits<'_>, ou
             | Kind::Expect
             | Kind::ForwardedSet
             | Kind::Bypass
+            | Kind::RequestId
             | Kind::HopByHop
             | Kind::Rewrite => {}
         }
@@ -103,6 +106,7 @@ pub fn request_head(buf: &[u8], head: &RequestHead, edits: &RequestEdits<'_>, ou
         out.extend_from_slice(host);
         out.extend_from_slice(b"\r\n");
     }
+    request_id_line(out, edits.request_id);
     if head.websocket {
         out.extend_from_slice(b"upgrade: websocket\r\nconnection: upgrade\r\n");
     }
@@ -192,26 +196,33 @@ impl Persistence {
 
 /// What the proxy changes in a response it passes on.
 #[derive(Debug, Clone, Copy)]
-pub struct ResponseEdits {
+pub struct ResponseEdits<'a> {
     /// How the body goes to the client (a 1.1 client gets a body the
     /// upstream delimited by closing as chunks, a 1.0 client gets a chunked
     /// body delimited by the close).
     pub framing: Framing,
     /// What the answer says of the client's connection.
     pub persistence: Persistence,
+    /// The request's `X-Request-Id`, instead of any the upstream sent.
+    pub request_id: &'a [u8],
 }
 
 /// Writes the head of `head` (parsed from `buf`) as it goes to the client,
 /// with `edits`, into `out`. A `Date` is added if the upstream gave none
 /// (RFC 9110 §6.6.1).
-pub fn response_head(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits, out: &mut Vec<u8>) {
+pub fn response_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    edits: &ResponseEdits<'_>,
+    out: &mut Vec<u8>,
+) {
     status_line(out, head.status, head.reason.of(buf));
     let named = head.names_fields();
     let upgrade = head.status == 101;
     let (mut length, mut dated) = (None, false);
     for field in &head.fields {
         match field.kind {
-            Kind::Connection | Kind::HopByHop | Kind::TransferEncoding => {}
+            Kind::Connection | Kind::HopByHop | Kind::TransferEncoding | Kind::RequestId => {}
             Kind::Upgrade if !upgrade => {}
             Kind::ContentLength => length = super::content_length(field.value.of(buf)),
             _ if named && head.connection_names(buf, field.name.of(buf)) => {}
@@ -224,6 +235,7 @@ pub fn response_head(buf: &[u8], head: &ResponseHead, edits: &ResponseEdits, out
     if !dated {
         date_line(out);
     }
+    request_id_line(out, edits.request_id);
     match edits.framing {
         Framing::Length(length) => length_line(out, length),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -257,19 +269,19 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A whole answer of the proxy's own: status, `headers`, a `Date`, and
-/// `body` with its length (none for a `HEAD`'s answer, whose length is
-/// still given).
+/// A whole answer of the proxy's own: status, `headers`, a `Date`, the
+/// request's id, and `body` with its length (none for a `HEAD`'s answer,
+/// whose length is still given).
 pub fn answer(
     status: StatusCode,
     headers: &http::HeaderMap,
     body: &[u8],
-    method: &Method,
+    request: (&Method, &[u8]),
     persistence: Persistence,
     out: &mut Vec<u8>,
 ) {
     answer_fields(status, headers, body.len(), persistence, out);
-    end_answer(body, method, out);
+    end_answer(body, request, out);
 }
 
 /// The part of an answer that can be prepared ahead: its status line and
@@ -296,10 +308,13 @@ pub fn answer_fields(
     persistence.write(out);
 }
 
-/// Completes an answer begun by [`answer_fields`]: the `Date`, the end of
-/// the head, and `body` (none for a `HEAD`).
-pub fn end_answer(body: &[u8], method: &Method, out: &mut Vec<u8>) {
+/// Completes an answer begun by [`answer_fields`] to a `request` (its
+/// method and id): the `Date`, the id, the end of the head, and `body`
+/// (none for a `HEAD`).
+pub fn end_answer(body: &[u8], request: (&Method, &[u8]), out: &mut Vec<u8>) {
+    let (method, request_id) = request;
     date_line(out);
+    request_id_line(out, request_id);
     out.extend_from_slice(b"\r\n");
     if *method != Method::HEAD {
         out.extend_from_slice(body);
@@ -328,6 +343,15 @@ fn date_line(out: &mut Vec<u8>) {
         out.extend_from_slice(&date.1);
         out.extend_from_slice(b"\r\n");
     });
+}
+
+/// `x-request-id: ...`, unless there is no id.
+fn request_id_line(out: &mut Vec<u8>, id: &[u8]) {
+    if !id.is_empty() {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn line(out: &mut Vec<u8>, buf: &[u8], field: &Field) {

@@ -10,6 +10,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::uri::Authority;
 use http::{Response, StatusCode, Version};
 
+use super::request_id::{RequestId, X_REQUEST_ID};
 use crate::body::Body;
 use crate::envelope::ErrorDocument;
 
@@ -181,9 +182,15 @@ impl ProxyError {
         self.status().is_client_error() || matches!(self, ProxyError::UnsupportedTransferCoding)
     }
 
-    /// The answer, shaped for a client speaking `version`.
-    pub fn to_response(&self, version: Version) -> Response<Body> {
-        let mut response = json_response(self.status(), self.code(), self.public_message());
+    /// The answer to request `id`, shaped for a client speaking `version`.
+    pub fn to_response(&self, version: Version, id: &RequestId) -> Response<Body> {
+        let body = ErrorDocument::new(self.code(), self.public_message())
+            .with_request_id(id.as_str())
+            .to_json();
+        let mut response = json_body(self.status(), body);
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, id.header_value());
         if self.closes_connection() && version < Version::HTTP_2 {
             response
                 .headers_mut()
@@ -194,17 +201,20 @@ impl ProxyError {
 }
 
 impl ProxyError {
-    /// The answer to an HTTP/1 `method` request, written into `out`,
-    /// saying what `persistence` says of the connection (`close` if this
-    /// error closes it).
+    /// The answer to an HTTP/1 `method` request with `id`, written into
+    /// `out`, saying what `persistence` says of the connection (`close` if
+    /// this error closes it).
     pub fn write_http1(
         &self,
         method: &http::Method,
+        id: &RequestId,
         persistence: crate::http1::write::Persistence,
         out: &mut Vec<u8>,
     ) {
         use crate::http1::write::Persistence;
-        let body = ErrorDocument::new(self.code(), self.public_message()).to_json();
+        let body = ErrorDocument::new(self.code(), self.public_message())
+            .with_request_id(id.as_str())
+            .to_json();
         let mut headers = http::HeaderMap::with_capacity(2);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -212,7 +222,7 @@ impl ProxyError {
             self.status(),
             &headers,
             &body,
-            method,
+            (method, id.as_bytes()),
             if self.closes_connection() {
                 Persistence::Close
             } else {
@@ -239,7 +249,11 @@ impl From<crate::http1::HeadError> for ProxyError {
 
 /// A `{"error": {"code", "message"}}` answer.
 pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = ErrorDocument::new(code, message).to_json();
+    json_body(status, ErrorDocument::new(code, message).to_json())
+}
+
+/// An answer with a JSON `body`, not to be stored.
+fn json_body(status: StatusCode, body: bytes::Bytes) -> Response<Body> {
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -64,7 +64,7 @@ pub async fn send(
     mut head: Outgoing,
     mut body: Body,
     timeouts: &Timeouts,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<(Response<Body>, Arc<Upstream>), ProxyError> {
     let mut picked = Picked::from(pool)?;
     let framing = http1::framing(&body);
     let mut written = Vec::with_capacity(512);
@@ -154,7 +154,9 @@ pub async fn send(
                             let in_flight = picked.into_in_flight();
                             let settled =
                                 body_settled(upload_done, framing.has_body(), answer.status);
-                            return answered(connection, buf, &answer, settled, in_flight).await;
+                            let response =
+                                answered(connection, buf, &answer, settled, in_flight).await?;
+                            return Ok((response, upstream));
                         }
                         Err(Attempt::Resend) => {
                             debug!(upstream = %upstream.authority, "reused connection closed under the request; sending it again on a new one");
@@ -177,7 +179,12 @@ pub async fn send(
                     _in_flight: picked.into_in_flight(),
                     _hold: hold,
                 });
-                return Ok(response.map(|body| body.on_completion(completion)));
+                // A clone: `opened` still borrows this one.
+                let upstream = upstream.clone();
+                return Ok((
+                    response.map(|body| body.on_completion(completion)),
+                    upstream,
+                ));
             }
             OverHttp2::Unsent(unsent_head, unsent_body, retry) if !h2_retried => {
                 h2_retried = true;

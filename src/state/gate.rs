@@ -139,21 +139,21 @@ impl Gate {
         }
     }
 
-    /// Writes the 503 for an HTTP/1 `method` request whose `Accept` is
-    /// `accept` into `out`, saying what `persistence` says of the
+    /// Writes the 503 for an HTTP/1 `request` (its method and id) whose
+    /// `Accept` is `accept` into `out`, saying what `persistence` says of the
     /// connection. The usual case (a connection that stays open, a gate
     /// without an end) is the prepared answer.
     pub fn write_http1(
         &self,
         accept: Option<&[u8]>,
-        method: &Method,
+        request: (&Method, &[u8]),
         persistence: Persistence,
         out: &mut Vec<u8>,
     ) {
         let page = self.page(accept);
         if self.until.is_none() && persistence == Persistence::Keep {
             out.extend_from_slice(&page.http1);
-            http1::write::end_answer(&page.body, method, out);
+            http1::write::end_answer(&page.body, request, out);
             return;
         }
         let mut headers = page.headers.clone();
@@ -165,7 +165,7 @@ impl Gate {
             StatusCode::SERVICE_UNAVAILABLE,
             &headers,
             &page.body,
-            method,
+            request,
             persistence,
             out,
         );

@@ -257,8 +257,12 @@ async fn echo_upstream() -> Upstream {
             .unwrap_or_default();
         let mut fields = BTreeMap::new();
         for (name, value) in &parts.headers {
-            // Framing is each engine's own, and says nothing of the request.
-            if matches!(name.as_str(), "content-length" | "transfer-encoding") {
+            // Framing is each engine's own, and says nothing of the
+            // request; the request id is made per request (see `observing`).
+            if matches!(
+                name.as_str(),
+                "content-length" | "transfer-encoding" | "x-request-id"
+            ) {
                 continue;
             }
             fields

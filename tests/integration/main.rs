@@ -13,6 +13,7 @@
 //! - `idle`: parking idle HTTP/1 connections, and what must not be parked.
 //! - `lifecycle`: the binary itself: `check`, and SIGTERM's drain.
 //! - `maintenance`: the gate, through the admin socket.
+//! - `observing`: request ids, the access log, JSON logs.
 //! - `switching`: switch and rollback, including under load.
 //! - `durability`: the state file across restarts and failures.
 //! - `admin`: the admin API's socket, token, malformed calls, metrics.
@@ -44,6 +45,7 @@ mod http2;
 mod idle;
 mod lifecycle;
 mod maintenance;
+mod observing;
 mod proxying;
 mod reloading;
 mod safety;

@@ -648,6 +648,11 @@ impl Served {
                 if let Some(rest) = line.split("listening addr=").nth(1) {
                     break rest.split_whitespace().next().unwrap().parse().unwrap();
                 }
+                // With `log.format = "json"`.
+                if line.contains("\"message\":\"listening\"") {
+                    let rest = line.split("\"addr\":\"").nth(1).unwrap();
+                    break rest.split('"').next().unwrap().parse().unwrap();
+                }
             }
         })
         .await;
@@ -674,6 +679,11 @@ impl Served {
             .unwrap()
             .iter()
             .any(|line| parts.iter().all(|p| line.contains(p)))
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// The value after `key` on the first logged line containing `marker`.

@@ -117,6 +117,7 @@ proptest! {
             forwarded_for: b"192.0.2.7",
             proto: b"https",
             drops_cookie: no_cookie_of_ours,
+            request_id: b"id-1",
         };
         write::request_head(&bytes, &head, &edits, &mut out);
         let mut again = RequestHead::default();

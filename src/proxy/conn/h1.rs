@@ -17,6 +17,7 @@
 
 mod answer;
 mod forward;
+mod record;
 mod relay;
 
 use std::io;
@@ -33,10 +34,12 @@ use super::Serving;
 use crate::http1::write::Persistence;
 use crate::http1::{self, RequestHead, ResponseHead};
 use crate::metrics::Counted;
+use crate::proxy::request_id::RequestId;
 use crate::proxy::{frontdoor, pass, ProxyError, Verdict};
 use crate::shutdown::Phase;
 use crate::state::gate::path;
 use answer::Answer;
+use record::Served;
 
 /// How much the input buffer reads at a time: a browser's request head,
 /// or a good piece of a body.
@@ -68,6 +71,7 @@ pub(super) async fn serve<I: ClientIo>(serving: Serving, io: I, input: Vec<u8>, 
         input: Input {
             bytes: input,
             start: 0,
+            used: 0,
         },
         relay: Vec::new(),
         out: Vec::new(),
@@ -77,6 +81,9 @@ pub(super) async fn serve<I: ClientIo>(serving: Serving, io: I, input: Vec<u8>, 
         phase,
         head_by,
         parked: None,
+        request_id: RequestId::default(),
+        sent: 0,
+        served: Served::default(),
     };
     // Boxed, as at each wake from parking (see `serve_parked`): what
     // serving requests takes is let go at parking, and the task that stays
@@ -123,12 +130,20 @@ pub(super) struct Engine<I> {
     head_by: Instant,
     /// Counts the connection as parked while it is.
     parked: Option<Counted>,
+    /// The request's `X-Request-Id`.
+    request_id: RequestId,
+    /// Bytes written to the client so far.
+    sent: u64,
+    /// What became of the request, for the access log.
+    served: Served,
 }
 
 /// Bytes read from the client: `bytes[start..]` are not used yet.
 struct Input {
     bytes: Vec<u8>,
     start: usize,
+    /// Bytes used so far, on the connection's whole life.
+    used: u64,
 }
 
 impl Input {
@@ -142,6 +157,7 @@ impl Input {
 
     fn consume(&mut self, n: usize) {
         self.start += n;
+        self.used += n as u64;
         debug_assert!(self.start <= self.bytes.len());
     }
 
@@ -152,6 +168,7 @@ impl Input {
             .min(self.bytes.len() - self.start);
         let start = self.start;
         self.start += n;
+        self.used += n as u64;
         &self.bytes[start..start + n]
     }
 
@@ -257,9 +274,20 @@ impl<I: ClientIo> Engine<I> {
                 Next::Over => return Ended::Over,
                 Next::Refused(error) => {
                     crate::proxy::log_failure(&error, &self.serving.client);
+                    let started_as = self.started_unparsed();
+                    self.request_id = RequestId::make();
+                    self.served = Served::answered(error.status(), false);
                     self.out.clear();
-                    error.write_http1(&self.head.method, Persistence::Close, &mut self.out);
+                    error.write_http1(
+                        &self.head.method,
+                        &self.request_id,
+                        Persistence::Close,
+                        &mut self.out,
+                    );
                     let _ = self.write_out().await;
+                    // What was read of it is all it sent.
+                    self.input.consume(self.input.unread().len());
+                    self.log_access(started_as, Instant::now());
                     self.close().await;
                     return Ended::Over;
                 }
@@ -390,6 +418,10 @@ impl<I: ClientIo> Engine<I> {
     /// next head is due `timeouts.header` after it is answered.
     async fn serve_request(&mut self) -> bool {
         let started = Instant::now();
+        let sent_id = self.head.first(self.input.unread(), http1::Kind::RequestId);
+        self.request_id = RequestId::keep_or_make(sent_id);
+        let started_as = self.started();
+        self.served = Served::default();
         let keep = match self.decide() {
             Ok(Decision::Forward(destination)) => self.forward(destination).await,
             Ok(Decision::Answer(response)) => self.answer_with(Answer::Response(response)).await,
@@ -405,6 +437,7 @@ impl<I: ClientIo> Engine<I> {
             .metrics
             .observe_duration(now.saturating_duration_since(started));
         self.head_by = now + self.serving.limits.header_timeout;
+        self.log_access(started_as, now);
         keep
     }
 
@@ -461,8 +494,14 @@ impl<I: ClientIo> Engine<I> {
 
     /// Writes `out` to the client within `timeouts.send`.
     async fn write_out(&mut self) -> io::Result<()> {
-        crate::proxy::exchange::write_all(&mut self.io, &self.out, self.serving.limits.send_timeout)
-            .await
+        crate::proxy::exchange::write_all(
+            &mut self.io,
+            &self.out,
+            self.serving.limits.send_timeout,
+        )
+        .await?;
+        self.sent += self.out.len() as u64;
+        Ok(())
     }
 
     /// Closes the connection: what was written goes out first.

@@ -4,14 +4,16 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{Method, StatusCode};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::record::Served;
 use super::{ClientIo, Engine};
 use crate::http1::chunked::{Decoded, Decoder};
 use crate::http1::write::Persistence;
 use crate::http1::{self, Framing};
+use crate::proxy::request_id::RequestId;
 use crate::proxy::ProxyError;
 use crate::shutdown::Phase;
 
@@ -24,6 +26,8 @@ impl<I: ClientIo> Engine<I> {
     pub(super) async fn answer_with(&mut self, answer: Answer) -> bool {
         let method = self.head.method.clone();
         let http10 = self.head.version == http::Version::HTTP_10;
+        self.served = answer.served();
+        let id = self.request_id;
         let mut keep = !self.head.close
             && *self.phase.borrow() == Phase::Serving
             && !matches!(&answer, Answer::Error(error) if error.closes_connection());
@@ -34,7 +38,7 @@ impl<I: ClientIo> Engine<I> {
             let accept = self.head.get(self.input.unread(), "accept");
             answer.write(
                 accept,
-                &method,
+                (&method, &id),
                 Persistence::of(keep, http10),
                 &mut self.out,
             );
@@ -46,7 +50,12 @@ impl<I: ClientIo> Engine<I> {
                 .map(<[u8]>::to_vec);
             keep &= self.discard_body().await;
             let persistence = Persistence::of(keep, http10);
-            answer.write(accept.as_deref(), &method, persistence, &mut self.out);
+            answer.write(
+                accept.as_deref(),
+                (&method, &id),
+                persistence,
+                &mut self.out,
+            );
         }
         self.write_out().await.is_ok() && keep
     }
@@ -130,23 +139,35 @@ pub(super) enum Answer {
 }
 
 impl Answer {
-    /// Writes it for a `method` request that sent `accept` into `out`,
-    /// saying what `persistence` says of the connection.
+    /// What the access log says of it.
+    fn served(&self) -> Served {
+        match self {
+            Answer::Gate(_) => Served::answered(StatusCode::SERVICE_UNAVAILABLE, true),
+            Answer::Error(error) => Served::answered(error.status(), false),
+            Answer::Response(response) => Served::answered(response.status(), false),
+        }
+    }
+
+    /// Writes it for a `request` (its method and id) that sent `accept`
+    /// into `out`, saying what `persistence` says of the connection.
     fn write(
         &self,
         accept: Option<&[u8]>,
-        method: &Method,
+        request: (&Method, &RequestId),
         persistence: Persistence,
         out: &mut Vec<u8>,
     ) {
+        let (method, id) = request;
         match self {
-            Answer::Gate(gate) => gate.write_http1(accept, method, persistence, out),
-            Answer::Error(error) => error.write_http1(method, persistence, out),
+            Answer::Gate(gate) => {
+                gate.write_http1(accept, (method, id.as_bytes()), persistence, out);
+            }
+            Answer::Error(error) => error.write_http1(method, id, persistence, out),
             Answer::Response(response) => http1::write::answer(
                 response.status(),
                 response.headers(),
                 response.body().in_memory().unwrap_or_default(),
-                method,
+                (method, id.as_bytes()),
                 persistence,
                 out,
             ),

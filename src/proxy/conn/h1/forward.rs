@@ -99,14 +99,19 @@ impl<I: ClientIo> Engine<I> {
             Err(error) => Err(error),
         };
         let pool = &destination.pool;
+        if self.logs_access() {
+            self.served.pool = Some(pool.clone());
+        }
         match outcome {
             Ok((status, keep)) => {
                 pool.requests.count(status);
+                self.served.status = status.as_u16();
                 keep
             }
             Err(Failed::Answer(error)) => {
                 crate::proxy::log_failure(&error, &self.serving.client);
                 pool.requests.count(error.status());
+                self.served.status = error.status().as_u16();
                 // Part of the body may be unread: the client must not send
                 // its next request on this connection.
                 let keep = upload.done
@@ -115,7 +120,8 @@ impl<I: ClientIo> Engine<I> {
                     && !error.closes_connection();
                 self.out.clear();
                 let http10 = self.head.version == Version::HTTP_10;
-                error.write_http1(&method, Persistence::of(keep, http10), &mut self.out);
+                let persistence = Persistence::of(keep, http10);
+                error.write_http1(&method, &self.request_id, persistence, &mut self.out);
                 self.write_out().await.is_ok() && keep
             }
             Err(Failed::Cut) => {
@@ -192,6 +198,7 @@ impl<I: ClientIo> Engine<I> {
                 forwarded_for: client.forwarded_for.as_bytes(),
                 proto: if client.https { b"https" } else { b"http" },
                 drops_cookie: crate::bypass::is_cookie,
+                request_id: self.request_id.as_bytes(),
             },
             &mut self.out,
         );
@@ -312,6 +319,11 @@ impl<I: ClientIo> Engine<I> {
         };
 
         let in_flight = picked.into_in_flight();
+        // An answer cut short after its head was sent is logged with it.
+        self.served.status = self.answer.status;
+        if self.logs_access() {
+            self.served.upstream = Some(in_flight.upstream().clone());
+        }
         if self.answer.status == 101 {
             return match destination.tunnel.as_ref().filter(|_| websocket) {
                 Some(ask) => self.tunnel(connection, in_flight, ask, &pool.name).await,
@@ -396,6 +408,7 @@ impl<I: ClientIo> Engine<I> {
         let edits = ResponseEdits {
             framing: Framing::Empty,
             persistence: Persistence::Keep,
+            request_id: self.request_id.as_bytes(),
         };
         http1::write::response_head(&self.relay, &self.answer, &edits, &mut self.out);
         // What the upstream sent after its 101 is the tunnel's already.
@@ -430,7 +443,11 @@ impl<I: ClientIo> Engine<I> {
         let mut phase = self.phase.clone();
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut self.io, &mut connection.stream) => match copied {
-                Ok((up, down)) => debug!(bytes.up = up, bytes.down = down, "tunnel closed"),
+                Ok((up, down)) => {
+                    debug!(bytes.up = up, bytes.down = down, "tunnel closed");
+                    self.input.used += up;
+                    self.sent += down;
+                }
                 Err(error) => debug!(%error, "tunnel broken"),
             },
             _ = phase.wait_for(|p| *p == Phase::Closing) => debug!("tunnel closed at shutdown"),

@@ -150,6 +150,7 @@ impl<I: ClientIo> Engine<I> {
         let edits = ResponseEdits {
             framing,
             persistence: Persistence::of(keep, asked.http10),
+            request_id: self.request_id.as_bytes(),
         };
         http1::write::response_head(&self.relay, &self.answer, &edits, &mut self.out);
         let upstream_close = self.answer.close;
@@ -211,11 +212,13 @@ impl<I: ClientIo> Engine<I> {
             let flush =
                 finished || !raw.is_empty() || self.out.len() >= FLUSH_AT || at == self.relay.len();
             if flush && !(self.out.is_empty() && raw.is_empty()) {
+                let raw_len = raw.len();
                 let written =
                     write_two(&mut self.io, &self.out, &self.relay[raw], send_timeout).await;
                 if written.is_err() {
                     return Err(Failed::Cut);
                 }
+                self.sent += (self.out.len() + raw_len) as u64;
                 sent_any = true;
                 self.out.clear();
             }
@@ -243,6 +246,7 @@ impl<I: ClientIo> Engine<I> {
                             {
                                 return Err(Failed::Cut);
                             }
+                            self.sent += self.out.len() as u64;
                             break true;
                         }
                         _ => break false,

@@ -1,0 +1,147 @@
+//! The access log's line for a request that hyper serves (HTTP/2): what
+//! was asked, taken before routing rewrites it, and the answer's body
+//! counted as it goes, logged once the body is let go.
+//!
+//! HTTP/2 compresses heads per connection, so a request's own share of the
+//! bytes on the wire is not known: here `bytes_in` is the request body's
+//! declared length and `bytes_out` the answer body's bytes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, Version};
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::request_id::RequestId;
+use crate::access_log::{AccessLog, Entry};
+use crate::body::{Body, BodyError};
+use crate::upstream::{Pool, Upstream};
+
+/// A request as it arrived.
+#[derive(Debug)]
+pub(super) struct Asked {
+    method: Method,
+    target: String,
+    version: Version,
+    declared: u64,
+    at: Instant,
+}
+
+impl Asked {
+    pub(super) fn of<B>(request: &Request<B>, at: Instant) -> Asked {
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        Asked {
+            method: request.method().clone(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or("/", http::uri::PathAndQuery::as_str)
+                .to_owned(),
+            version: request.version(),
+            declared,
+            at,
+        }
+    }
+}
+
+/// What became of it, besides its status.
+#[derive(Debug, Default)]
+pub(super) struct Served {
+    pub(super) gated: bool,
+    pub(super) pool: Option<Arc<Pool>>,
+    pub(super) upstream: Option<Arc<Upstream>>,
+}
+
+/// `response`, logged to `log` once its body is let go.
+pub(super) fn logged(response: Response<Body>, log: Arc<AccessLog>, line: Line) -> Response<Body> {
+    response.map(|body| {
+        Body::from_source(Box::new(Logged {
+            body,
+            log,
+            line,
+            sent: 0,
+        }))
+    })
+}
+
+/// Everything the line says but the bytes sent.
+#[derive(Debug)]
+pub(super) struct Line {
+    pub(super) asked: Asked,
+    pub(super) served: Served,
+    pub(super) client: std::net::SocketAddr,
+    pub(super) status: u16,
+    pub(super) request_id: RequestId,
+}
+
+/// An answer body that counts its bytes and logs its request when dropped.
+#[derive(Debug)]
+struct Logged {
+    body: Body,
+    log: Arc<AccessLog>,
+    line: Line,
+    sent: u64,
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            self.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let Line {
+            asked,
+            served,
+            client,
+            status,
+            request_id,
+        } = &self.line;
+        self.log.log(&Entry {
+            time: SystemTime::now(),
+            client: *client,
+            method: asked.method.as_str(),
+            target: &asked.target,
+            protocol: match asked.version {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: *status,
+            bytes_in: asked.declared,
+            bytes_out: self.sent,
+            duration: asked.at.elapsed(),
+            pool: served.pool.as_ref().map(|p| p.name.as_str()),
+            upstream: served.upstream.as_ref().map(|u| u.authority.as_str()),
+            gate: served.gated,
+            request_id: request_id.as_str(),
+        });
+    }
+}
