@@ -259,9 +259,11 @@ impl Snapshot {
             .as_ref()
             .map(|secret| BypassKey::new(secret.as_bytes()));
         let gate = decisions.maintenance.enabled.then(|| {
+            let running = decisions.windows.iter().find(|w| w.started);
             Arc::new(Gate::new(
                 &config.maintenance,
                 &decisions.maintenance,
+                running,
                 bypass.as_ref(),
             ))
         });

@@ -6,6 +6,7 @@
 //! to send, so a gated request costs a path check, an address check and
 //! copies of a small header map and a `Bytes`.
 
+pub mod page;
 pub mod path;
 
 use std::net::IpAddr;
@@ -16,7 +17,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Method, Response, StatusCode};
 use ipnet::IpNet;
 
-use super::{seconds_left, MaintenanceMode, MaintenanceState};
+use super::{seconds_left, MaintenanceMode, MaintenanceState, Window};
 use crate::body::Body;
 use crate::bypass::BypassKey;
 use crate::config::Maintenance;
@@ -36,7 +37,7 @@ pub struct Gate {
     /// The key of bypass tokens, with `maintenance.bypass_secret_file`.
     bypass: Option<BypassKey>,
     json: Page,
-    html: Option<Page>,
+    html: Page,
 }
 
 /// One form of the 503: its body and its headers, and the HTTP/1 answer's
@@ -74,9 +75,25 @@ impl Page {
 impl Gate {
     /// The gate for the decided `state`, with the exceptions and page of
     /// the config's `[maintenance]`.
-    pub fn new(config: &Maintenance, state: &MaintenanceState, bypass: Option<&BypassKey>) -> Gate {
-        let json = serde_json::json!({ "message": state.message(config) }).to_string();
+    pub fn new(
+        config: &Maintenance,
+        state: &MaintenanceState,
+        window: Option<&Window>,
+        bypass: Option<&BypassKey>,
+    ) -> Gate {
+        let message = state.message(config);
+        let json = serde_json::json!({ "message": message }).to_string();
         let retry_after = HeaderValue::from(state.retry_after(config).as_secs());
+        let values = page::Values {
+            message,
+            retry_after: state.retry_after(config),
+            until: state.until,
+            window: window.map(|w| (w.starts_at, w.ends_at)),
+        };
+        let html = match &config.html_page {
+            Some(template) => page::render(&String::from_utf8_lossy(&template.body), &values),
+            None => page::built_in(&values),
+        };
         Gate {
             allow_paths: config.allow_paths.clone(),
             bypass_cidrs: config.bypass_cidrs.clone(),
@@ -84,10 +101,7 @@ impl Gate {
             until: state.until,
             bypass: bypass.cloned(),
             json: Page::new(Bytes::from(json), "application/json", &retry_after),
-            html: config
-                .html_page
-                .as_ref()
-                .map(|page| Page::new(page.body.clone(), "text/html; charset=utf-8", &retry_after)),
+            html: Page::new(Bytes::from(html), "text/html; charset=utf-8", &retry_after),
         }
     }
 
@@ -133,9 +147,10 @@ impl Gate {
 impl Gate {
     /// The page for a client that sent `accept`.
     fn page(&self, accept: Option<&[u8]>) -> &Page {
-        match &self.html {
-            Some(html) if accept.is_some_and(prefers_html) => html,
-            _ => &self.json,
+        if accept.is_some_and(prefers_html) {
+            &self.html
+        } else {
+            &self.json
         }
     }
 

@@ -114,6 +114,91 @@ async fn browsers_get_the_html_page_and_curl_gets_json() {
     assert_eq!(blue.hits(), 0);
 }
 
+/// A browser's `Accept`.
+const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+/// The gate's page as a browser gets it.
+async fn page_for_a_browser(proxy: &Proxy) -> String {
+    let request = Request::get(proxy.url("/"))
+        .header("accept", BROWSER)
+        .body(full(""))
+        .unwrap();
+    let (status, headers, body) = send(request).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    body
+}
+
+#[tokio::test]
+async fn the_configured_page_shows_what_the_operator_said_escaped() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write(
+        "down.html",
+        "<p>{{message}}</p><p>back {{ until }}, retry in {{retry_after}} ({{retry_after_s}} s)</p><p>{{window}}</p><script>var t = {{other}};</script>",
+    );
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[maintenance]\nhtml_page = \"down.html\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let (status, doc) = proxy
+        .admin(
+            "PUT",
+            "/v1/maintenance",
+            Some(r#"{"enabled": true, "message": "Back by 10:30 <script>alert(1)</script>", "retry_after": "10m", "until": "2099-01-01T10:30:00Z"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{doc}");
+    let page = page_for_a_browser(&proxy).await;
+    assert_eq!(
+        page,
+        "<p>Back by 10:30 &lt;script&gt;alert(1)&lt;/script&gt;</p><p>back 2099-01-01T10:30:00Z, retry in 10m (600 s)</p><p></p><script>var t = {{other}};</script>"
+    );
+
+    // A window's page names the window.
+    proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": false}"#))
+        .await;
+    let (status, doc) = proxy
+        .admin(
+            "POST",
+            "/v1/maintenance/windows",
+            Some(r#"{"starts_at": "2020-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z", "message": "Planned"}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    let page = page_for_a_browser(&proxy).await;
+    assert!(page.contains("<p>Planned</p>"), "{page}");
+    assert!(page.contains("to 2099-01-01T00:00:00Z</p>"), "{page}");
+}
+
+#[tokio::test]
+async fn without_a_page_browsers_get_a_plain_built_in_one_and_api_clients_json() {
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    proxy
+        .admin(
+            "PUT",
+            "/v1/maintenance",
+            Some(r#"{"enabled": true, "message": "Back by 10:30 & not before"}"#),
+        )
+        .await;
+    let page = page_for_a_browser(&proxy).await;
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("<html lang=\"en\">"));
+    assert!(page.contains("<h1>Down for maintenance</h1>"));
+    assert!(page.contains("Back by 10:30 &amp; not before"), "{page}");
+    let (status, headers, body) = get(&proxy.url("/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body, r#"{"message":"Back by 10:30 & not before"}"#);
+}
+
 #[tokio::test]
 async fn allow_paths_reach_the_live_pool_by_whole_segments() {
     let blue = Upstream::named("blue").await;
