@@ -28,6 +28,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
+pub mod events;
+pub mod origin;
 pub mod resource;
 pub mod routes;
 
@@ -274,24 +277,28 @@ where
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         async move {
+            let method = request.method();
+            let resource = Resource::of(request.uri().path());
             // The tokens of the config in force now: a reload after
             // rotating one takes effect for the next request.
             let rights = match needs_token {
                 false => Some(Rights::Full),
                 true => router.rights(request.headers()),
             };
-            let refusal = match rights {
-                None => Some(AdminError::Unauthorized),
-                Some(Rights::Read)
-                    if !Resource::of(request.uri().path())
-                        .is_some_and(|r| r.only_reads(request.method())) =>
-                {
-                    Some(AdminError::Forbidden {
-                        method: request.method().clone(),
-                        path: request.uri().path().to_owned(),
-                    })
+            let refusal = if let Some(reason) = origin::refusal(request.headers(), !needs_token) {
+                Some(AdminError::CrossOrigin(reason))
+            } else {
+                match rights {
+                    None if resource.is_some_and(|r| r.is_public(method)) => None,
+                    None => Some(AdminError::Unauthorized),
+                    Some(Rights::Read) if !resource.is_some_and(|r| r.only_reads(method)) => {
+                        Some(AdminError::Forbidden {
+                            method: method.clone(),
+                            path: request.uri().path().to_owned(),
+                        })
+                    }
+                    Some(_) => None,
                 }
-                Some(_) => None,
             };
             if let Some(error) = refusal {
                 info!(target: "audit", %via, method = %request.method(), path = %request.uri().path(), error = ?error.to_string(), "admin call refused");
@@ -304,7 +311,9 @@ where
                 }
                 return Ok::<_, Infallible>(response);
             }
-            Ok(router.handle(request, via).await)
+            // Only the dashboard's files are served without rights.
+            let rights = rights.unwrap_or(Rights::Read);
+            Ok(router.handle(request, via, rights).await)
         }
     });
     let connection = http1::Builder::new()

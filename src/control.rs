@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -84,9 +84,15 @@ pub struct Control {
     /// The running deploy's lock, without a fleet (a fleet's is in etcd).
     /// Held only to read or replace it.
     deploy: std::sync::Mutex<Option<deploy::HeldHere>>,
+    /// Every event as it happens, for the admin API's events stream.
+    events: broadcast::Sender<Event>,
     /// Itself, for the watch task to call back.
     me: Weak<Control>,
 }
+
+/// How many events a slow listener may fall behind before it misses some
+/// (and is told so).
+const EVENTS_BACKLOG: usize = 256;
 
 impl Control {
     /// The writer of `state`, persisting to the state file of its config.
@@ -101,6 +107,7 @@ impl Control {
             writer: Mutex::new(()),
             journal: std::sync::Mutex::new(Journal::default()),
             deploy: std::sync::Mutex::new(None),
+            events: broadcast::Sender::new(EVENTS_BACKLOG),
             me: me.clone(),
         })
     }
@@ -128,11 +135,24 @@ impl Control {
     }
 
     fn record(&self, kind: EventKind, reason: String) {
-        self.journal().last_event = Some(Event {
+        let event = Event {
             kind,
             at: SystemTime::now(),
             reason,
-        });
+        };
+        self.journal().last_event = Some(event.clone());
+        self.announce(event);
+    }
+
+    /// Tells the events stream's listeners, if any.
+    fn announce(&self, event: Event) {
+        // No listener is not an error.
+        let _ = self.events.send(event);
+    }
+
+    /// Every event from now on, as it happens.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// The shared state this writes.

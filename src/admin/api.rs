@@ -390,13 +390,18 @@ pub enum AdminError {
     #[error("a valid `Authorization: Bearer <token>` header is required")]
     Unauthorized,
     /// A read-only token asked for a call that is not a read.
-    #[error("this token may only read (GET /v1/status, GET /v1/maintenance/windows, GET /metrics); {method} {path} needs the full admin token")]
+    #[error("this token may only read (GET /v1/status, GET /v1/maintenance/windows, GET /metrics, GET /v1/events, the dashboard); {method} {path} needs the full admin token")]
     Forbidden {
         /// The method used.
         method: http::Method,
         /// The path asked for.
         path: String,
     },
+    /// A browser's request from a page of another origin, or naming this
+    /// listener by a name a rebound DNS answer could give (see
+    /// `super::origin`).
+    #[error("{0}")]
+    CrossOrigin(&'static str),
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NotFound(String),
@@ -425,7 +430,7 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AdminError::Forbidden { .. } | AdminError::CrossOrigin(_) => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -456,7 +461,7 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => "bad_request",
             AdminError::Unauthorized => "unauthorized",
-            AdminError::Forbidden { .. } => "forbidden",
+            AdminError::Forbidden { .. } | AdminError::CrossOrigin(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::TooLarge(_) => "payload_too_large",

@@ -33,6 +33,10 @@ pub enum Resource<'a> {
     Metrics,
     /// `/service-context`, the compatibility route.
     ServiceContext,
+    /// `/v1/events`, the events stream.
+    Events,
+    /// One of the dashboard's files: `/`, `/dashboard.js`, `/dashboard.css`.
+    Dashboard(&'a str),
 }
 
 impl<'a> Resource<'a> {
@@ -49,6 +53,8 @@ impl<'a> Resource<'a> {
             "/v1/deploys" => Some(Resource::Deploys),
             "/metrics" => Some(Resource::Metrics),
             "/service-context" => Some(Resource::ServiceContext),
+            "/v1/events" => Some(Resource::Events),
+            "/" | "/dashboard.js" | "/dashboard.css" => Some(Resource::Dashboard(path)),
             _ => None,
         };
         fixed
@@ -61,7 +67,8 @@ impl<'a> Resource<'a> {
     /// The methods it accepts, for 405's `Allow`.
     pub fn allowed_methods(self) -> &'static str {
         match self {
-            Resource::Status | Resource::Metrics => "GET",
+            Resource::Status | Resource::Metrics | Resource::Events => "GET",
+            Resource::Dashboard(_) => "GET, HEAD",
             Resource::Maintenance => "PUT",
             Resource::Windows => "GET, POST",
             Resource::Window(_) => "DELETE",
@@ -82,8 +89,15 @@ impl<'a> Resource<'a> {
         *method == Method::GET
             && matches!(
                 self,
-                Resource::Status | Resource::Windows | Resource::Metrics
+                Resource::Status | Resource::Windows | Resource::Metrics | Resource::Events
             )
+            || self.is_public(method)
+    }
+
+    /// Whether anyone may have it without a token: the dashboard's files,
+    /// which hold no data (every call the page makes carries the token).
+    pub fn is_public(self, method: &Method) -> bool {
+        matches!(self, Resource::Dashboard(_)) && matches!(*method, Method::GET | Method::HEAD)
     }
 }
 

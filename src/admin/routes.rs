@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -17,6 +17,7 @@ use super::api::{
     ServiceContext, StatusDocument, SwitchRequest, WindowDocument, WindowList, WindowRequest,
 };
 use super::auth::Rights;
+use super::events::EventBody;
 use super::resource::Resource;
 use crate::control::{Control, ControlError, MaintenanceChange, Via};
 use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
@@ -38,8 +39,11 @@ pub struct Router {
     listeners: Listeners,
 }
 
+/// An admin answer's body: whole, or the events stream.
+pub type AdminBody = Either<Full<Bytes>, EventBody>;
+
 /// An admin answer.
-pub type AdminResponse = Response<Full<Bytes>>;
+pub type AdminResponse = Response<AdminBody>;
 
 impl Router {
     /// A router over the control plane and the metrics, for a proxy
@@ -54,11 +58,24 @@ impl Router {
 
     /// The status document as of `snapshot`, as a 200.
     async fn status_of(&self, snapshot: &Snapshot) -> AdminResponse {
+        json(StatusCode::OK, &self.status_document(snapshot).await)
+    }
+
+    async fn status_document(&self, snapshot: &Snapshot) -> StatusDocument {
         let deploy = self.control.running_deploy().await;
-        json(
-            StatusCode::OK,
-            &StatusDocument::of(snapshot, &self.control, self.listeners, deploy),
-        )
+        StatusDocument::of(snapshot, &self.control, self.listeners, deploy)
+    }
+
+    /// The status document now, as the events stream sends it.
+    pub async fn status_value(&self) -> serde_json::Value {
+        let snapshot = self.control.state().load_full();
+        serde_json::to_value(self.status_document(&snapshot).await)
+            .expect("the status document serializes")
+    }
+
+    /// The control plane it acts on.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// What the bearer token in `headers` may do under the config in
@@ -101,15 +118,16 @@ impl Router {
         }
     }
 
-    /// Answers one admin request that arrived `via` a listener.
-    pub async fn handle<B>(&self, request: Request<B>, via: Via) -> AdminResponse
+    /// Answers one admin request that arrived `via` a listener from a
+    /// caller with `rights` (checked by the listener).
+    pub async fn handle<B>(&self, request: Request<B>, via: Via, rights: Rights) -> AdminResponse
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        match self.route(request, via).await {
+        match self.route(request, via, rights).await {
             Ok(response) => response,
             Err(error) => {
                 if error.status().is_server_error() {
@@ -134,7 +152,12 @@ impl Router {
         }
     }
 
-    async fn route<B>(&self, request: Request<B>, via: Via) -> Result<AdminResponse, AdminError>
+    async fn route<B>(
+        &self,
+        request: Request<B>,
+        via: Via,
+        rights: Rights,
+    ) -> Result<AdminResponse, AdminError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -187,6 +210,10 @@ impl Router {
                     .await
             }
             (&Method::GET, Resource::Metrics) => Ok(self.metrics()),
+            (&Method::GET, Resource::Events) => Ok(super::events::stream(self.clone(), rights)),
+            (&Method::GET | &Method::HEAD, Resource::Dashboard(path)) => {
+                Ok(super::dashboard::asset(path, &parts.method))
+            }
             (&Method::PATCH, Resource::ServiceContext) => {
                 self.service_context(required(self.read_body(body).await?)?, via)
                     .await
@@ -366,7 +393,7 @@ impl Router {
     fn metrics(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
         let text = self.metrics.render(&gauges(&snapshot, &self.control));
-        let mut response = Response::new(Full::new(Bytes::from(text)));
+        let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
@@ -423,7 +450,7 @@ pub fn error_response(error: &AdminError) -> AdminResponse {
 
 /// A `204 No Content`.
 fn no_content() -> AdminResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
@@ -432,7 +459,7 @@ fn no_content() -> AdminResponse {
 fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
     let mut body = serde_json::to_vec_pretty(value).expect("admin documents serialize");
     body.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -520,7 +547,9 @@ mod tests {
             .uri(path)
             .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap();
-        let response = router.handle(request, Via::Socket(None)).await;
+        let response = router
+            .handle(request, Via::Socket(None), Rights::Full)
+            .await;
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap())

@@ -1,5 +1,6 @@
-//! What the control plane did last, as the status document reports it,
-//! and where each change came from, as the audit log names it.
+//! What the control plane did last, as the status document reports it and
+//! the events stream announces it, and where each change came from, as the
+//! audit log names it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,6 +32,9 @@ pub enum EventKind {
     Maintenance,
     /// A reload, applied or refused.
     Reload,
+    /// The watch after a switch ended without a rollback (announced on the
+    /// events stream only; it changes nothing).
+    WatchPassed,
 }
 
 impl EventKind {
@@ -43,6 +47,7 @@ impl EventKind {
             EventKind::AutoRollbackRefused => "auto_rollback_refused",
             EventKind::Maintenance => "maintenance",
             EventKind::Reload => "reload",
+            EventKind::WatchPassed => "watch_passed",
         }
     }
 }

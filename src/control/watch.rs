@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Control, ControlError, EventKind, SwitchKind, Via};
+use super::{Control, ControlError, Event, EventKind, SwitchKind, Via};
 use crate::config::SwitchWatch;
 use crate::metrics::RequestCounters;
 use crate::shutdown::StopOnDrop;
@@ -308,6 +308,13 @@ impl Control {
         let mut journal = self.journal();
         if let Some(watch) = journal.watch.take_if(|w| w.id() == id) {
             info!(pool = %watch.pool(), "switch watch ended: the new pool held up");
+            let reason = format!("the watch of {} ended: it held up", watch.pool());
+            drop(journal);
+            self.announce(Event {
+                kind: EventKind::WatchPassed,
+                at: SystemTime::now(),
+                reason,
+            });
         }
     }
 }

@@ -1,0 +1,228 @@
+//! `GET /v1/events`: what happens, as Server-Sent Events, for the
+//! dashboard and for anyone who would otherwise poll `GET /v1/status`.
+//!
+//! | event | data |
+//! |---|---|
+//! | `hello` | `{"rights": "full" \| "read"}`, first |
+//! | `status` | the status document: after `hello`, and after every change of the state (a decision, a reload, an upstream's health) |
+//! | `decision` | `{"at", "kind", "reason", "generation"}`: a switch, rollback or maintenance change (`kind` as `last_event`'s) |
+//! | `reload` | `{"at", "ok", "reason", "generation"}` |
+//! | `watch` | `{"at", "kind", "reason", "generation"}`: the watch after a switch rolled it back (`auto_rollback`), could not (`auto_rollback_refused`), or ended (`watch_passed`) |
+//! | `health` | `{"at", "pool", "upstream", "healthy", "reason"}`: an upstream's verdict turned |
+//! | `rates` | `{"at", "pools": {NAME: {"requests", "errors", "in_flight", "tunnels"}}}`, every second: answers and errors in that second, and what is open now |
+//!
+//! Each stream is a task of its own that looks at the state once a second
+//! (health and rates) and when the control plane announces or stores
+//! something; requests never look at it. A stream that cannot keep up
+//! (its client reads too slowly) misses events and gets a fresh `status`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::Response;
+use http_body::Frame;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use super::auth::Rights;
+use super::routes::{AdminBody, AdminResponse, Router};
+use crate::control::{Event, EventKind};
+use crate::state::persist::rfc3339;
+use crate::state::Snapshot;
+
+/// How many events may wait for a slow client before the stream stops
+/// waiting for it and drops them.
+const QUEUE_EVENTS: usize = 64;
+
+/// The answer to `GET /v1/events` for a caller with `rights`.
+pub fn stream(router: Router, rights: Rights) -> AdminResponse {
+    let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
+    tokio::spawn(follow(router, rights, tx));
+    let mut response = Response::new(AdminBody::Right(EventBody(rx)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Feeds one client's stream until it goes away.
+async fn follow(router: Router, rights: Rights, tx: mpsc::Sender<Bytes>) {
+    let control = router.control().clone();
+    let state = control.state().clone();
+    let mut events = control.events();
+    let mut stores = state.subscribe();
+    let rights = match rights {
+        Rights::Full => "full",
+        Rights::Read => "read",
+    };
+    let mut out = Outbox { tx };
+    out.send("hello", &json!({ "rights": rights }));
+    out.send("status", &router.status_value().await);
+    let mut watcher = Watcher::new(&state.load());
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = out.tx.closed() => return,
+            event = events.recv() => match event {
+                Ok(event) => out.send(name_of(event.kind), &event_value(&event, &state.load())),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    out.send("status", &router.status_value().await);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            changed = stores.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                out.send("status", &router.status_value().await);
+            }
+            _ = every.tick() => {
+                let snapshot = state.load_full();
+                let turned = watcher.health(&snapshot, &mut out);
+                out.send("rates", &watcher.rates(&snapshot));
+                if turned {
+                    out.send("status", &router.status_value().await);
+                }
+            }
+        }
+        if out.tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// The SSE name of an event of `kind`.
+fn name_of(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Switch | EventKind::Rollback | EventKind::Maintenance => "decision",
+        EventKind::Reload => "reload",
+        EventKind::AutoRollback | EventKind::AutoRollbackRefused | EventKind::WatchPassed => {
+            "watch"
+        }
+    }
+}
+
+/// `event` as its data says it, with the generation and reload outcome of
+/// `snapshot` (stored before the event is announced).
+fn event_value(event: &Event, snapshot: &Snapshot) -> serde_json::Value {
+    let mut value = json!({
+        "at": rfc3339(event.at),
+        "kind": event.kind.as_str(),
+        "reason": event.reason,
+        "generation": snapshot.decisions.generation,
+    });
+    if event.kind == EventKind::Reload {
+        value["ok"] = json!(snapshot.config_info.last_reload_error.is_none());
+    }
+    value
+}
+
+/// The sending end of one stream.
+struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Outbox {
+    /// Queues one event; dropped if the client is [`QUEUE_EVENTS`] behind.
+    fn send(&mut self, name: &str, data: &serde_json::Value) {
+        // Compact JSON has no newline, so one `data:` line holds it.
+        let frame = format!("event: {name}\ndata: {data}\n\n");
+        let _ = self.tx.try_send(Bytes::from(frame));
+    }
+}
+
+/// What the last look at the state saw: each upstream's verdict, and each
+/// pool's answer counts.
+struct Watcher {
+    healthy: HashMap<(String, String), bool>,
+    totals: HashMap<String, (u64, u64)>,
+}
+
+impl Watcher {
+    fn new(snapshot: &Snapshot) -> Watcher {
+        let mut watcher = Watcher {
+            healthy: HashMap::new(),
+            totals: HashMap::new(),
+        };
+        let mut nowhere = Outbox {
+            tx: mpsc::channel(1).0,
+        };
+        watcher.health(snapshot, &mut nowhere);
+        watcher.rates(snapshot);
+        watcher
+    }
+
+    /// Sends a `health` event for each upstream whose verdict turned since
+    /// the last look; whether any did.
+    fn health(&mut self, snapshot: &Snapshot, out: &mut Outbox) -> bool {
+        let mut turned = false;
+        for (pool, upstreams) in &snapshot.pools {
+            for upstream in &upstreams.upstreams {
+                let healthy = upstream.is_healthy();
+                let key = (pool.clone(), upstream.authority.to_string());
+                let before = self.healthy.insert(key.clone(), healthy);
+                if before.is_some_and(|was| was != healthy) {
+                    turned = true;
+                    out.send(
+                        "health",
+                        &json!({
+                            "at": rfc3339(SystemTime::now()),
+                            "pool": key.0,
+                            "upstream": key.1,
+                            "healthy": healthy,
+                            "reason": upstream.probes().last_error,
+                        }),
+                    );
+                }
+            }
+        }
+        turned
+    }
+
+    /// Each pool's answers and errors since the last look, and what it has
+    /// open now.
+    fn rates(&mut self, snapshot: &Snapshot) -> serde_json::Value {
+        let mut pools = serde_json::Map::new();
+        for (name, pool) in &snapshot.pools {
+            let (all, errors) = pool.requests.totals();
+            let (all_before, errors_before) = self
+                .totals
+                .insert(name.clone(), (all, errors))
+                .unwrap_or((all, errors));
+            pools.insert(
+                name.clone(),
+                json!({
+                    "requests": all.saturating_sub(all_before),
+                    "errors": errors.saturating_sub(errors_before),
+                    "in_flight": pool.in_flight(),
+                    "tunnels": pool.tunnels(),
+                }),
+            );
+        }
+        json!({ "at": rfc3339(SystemTime::now()), "pools": pools })
+    }
+}
+
+/// The stream's body: the frames its task queues, as they come.
+#[derive(Debug)]
+pub struct EventBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|frame| frame.map(|b| Ok(Frame::data(b))))
+    }
+}
