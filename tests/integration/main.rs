@@ -17,6 +17,8 @@
 //! - `switching`: switch and rollback, including under load.
 //! - `durability`: the state file across restarts and failures.
 //! - `admin`: the admin API's socket, token, malformed calls, metrics.
+//! - `browser`: the dashboard and the maintenance page in headless
+//!   Chromium.
 //! - `reloading`: config reload on edit, rename, symlink swap and API.
 //! - `ctl`: the `switchyard ctl` binary against a served proxy, and SIGHUP.
 //! - `safety`: health checks, passive health, preview, tunnel drain,
@@ -32,6 +34,7 @@
 //!   etcd.
 
 mod admin;
+mod browser;
 mod bypass;
 mod cluster;
 mod corpus;

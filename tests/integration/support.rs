@@ -617,10 +617,22 @@ impl Served {
         Served::start_with(config, &[]).await
     }
 
+    /// [`Served::start`] with `files` (name, contents) beside the config.
+    pub async fn start_with_files(config: &str, files: &[(&str, &str)]) -> Served {
+        let dir = TempDir::new();
+        for (name, contents) in files {
+            dir.write(name, contents);
+        }
+        Served::start_in(dir, config, &[]).await
+    }
+
     /// [`Served::start`] with `envs` set for the process.
     pub async fn start_with(config: &str, envs: &[(&str, &str)]) -> Served {
+        Served::start_in(TempDir::new(), config, envs).await
+    }
+
+    async fn start_in(dir: TempDir, config: &str, envs: &[(&str, &str)]) -> Served {
         use tokio::io::AsyncBufReadExt;
-        let dir = TempDir::new();
         let path = dir.write("switchyard.toml", config);
         let mut child = tokio::process::Command::new(BIN)
             .arg("serve")
