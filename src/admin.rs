@@ -16,9 +16,13 @@
 //! | `POST /v1/pools/{name}/probe` | probe a pool's upstreams now |
 //! | `POST /v1/deploys`, `PUT`/`DELETE /v1/deploys/{id}` | take, renew, release the deploy lock |
 //! | `POST /v1/deploys/{id}/steps` | a deploy step, for the audit log |
+//! | `GET /v1/events` | what happens, as Server-Sent Events ([`events`]) |
+//! | `GET /`, `/dashboard.js`, `/dashboard.css` | the dashboard ([`dashboard`]) |
 //!
 //! On TCP, `admin.token_file`'s token may do all of it; `admin.read_token_file`'s
-//! only the `GET`s of status, windows and metrics (`403 forbidden` otherwise).
+//! only the `GET`s of status, windows, metrics and events (`403 forbidden`
+//! otherwise). The dashboard's files need no token. Browsers are held to
+//! their own origin ([`origin`]).
 //!
 //! The unix socket is created with mode 0600: it is bound under a temporary
 //! name, restricted, then renamed into place, so there is no moment when

@@ -45,6 +45,10 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
     std::fs::create_dir_all(dir.join("run"))
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config_path = dir.join("switchyard.toml");
+    // The dashboard's token, on the demo's TCP admin listener.
+    let token = demo_token()?;
+    write_private(&dir.join("run/admin.token"), &token)
+        .map_err(|e| format!("cannot write the admin token in {}: {e}", dir.display()))?;
     let config_text = demo_config(listen, &blue, &green);
     std::fs::write(&config_path, config_text)
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
@@ -62,6 +66,9 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
         .local_addr(Route::Preview)
         .ok_or("the preview listener has no address")?;
     let admin = server.admin_socket().to_owned();
+    let dashboard = server
+        .admin_addr()
+        .ok_or("the admin TCP listener has no address")?;
     // Caught before the tour is printed: a Ctrl-C right after it stops
     // the demo cleanly rather than killing it; so does closing its terminal.
     let stop = crate::shutdown::StopSignals::listen_with_hangup();
@@ -72,6 +79,8 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
         green: &green,
         config: &config_path,
         admin: &admin,
+        dashboard,
+        token: &token,
     };
     tour.print();
     server
@@ -98,10 +107,12 @@ fn demo_config(listen: SocketAddr, blue: &[SocketAddr], green: &[SocketAddr]) ->
         "# Written by `switchyard demo`.\n\
          [listener]\nbind = \"{listen}\"\n\n\
          [preview]\nbind = \"{preview}\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"run/admin.token\"\n\n\
          [state]\ninitial_pool = \"blue\"\n\n\
          [pools.blue]\nupstreams = [{}]\n\n\
          [pools.green]\nupstreams = [{}]\n\n\
-         [timeouts]\ndrain = \"2s\"\n",
+         [timeouts]\ndrain = \"2s\"\n\n\
+         [log]\naccess = \"stderr\"\n",
         list(blue),
         list(green)
     )
@@ -115,6 +126,8 @@ struct Tour<'a> {
     green: &'a [SocketAddr],
     config: &'a Path,
     admin: &'a Path,
+    dashboard: SocketAddr,
+    token: &'a str,
 }
 
 impl Tour<'_> {
@@ -127,6 +140,8 @@ impl Tour<'_> {
             green,
             config,
             admin,
+            dashboard,
+            token,
         } = self;
         let me = std::env::current_exe()
             .ok()
@@ -144,7 +159,8 @@ impl Tour<'_> {
          \x20 preview     http://{preview}/      the pool that is not live: green\n\
          \x20 blue pool   {}   (two instances)\n\
          \x20 green pool  {}\n\
-         \x20 config      {}\n\n\
+         \x20 config      {}\n\
+         \x20 dashboard   http://{dashboard}/      token: {token}\n\n\
          Try:\n\
          \x20 curl http://{proxy}/                  # blue answers, instances in turn\n\
          \x20 curl -i http://{proxy}/hello          # see the X-Forwarded-For the app got\n\
@@ -156,7 +172,7 @@ impl Tour<'_> {
          \x20 {me} ctl switch green          # then curl the proxy again\n\
          \x20 {me} ctl rollback\n\
          \x20 {me} ctl maintenance on --message \"Back at 10:00\" --retry-after 10m\n\
-         \x20 curl -i http://{proxy}/          # 503 with Retry-After\n\
+         \x20 curl -i http://{proxy}/          # 503 with Retry-After; a browser gets a page\n\
          \x20 {me} ctl maintenance off\n\
          \x20 {me} check --config {}\n\n\
          Press Ctrl-C to stop.\n",
@@ -167,6 +183,28 @@ impl Tour<'_> {
             admin = admin.display(),
         );
     }
+}
+
+/// Writes `text` to a new file only its owner may read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// A fresh random token for the demo's dashboard.
+fn demo_token() -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "cannot make a random admin token".to_owned())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Starts one demo app on an ephemeral loopback port.
