@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--conns", type=int, default=50, help="keep-alive connections")
     parser.add_argument("--duration", type=int, default=5, help="seconds of counted load")
     parser.add_argument("--maintenance", action="store_true", help="measure the gate's 503")
+    parser.add_argument("--access-log", action="store_true", help="with the access log on, to a file")
     args = parser.parse_args()
 
     bench = compare.Bench(argparse.Namespace(duration=args.duration))
@@ -38,6 +39,11 @@ def main():
         bench.start_upstream()
         port = compare.free_port()
         bench.config_switchyard(port, args.maintenance, "blue")
+        config = os.path.join(bench.dir, "switchyard", "switchyard.toml")
+        if args.access_log:
+            # Counted with the writer thread's work: callgrind counts every thread.
+            with open(config, "a") as f:
+                f.write(f'\n[log]\naccess = "{os.path.join(bench.dir, "access.log")}"\n')
         out = os.path.join(bench.dir, "callgrind.out")
         proc = bench.procs.start(
             [
@@ -64,6 +70,8 @@ def main():
             if "PROGRAM TOTALS" in line
         )
         what = "503 from the gate" if args.maintenance else "proxied small GET"
+        if args.access_log:
+            what += " (access log on)"
         print(
             f"{what}, {args.conns} keep-alive connections: {figures['requests']} requests, "
             f"{instructions / max(figures['requests'], 1):,.0f} instructions per request (profile: {profile})"
