@@ -98,7 +98,11 @@ impl Entry<'_> {
         text_field(self.pool.unwrap_or("-"), out);
         out.extend_from_slice(b" upstream=");
         text_field(self.upstream.unwrap_or("-"), out);
-        out.extend_from_slice(if self.gate { b" gate=yes id=" } else { b" gate=no id=" });
+        out.extend_from_slice(if self.gate {
+            b" gate=yes id="
+        } else {
+            b" gate=no id="
+        });
         text_field(self.request_id, out);
     }
 
@@ -127,7 +131,11 @@ impl Entry<'_> {
         json_option(self.pool, out);
         out.extend_from_slice(b",\"upstream\":");
         json_option(self.upstream, out);
-        out.extend_from_slice(if self.gate { b",\"gate\":true" } else { b",\"gate\":false" });
+        out.extend_from_slice(if self.gate {
+            b",\"gate\":true"
+        } else {
+            b",\"gate\":false"
+        });
         out.extend_from_slice(b",\"request_id\":");
         json_string(self.request_id, out);
         out.push(b'}');
@@ -215,7 +223,12 @@ fn text_field(text: &str, out: &mut Vec<u8>) {
         if b.is_ascii_graphic() && b != b'"' && b != b'\\' {
             out.push(b);
         } else {
-            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
         }
     }
 }
@@ -475,7 +488,9 @@ mod tests {
             client: "[::1]:8080".parse().unwrap(),
             ..entry()
         };
-        assert!(String::from_utf8(v6.line(LogFormat::Text)).unwrap().contains(" [::1]:8080 "));
+        assert!(String::from_utf8(v6.line(LogFormat::Text))
+            .unwrap()
+            .contains(" [::1]:8080 "));
     }
 
     #[test]
