@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{AccessLog as Target, LogFormat};
+use crate::http1::write::decimal;
 
 /// How many lines may wait for the writer before new ones are dropped.
 pub const QUEUE_LINES: usize = 16 * 1024;
@@ -87,11 +88,11 @@ impl Entry<'_> {
         out.push(b' ');
         out.extend_from_slice(self.protocol.as_bytes());
         out.extend_from_slice(b"\" ");
-        number(u64::from(self.status), out);
+        decimal(u64::from(self.status), out);
         out.extend_from_slice(b" in=");
-        number(self.bytes_in, out);
+        decimal(self.bytes_in, out);
         out.extend_from_slice(b" out=");
-        number(self.bytes_out, out);
+        decimal(self.bytes_out, out);
         out.extend_from_slice(b" ms=");
         millis(self.duration, out);
         out.extend_from_slice(b" pool=");
@@ -120,11 +121,11 @@ impl Entry<'_> {
         out.extend_from_slice(b",\"protocol\":\"");
         out.extend_from_slice(self.protocol.as_bytes());
         out.extend_from_slice(b"\",\"status\":");
-        number(u64::from(self.status), out);
+        decimal(u64::from(self.status), out);
         out.extend_from_slice(b",\"bytes_in\":");
-        number(self.bytes_in, out);
+        decimal(self.bytes_in, out);
         out.extend_from_slice(b",\"bytes_out\":");
-        number(self.bytes_out, out);
+        decimal(self.bytes_out, out);
         out.extend_from_slice(b",\"duration_ms\":");
         millis(self.duration, out);
         out.extend_from_slice(b",\"pool\":");
@@ -178,35 +179,19 @@ fn addr(addr: SocketAddr, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                number(u64::from(octet), out);
+                decimal(u64::from(octet), out);
             }
             out.push(b':');
-            number(u64::from(v4.port()), out);
+            decimal(u64::from(v4.port()), out);
         }
         SocketAddr::V6(_) => out.extend_from_slice(addr.to_string().as_bytes()),
     }
 }
 
-/// `n` in decimal.
-fn number(n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 /// Milliseconds with three decimals: `1.234`.
 fn millis(duration: Duration, out: &mut Vec<u8>) {
     let micros = duration.as_micros().min(u128::from(u64::MAX)) as u64;
-    number(micros / 1000, out);
+    decimal(micros / 1000, out);
     let frac = micros % 1000;
     out.extend_from_slice(&[
         b'.',

@@ -363,9 +363,16 @@ fn line(out: &mut Vec<u8>, buf: &[u8], field: &Field) {
 
 fn length_line(out: &mut Vec<u8>, length: u64) {
     out.extend_from_slice(b"content-length: ");
+    decimal(length, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, without `core::fmt`'s machinery (heads and log lines
+/// are written for every request).
+pub fn decimal(n: u64, out: &mut Vec<u8>) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    let mut n = length;
+    let mut n = n;
     loop {
         at -= 1;
         digits[at] = b'0' + (n % 10) as u8;
@@ -375,5 +382,4 @@ fn length_line(out: &mut Vec<u8>, length: u64) {
         }
     }
     out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"\r\n");
 }
