@@ -37,6 +37,7 @@ pub mod events;
 pub mod origin;
 pub mod resource;
 pub mod routes;
+pub mod stall;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -278,6 +279,7 @@ where
 {
     // As on the public listeners: a request head within `timeouts.header`.
     let header_timeout = router.config().timeouts.header;
+    let send_timeout = router.config().timeouts.send;
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
         async move {
@@ -320,6 +322,7 @@ where
             Ok(router.handle(request, via, rights).await)
         }
     });
+    let stream = stall::SendDeadline::new(stream, send_timeout);
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)

@@ -291,7 +291,7 @@ impl Control {
             from = on_off(old.enabled),
             to = on_off(m.enabled),
             // Debug-quoted: a newline in a message must not forge a line.
-            message = ?m.message(config),
+            gate_message = ?m.message(config),
             retry_after_s = m.retry_after(config).as_secs(),
             generation = committed.snapshot.decisions.generation,
             "maintenance {}", on_off(m.enabled)

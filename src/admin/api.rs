@@ -402,6 +402,9 @@ pub enum AdminError {
     /// `super::origin`).
     #[error("{0}")]
     CrossOrigin(&'static str),
+    /// As many events streams are open as may be.
+    #[error("too many events streams are open; close one (at most half of admin.max_connections)")]
+    TooManyStreams,
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NotFound(String),
@@ -432,6 +435,7 @@ impl AdminError {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::Forbidden { .. } | AdminError::CrossOrigin(_) => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::TooManyStreams => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::BypassNotConfigured => StatusCode::CONFLICT,
@@ -463,6 +467,7 @@ impl AdminError {
             AdminError::Unauthorized => "unauthorized",
             AdminError::Forbidden { .. } | AdminError::CrossOrigin(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
+            AdminError::TooManyStreams => "too_many_streams",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::TooLarge(_) => "payload_too_large",
             AdminError::BypassNotConfigured => "bypass_not_configured",

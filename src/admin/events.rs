@@ -14,11 +14,15 @@
 //! Each stream is a task of its own that looks at the state once a second
 //! (health and rates) and when the control plane announces or stores
 //! something; requests never look at it. A stream that cannot keep up
-//! (its client reads too slowly) misses events and gets a fresh `status`.
+//! (its client reads too slowly) misses events and gets a fresh `status`
+//! once it has room; one that takes nothing for `timeouts.send` is cut
+//! off. At most half of `admin.max_connections` streams are open at once
+//! (`503 too_many_streams` past that).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -35,32 +39,55 @@ use crate::control::{Event, EventKind};
 use crate::state::persist::rfc3339;
 use crate::state::Snapshot;
 
-/// How many events may wait for a slow client before the stream stops
-/// waiting for it and drops them.
-const QUEUE_EVENTS: usize = 64;
+/// How many events may wait for a slow client before new ones are
+/// dropped (and a fresh `status` follows once there is room).
+const QUEUE_EVENTS: usize = 16;
 
-/// The answer to `GET /v1/events` for a caller with `rights`.
-pub fn stream(router: Router, rights: Rights) -> AdminResponse {
+/// The answer to `GET /v1/events` for a caller with `rights` (on TCP,
+/// from the token in `credential`, checked again at every change, so a
+/// rotated token ends its streams), or `None`
+/// when `admin.max_connections / 2` streams are open already: the other
+/// half of the TCP listener's slots stay for calls that change things.
+pub fn stream(
+    router: Router,
+    rights: Rights,
+    credential: Option<http::HeaderMap>,
+) -> Option<AdminResponse> {
+    let limit = (router.config().admin.max_connections / 2).max(1);
+    let open = router.event_streams().clone();
+    if open.fetch_add(1, Ordering::Relaxed) >= limit {
+        open.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
     let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
-    tokio::spawn(follow(router, rights, tx));
+    tokio::spawn(async move {
+        follow(router, rights, credential, tx).await;
+        open.fetch_sub(1, Ordering::Relaxed);
+    });
     let mut response = Response::new(AdminBody::Right(EventBody(rx)));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Some(response)
 }
 
 /// Feeds one client's stream until it goes away.
-async fn follow(router: Router, rights: Rights, tx: mpsc::Sender<Bytes>) {
+async fn follow(
+    router: Router,
+    rights: Rights,
+    credential: Option<http::HeaderMap>,
+    tx: mpsc::Sender<Bytes>,
+) {
     let control = router.control().clone();
     let state = control.state().clone();
     let mut events = control.events();
     let mut stores = state.subscribe();
+    let granted = rights;
     let rights = match rights {
         Rights::Full => "full",
         Rights::Read => "read",
     };
-    let mut out = Outbox { tx };
+    let mut out = Outbox { tx, dropped: false };
     out.send("hello", &json!({ "rights": rights }));
     out.send("status", &router.status_value().await);
     let mut watcher = Watcher::new(&state.load());
@@ -80,11 +107,21 @@ async fn follow(router: Router, rights: Rights, tx: mpsc::Sender<Bytes>) {
                 if changed.is_err() {
                     return;
                 }
+                // A reload may have rotated the token this stream was
+                // opened with.
+                if let Some(credential) = &credential {
+                    if router.rights(credential) != Some(granted) {
+                        return;
+                    }
+                }
                 out.send("status", &router.status_value().await);
             }
             _ = every.tick() => {
                 let snapshot = state.load_full();
-                let turned = watcher.health(&snapshot, &mut out);
+                let mut turned = watcher.health(&snapshot, &mut out);
+                // Events were dropped while the client lagged: once there
+                // is room, the whole state again.
+                turned |= std::mem::take(&mut out.dropped);
                 out.send("rates", &watcher.rates(&snapshot));
                 if turned {
                     out.send("status", &router.status_value().await);
@@ -126,14 +163,20 @@ fn event_value(event: &Event, snapshot: &Snapshot) -> serde_json::Value {
 /// The sending end of one stream.
 struct Outbox {
     tx: mpsc::Sender<Bytes>,
+    /// Whether an event was dropped since the last `status`.
+    dropped: bool,
 }
 
 impl Outbox {
     /// Queues one event; dropped if the client is [`QUEUE_EVENTS`] behind.
+    /// (A client that takes nothing for `timeouts.send` is cut off by its
+    /// connection's deadline.)
     fn send(&mut self, name: &str, data: &serde_json::Value) {
         // Compact JSON has no newline, so one `data:` line holds it.
         let frame = format!("event: {name}\ndata: {data}\n\n");
-        let _ = self.tx.try_send(Bytes::from(frame));
+        if self.tx.try_send(Bytes::from(frame)).is_err() {
+            self.dropped = true;
+        }
     }
 }
 
@@ -152,6 +195,7 @@ impl Watcher {
         };
         let mut nowhere = Outbox {
             tx: mpsc::channel(1).0,
+            dropped: false,
         };
         watcher.health(snapshot, &mut nowhere);
         watcher.rates(snapshot);

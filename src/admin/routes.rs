@@ -1,5 +1,6 @@
 //! The admin router: one function per endpoint, callable without a socket.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -37,6 +38,8 @@ pub struct Router {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     listeners: Listeners,
+    /// Events streams open now, on every listener.
+    event_streams: Arc<AtomicUsize>,
 }
 
 /// An admin answer's body: whole, or the events stream.
@@ -53,7 +56,13 @@ impl Router {
             control,
             metrics,
             listeners,
+            event_streams: Arc::default(),
         }
+    }
+
+    /// How many events streams are open, for [`super::events`] to count.
+    pub fn event_streams(&self) -> &Arc<AtomicUsize> {
+        &self.event_streams
     }
 
     /// The status document as of `snapshot`, as a 200.
@@ -210,7 +219,17 @@ impl Router {
                     .await
             }
             (&Method::GET, Resource::Metrics) => Ok(self.metrics()),
-            (&Method::GET, Resource::Events) => Ok(super::events::stream(self.clone(), rights)),
+            (&Method::GET, Resource::Events) => {
+                let credential = matches!(via, Via::Tcp(_)).then(|| {
+                    let mut kept = http::HeaderMap::new();
+                    if let Some(token) = parts.headers.get(http::header::AUTHORIZATION) {
+                        kept.insert(http::header::AUTHORIZATION, token.clone());
+                    }
+                    kept
+                });
+                super::events::stream(self.clone(), rights, credential)
+                    .ok_or(AdminError::TooManyStreams)
+            }
             (&Method::GET | &Method::HEAD, Resource::Dashboard(path)) => {
                 Ok(super::dashboard::asset(path, &parts.method))
             }

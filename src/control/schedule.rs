@@ -91,7 +91,7 @@ impl Control {
                     window = %id,
                     to = "on",
                     mode = m.mode.as_str(),
-                    message = ?m.message(config),
+                    gate_message = ?m.message(config),
                     until = %m.until.map(crate::state::persist::rfc3339).unwrap_or_default(),
                     generation,
                     "maintenance on: window {id} started"

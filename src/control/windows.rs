@@ -89,7 +89,7 @@ impl Control {
             starts_at = %rfc3339(window.starts_at),
             ends_at = %rfc3339(window.ends_at),
             mode = window.mode.as_str(),
-            message = ?message,
+            gate_message = ?message,
             started = window.started,
             generation = snapshot.decisions.generation,
             "window {id} planned"

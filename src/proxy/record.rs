@@ -40,11 +40,7 @@ impl Asked {
             .unwrap_or(0);
         Asked {
             method: request.method().clone(),
-            target: request
-                .uri()
-                .path_and_query()
-                .map_or("/", http::uri::PathAndQuery::as_str)
-                .to_owned(),
+            target: crate::access_log::target(request.uri().path(), request.uri().query()),
             version: request.version(),
             declared,
             at,

@@ -41,28 +41,37 @@ impl Browser {
             }
             panic!("the browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver), or SWITCHYARD_SKIP_BROWSER_TESTS=1");
         }
-        let mut driver = tokio::process::Command::new(CHROMEDRIVER)
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver");
-        let mut lines = tokio::io::BufReader::new(driver.stdout.take().unwrap()).lines();
-        let port: u16 = within(async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("chromedriver's port");
-                if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                    break rest.trim_end_matches('.').parse().unwrap();
+        // Under a loaded machine chromedriver now and then exits before it
+        // listens: it is started again, a few times at most.
+        let mut attempts = 0;
+        let (driver, port) = loop {
+            attempts += 1;
+            let mut driver = tokio::process::Command::new(CHROMEDRIVER)
+                .arg("--port=0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start chromedriver");
+            let mut lines = tokio::io::BufReader::new(driver.stdout.take().unwrap()).lines();
+            let port: Option<u16> = within(async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                        return rest.trim_end_matches('.').parse().ok();
+                    }
                 }
+                None
+            })
+            .await;
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            match port {
+                Some(port) => break (driver, port),
+                None => assert!(
+                    attempts < 3,
+                    "chromedriver exited before listening, {attempts} times"
+                ),
             }
-        })
-        .await;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        };
         let profile = TempDir::new();
         let driver_url = format!("http://127.0.0.1:{port}");
         let capabilities = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {

@@ -281,3 +281,40 @@ async fn sigusr1_reopens_the_access_log_and_json_logs_carry_the_audit() {
     }
     assert!(stderr_is_json);
 }
+
+#[tokio::test]
+async fn events_streams_take_at_most_half_the_admin_slots() {
+    let blue = Upstream::named("blue").await;
+    let config = config_text(&[blue.addr], &[blue.addr], "[admin]\nmax_connections = 2\n");
+    let proxy = Proxy::with_config(&config).await;
+    let open = |socket: std::path::PathBuf| async move {
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("/v1/events")
+            .header("host", "switchyard")
+            .body(full(""))
+            .unwrap();
+        within(sender.send_request(request)).await.unwrap()
+    };
+    let first = open(proxy.admin.clone()).await;
+    assert_eq!(first.status(), 200);
+    let (status, body) = admin_call(&proxy.admin, "GET", "/v1/events", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    // Calls still get through, and a closed stream frees its place.
+    let (status, _) = admin_call(&proxy.admin, "GET", "/v1/status", None).await;
+    assert_eq!(status, 200);
+    drop(first);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while open(proxy.admin.clone()).await.status() != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed stream's place never came free"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -57,11 +57,9 @@ impl<I: ClientIo> Engine<I> {
         self.logs_access().then(|| {
             let buf = self.input.unread();
             let head = &self.head;
-            let mut target = String::from_utf8_lossy(head.path.of(buf)).into_owned();
-            if let Some(query) = head.query {
-                target.push('?');
-                target.push_str(&String::from_utf8_lossy(query.of(buf)));
-            }
+            let path = String::from_utf8_lossy(head.path.of(buf));
+            let query = head.query.map(|q| String::from_utf8_lossy(q.of(buf)));
+            let target = crate::access_log::target(&path, query.as_deref());
             Started {
                 line: Some((head.method.clone(), target, head.version)),
                 at: Instant::now(),
