@@ -34,6 +34,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod events;
+pub mod gauges;
 pub mod origin;
 pub mod resource;
 pub mod routes;

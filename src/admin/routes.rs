@@ -21,7 +21,7 @@ use super::auth::Rights;
 use super::events::EventBody;
 use super::resource::Resource;
 use crate::control::{Control, ControlError, MaintenanceChange, Via};
-use crate::metrics::{CertGauges, ClusterGauges, Gauges, Metrics, PoolGauges, UpstreamGauges};
+use crate::metrics::Metrics;
 use crate::state::persist::rfc3339;
 use crate::state::schedule::whole_second;
 use crate::state::Snapshot;
@@ -411,7 +411,9 @@ impl Router {
     /// `GET /metrics`.
     fn metrics(&self) -> AdminResponse {
         let snapshot = self.control.state().load_full();
-        let text = self.metrics.render(&gauges(&snapshot, &self.control));
+        let text = self
+            .metrics
+            .render(&super::gauges::of(&snapshot, &self.control));
         let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
         response
             .headers_mut()
@@ -484,49 +486,6 @@ fn json(status: StatusCode, value: &impl Serialize) -> AdminResponse {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// What the snapshot says that `/metrics` shows as gauges.
-fn gauges(snapshot: &Snapshot, control: &Control) -> Gauges {
-    let pools = snapshot
-        .pools
-        .iter()
-        .map(|(name, pool)| PoolGauges {
-            name: name.clone(),
-            live: name == &snapshot.decisions.live_pool,
-            upstreams: pool
-                .upstreams
-                .iter()
-                .map(|upstream| UpstreamGauges {
-                    authority: upstream.authority.to_string(),
-                    healthy: upstream.is_healthy(),
-                    idle_connections: upstream.connections.len(),
-                })
-                .collect(),
-        })
-        .collect();
-    let certificates = snapshot
-        .config
-        .certificates()
-        .into_iter()
-        .map(|(listener, cert)| CertGauges {
-            listener,
-            path: cert.cert.display().to_string(),
-            not_after: cert.not_after,
-        })
-        .collect();
-    let cluster = control.fleet_status().map(|fleet| ClusterGauges {
-        instance: fleet.instance,
-        connected: fleet.connected,
-        instances: fleet.instances.len(),
-    });
-    Gauges {
-        maintenance: snapshot.decisions.maintenance.enabled,
-        generation: snapshot.decisions.generation,
-        pools,
-        certificates,
-        cluster,
-    }
 }
 
 #[cfg(test)]
