@@ -157,11 +157,11 @@ impl Proxy {
         self.metrics.observe_duration(started.elapsed());
         match (&self.access_log, asked) {
             (Some(log), Some(asked)) => {
+                served.status = response.status().as_u16();
                 let line = record::Line {
                     asked,
                     served,
                     client: client.addr,
-                    status: response.status().as_u16(),
                     request_id: id,
                 };
                 record::logged(response, log.clone(), line)

@@ -48,12 +48,39 @@ impl Asked {
     }
 }
 
-/// What became of it, besides its status.
+/// What became of a request, on either engine: what the access log says
+/// of it besides what was asked.
 #[derive(Debug, Default)]
 pub(super) struct Served {
+    /// The answer's status; 0 before there is one.
+    pub(super) status: u16,
+    /// Whether the gate answered.
     pub(super) gated: bool,
+    /// Where it was forwarded, once it was (only while the log is on).
     pub(super) pool: Option<Arc<Pool>>,
+    /// Who answered it (only while the log is on).
     pub(super) upstream: Option<Arc<Upstream>>,
+}
+
+impl Served {
+    /// Answered by the proxy itself with `status`.
+    pub(super) fn answered(status: http::StatusCode, gated: bool) -> Served {
+        Served {
+            status: status.as_u16(),
+            gated,
+            ..Served::default()
+        }
+    }
+
+    /// The pool's name, for the line.
+    pub(super) fn pool_name(&self) -> Option<&str> {
+        self.pool.as_ref().map(|p| p.name.as_str())
+    }
+
+    /// The upstream's address, for the line.
+    pub(super) fn upstream_name(&self) -> Option<&str> {
+        self.upstream.as_ref().map(|u| u.authority.as_str())
+    }
 }
 
 /// `response`, logged to `log` once its body is let go.
@@ -74,7 +101,6 @@ pub(super) struct Line {
     pub(super) asked: Asked,
     pub(super) served: Served,
     pub(super) client: std::net::SocketAddr,
-    pub(super) status: u16,
     pub(super) request_id: RequestId,
 }
 
@@ -117,7 +143,6 @@ impl Drop for Logged {
             asked,
             served,
             client,
-            status,
             request_id,
         } = &self.line;
         self.log.log(&Entry {
@@ -130,12 +155,12 @@ impl Drop for Logged {
                 Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            status: *status,
+            status: served.status,
             bytes_in: asked.declared,
             bytes_out: self.sent,
             duration: asked.at.elapsed(),
-            pool: served.pool.as_ref().map(|p| p.name.as_str()),
-            upstream: served.upstream.as_ref().map(|u| u.authority.as_str()),
+            pool: served.pool_name(),
+            upstream: served.upstream_name(),
             gate: served.gated,
             request_id: request_id.as_str(),
         });

@@ -34,12 +34,12 @@ use super::Serving;
 use crate::http1::write::Persistence;
 use crate::http1::{self, RequestHead, ResponseHead};
 use crate::metrics::Counted;
+use crate::proxy::record::Served;
 use crate::proxy::request_id::RequestId;
 use crate::proxy::{frontdoor, pass, ProxyError, Verdict};
 use crate::shutdown::Phase;
 use crate::state::gate::path;
 use answer::Answer;
-use record::Served;
 
 /// How much the input buffer reads at a time: a browser's request head,
 /// or a good piece of a body.

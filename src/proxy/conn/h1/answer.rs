@@ -8,11 +8,11 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::record::Served;
 use super::{ClientIo, Engine};
 use crate::http1::chunked::{Decoded, Decoder};
 use crate::http1::write::Persistence;
 use crate::http1::{self, Framing};
+use crate::proxy::record::Served;
 use crate::proxy::request_id::RequestId;
 use crate::proxy::ProxyError;
 use crate::shutdown::Phase;

@@ -1,16 +1,15 @@
 //! What the access log says of each request on an HTTP/1 connection: what
-//! was asked, taken while its head is still in the buffer, and what became
-//! of it. Nothing is copied while the access log is off.
+//! was asked, taken while its head is still in the buffer; what became of
+//! it is the engine's `Served` (`proxy::record`), shared with HTTP/2.
+//! Nothing is copied while the access log is off.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{Method, StatusCode, Version};
+use http::{Method, Version};
 use tokio::time::Instant;
 
 use super::{ClientIo, Engine};
 use crate::access_log::Entry;
-use crate::upstream::{Pool, Upstream};
 
 /// A request as it began.
 pub(super) struct Started {
@@ -20,30 +19,6 @@ pub(super) struct Started {
     /// The connection's byte counts then.
     used: u64,
     sent: u64,
-}
-
-/// What became of a request.
-#[derive(Debug, Default)]
-pub(super) struct Served {
-    /// The answer's status; 0 before there is one.
-    pub(super) status: u16,
-    /// Whether the gate answered.
-    pub(super) gated: bool,
-    /// Where it was forwarded, once it was (only while the log is on).
-    pub(super) pool: Option<Arc<Pool>>,
-    /// Who answered it (only while the log is on).
-    pub(super) upstream: Option<Arc<Upstream>>,
-}
-
-impl Served {
-    /// Answered by the proxy itself with `status`.
-    pub(super) fn answered(status: StatusCode, gated: bool) -> Served {
-        Served {
-            status: status.as_u16(),
-            gated,
-            ..Served::default()
-        }
-    }
 }
 
 impl<I: ClientIo> Engine<I> {
@@ -98,7 +73,6 @@ impl<I: ClientIo> Engine<I> {
             None => ("-", "-", "-"),
         };
         let served = &self.served;
-        let upstream = served.upstream.as_ref().map(|u| u.authority.as_str());
         log.log(&Entry {
             time: SystemTime::now(),
             client: self.serving.client.addr,
@@ -110,8 +84,8 @@ impl<I: ClientIo> Engine<I> {
             bytes_in: self.input.used.saturating_sub(started.used),
             bytes_out: self.sent - started.sent,
             duration: now.saturating_duration_since(started.at),
-            pool: served.pool.as_ref().map(|p| p.name.as_str()),
-            upstream,
+            pool: served.pool_name(),
+            upstream: served.upstream_name(),
             gate: served.gated,
             request_id: self.request_id.as_str(),
         });
