@@ -48,7 +48,7 @@ use crate::state::gate::{path, Gate};
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::{Pool, Upstream};
 use forward::Outgoing;
-use record::{Asked, Served};
+use record::{Asked, Pending, Served};
 use request_id::{RequestId, X_REQUEST_ID};
 
 /// Which pool a listener routes to.
@@ -123,51 +123,40 @@ impl Proxy {
         let id_field = id.header_value();
         // Every copy the client sent goes: the upstream reads one id.
         request.headers_mut().insert(X_REQUEST_ID, id_field.clone());
-        let asked = self
-            .access_log
-            .as_ref()
-            .map(|_| Asked::of(&request, started));
-        let mut served = Served::default();
+        let mut pending = Pending::start(self.access_log.as_ref(), || record::Line {
+            asked: Asked::of(&request, started),
+            served: Served::default(),
+            client: client.addr,
+            request_id: id.clone(),
+        });
         let mut response = match self.route(&mut request, client) {
             // An unread body goes with its stream, which hyper resets.
             Ok(Routing::Answered(response)) => response,
             Ok(Routing::Gated(response)) => {
-                served.gated = true;
+                pending.note(|served| served.gated = true);
                 response
             }
             Ok(Routing::Forward(destination)) => {
+                pending.note(|served| served.pool = Some(destination.pool.clone()));
                 // Boxed: forwarding's state is kilobytes, and hyper moves
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once (see
                 // `boxed_forward` for why boxing takes a function).
                 let response = match self.boxed_forward(request, client, &destination).await {
                     Ok((response, upstream)) => {
-                        served.upstream = asked.as_ref().map(|_| upstream);
+                        pending.note(|served| served.upstream = Some(upstream));
                         response
                     }
                     Err(error) => self.failed(error, version, client, &id),
                 };
                 destination.pool.requests.count(response.status());
-                served.pool = asked.as_ref().map(|_| destination.pool);
                 response
             }
             Err(error) => self.failed(error, version, client, &id),
         };
         response.headers_mut().insert(X_REQUEST_ID, id_field);
         self.metrics.observe_duration(started.elapsed());
-        match (&self.access_log, asked) {
-            (Some(log), Some(asked)) => {
-                served.status = response.status().as_u16();
-                let line = record::Line {
-                    asked,
-                    served,
-                    client: client.addr,
-                    request_id: id,
-                };
-                record::logged(response, log.clone(), line)
-            }
-            _ => response,
-        }
+        pending.answered(response)
     }
 
     /// [`Proxy::forward`]'s future, boxed. Boxing it in a plain function

@@ -83,16 +83,49 @@ impl Served {
     }
 }
 
-/// `response`, logged to `log` once its body is let go.
-pub(super) fn logged(response: Response<Body>, log: Arc<AccessLog>, line: Line) -> Response<Body> {
-    response.map(|body| {
-        Body::from_source(Box::new(Logged {
-            body,
-            log,
-            line,
-            sent: 0,
-        }))
-    })
+/// A request's line while its answer is being made, if the access log is
+/// on. A client that goes first (its stream reset, its connection closed)
+/// drops the request's future, and with it this: the line is then written
+/// with status 0, as the upstream may well have had the request.
+#[derive(Debug)]
+pub(super) struct Pending(Option<(Arc<AccessLog>, Line)>);
+
+impl Pending {
+    /// The line `line` makes, if there is a `log` to write it to.
+    pub(super) fn start(log: Option<&Arc<AccessLog>>, line: impl FnOnce() -> Line) -> Pending {
+        Pending(log.map(|log| (log.clone(), line())))
+    }
+
+    /// Records what became of the request so far, if it is logged.
+    pub(super) fn note(&mut self, what: impl FnOnce(&mut Served)) {
+        if let Some((_, line)) = &mut self.0 {
+            what(&mut line.served);
+        }
+    }
+
+    /// `response`, logged once its body is let go.
+    pub(super) fn answered(mut self, response: Response<Body>) -> Response<Body> {
+        let Some((log, mut line)) = self.0.take() else {
+            return response;
+        };
+        line.served.status = response.status().as_u16();
+        response.map(|body| {
+            Body::from_source(Box::new(Logged {
+                body,
+                log,
+                line,
+                sent: 0,
+            }))
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((log, line)) = &self.0 {
+            line.write(log, 0);
+        }
+    }
 }
 
 /// Everything the line says but the bytes sent.
@@ -139,13 +172,20 @@ impl http_body::Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        self.line.write(&self.log, self.sent);
+    }
+}
+
+impl Line {
+    /// Writes the line to `log`, `sent` answer body bytes having gone out.
+    fn write(&self, log: &AccessLog, sent: u64) {
         let Line {
             asked,
             served,
             client,
             request_id,
-        } = &self.line;
-        self.log.log(&Entry {
+        } = self;
+        log.log(&Entry {
             time: SystemTime::now(),
             client: *client,
             method: asked.method.as_str(),
@@ -157,7 +197,7 @@ impl Drop for Logged {
             },
             status: served.status,
             bytes_in: asked.declared,
-            bytes_out: self.sent,
+            bytes_out: sent,
             duration: asked.at.elapsed(),
             pool: served.pool_name(),
             upstream: served.upstream_name(),

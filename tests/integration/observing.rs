@@ -237,6 +237,63 @@ async fn http2_requests_are_logged_with_their_answer_s_bytes() {
 }
 
 #[tokio::test]
+async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0() {
+    // The upstream has the request but never answers it; probes it does.
+    let blue = Upstream::start(|request| async move {
+        if request
+            .headers()
+            .get("user-agent")
+            .is_some_and(|ua| ua == PROBE)
+        {
+            return text("ok");
+        }
+        std::future::pending().await
+    })
+    .await;
+    let config = config_text(
+        &[blue.addr],
+        &[blue.addr],
+        "[log]\nformat = \"json\"\naccess = \"access.log\"\n",
+    );
+    let proxy = Proxy::with_config(&config).await;
+
+    // HTTP/2: the stream is reset once the upstream has the request.
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = within(client.ready()).await.unwrap();
+    let request = Request::get(format!("http://{}/left-h2", proxy.addr))
+        .header("x-request-id", "gone-on-h2")
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    eventually("the upstream has the HTTP/2 request", || blue.hits() == 1).await;
+    drop(answer);
+    let lines = access_lines(&proxy.dir().join("access.log"), 1).await;
+    let entry: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(entry["status"], 0, "{entry}");
+    assert_eq!(entry["target"], "/left-h2");
+    assert_eq!(entry["pool"], "blue");
+    assert_eq!(entry["request_id"], "gone-on-h2");
+    drop(client);
+    connection.abort();
+
+    // HTTP/1.1: the connection is closed instead.
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /left-h1 HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-on-h1\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the upstream has the HTTP/1 request", || blue.hits() == 2).await;
+    drop(tcp);
+    let lines = access_lines(&proxy.dir().join("access.log"), 2).await;
+    let entry: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(entry["status"], 0, "{entry}");
+    assert_eq!(entry["target"], "/left-h1");
+    assert_eq!(entry["pool"], "blue");
+    assert_eq!(entry["request_id"], "gone-on-h1");
+}
+
+#[tokio::test]
 async fn sigusr1_reopens_the_access_log_and_json_logs_carry_the_audit() {
     let blue = Upstream::named("blue").await;
     let config = format!(
