@@ -118,6 +118,7 @@ impl Proxy {
     async fn handle(&self, mut request: Request<Incoming>, client: &Client) -> Response<Body> {
         let started = Instant::now();
         let version = request.version();
+        let head = request.method() == Method::HEAD;
         let sent_id = request.headers().get(X_REQUEST_ID);
         let id = RequestId::keep_or_make(sent_id.map(HeaderValue::as_bytes));
         let id_field = id.header_value();
@@ -129,6 +130,7 @@ impl Proxy {
             client: client.addr,
             request_id: id.clone(),
         });
+        let mut from_upstream = false;
         let mut response = match self.route(&mut request, client) {
             // An unread body goes with its stream, which hyper resets.
             Ok(Routing::Answered(response)) => response,
@@ -144,6 +146,7 @@ impl Proxy {
                 // `boxed_forward` for why boxing takes a function).
                 let response = match self.boxed_forward(request, client, &destination).await {
                     Ok((response, upstream)) => {
+                        from_upstream = true;
                         pending.note(|served| served.upstream = Some(upstream));
                         response
                     }
@@ -154,6 +157,12 @@ impl Proxy {
             }
             Err(error) => self.failed(error, version, client, &id),
         };
+        if head && !from_upstream {
+            // The proxy's own answers are written with their body; an
+            // HTTP/2 client reads one after HEAD as a protocol error.
+            // (The upstream's answer to HEAD has none already.)
+            *response.body_mut() = Body::empty();
+        }
         response.headers_mut().insert(X_REQUEST_ID, id_field);
         self.metrics.observe_duration(started.elapsed());
         pending.answered(response)

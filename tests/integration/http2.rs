@@ -201,3 +201,31 @@ async fn an_answer_before_the_upload_ends_is_passed_on_and_its_connection_droppe
         "the connection whose upload was cut short served another request"
     );
 }
+
+#[tokio::test]
+async fn a_head_request_gets_the_proxy_s_own_answers_without_a_body() {
+    let upstream = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
+    let mut client = h2_client(&proxy).await;
+    let head = |path: &str| {
+        Request::head(format!("http://a.example{path}"))
+            .body(())
+            .unwrap()
+    };
+
+    // A reserved path, a path refused, then the gate's 503.
+    let (status, headers, body) = exchange_h2(&mut client, head("/.switchyard/none"), &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(body.unwrap(), b"", "{headers:?}");
+    let (status, _, body) = exchange_h2(&mut client, head("/a%00b"), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(body.unwrap(), b"");
+    let (status, _) = proxy
+        .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))
+        .await;
+    assert_eq!(status, 200);
+    let (status, headers, body) = exchange_h2(&mut client, head("/page"), &[]).await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(body.unwrap(), b"");
+}
