@@ -18,7 +18,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
 use crate::bypass::BypassKey;
-use crate::config::{Config, Maintenance};
+use crate::config::{Config, Maintenance, MAX_RETRY_AFTER};
 use crate::metrics::Metrics;
 use crate::upstream::Pool;
 pub use gate::Gate;
@@ -340,9 +340,11 @@ impl SharedState {
     }
 }
 
-/// The whole seconds from `now` until `until`, rounded up, and at least 1.
+/// The whole seconds from `now` until `until`, rounded up, at least 1 and
+/// at most [`MAX_RETRY_AFTER`]: an end months away is still a `Retry-After`
+/// no client should take literally.
 pub fn seconds_left(until: SystemTime, now: SystemTime) -> Duration {
     let left = until.duration_since(now).unwrap_or_default();
     let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-    Duration::from_secs(seconds.max(1))
+    Duration::from_secs(seconds.clamp(1, MAX_RETRY_AFTER.as_secs()))
 }

@@ -10,7 +10,7 @@ pub mod page;
 pub mod path;
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
@@ -48,6 +48,9 @@ struct Page {
     body: Bytes,
     headers: HeaderMap,
     http1: Vec<u8>,
+    /// For a configured HTML page that shows the time left, while the
+    /// gate has an end: the body as the seconds go.
+    countdown: Option<page::Countdown>,
 }
 
 impl Page {
@@ -68,6 +71,15 @@ impl Page {
             body,
             headers,
             http1,
+            countdown: None,
+        }
+    }
+
+    /// Its body with `left` until the gate's end, if it has one.
+    fn body(&self, left: Option<Duration>) -> Bytes {
+        match (&self.countdown, left) {
+            (Some(countdown), Some(left)) => countdown.page(left),
+            _ => self.body.clone(),
         }
     }
 }
@@ -83,17 +95,26 @@ impl Gate {
     ) -> Gate {
         let message = state.message(config);
         let json = serde_json::json!({ "message": message }).to_string();
-        let retry_after = HeaderValue::from(state.retry_after(config).as_secs());
+        let retry_after_now = state.retry_after_now(config, SystemTime::now());
+        let retry_after = HeaderValue::from(retry_after_now.as_secs());
         let values = page::Values {
             message,
-            retry_after: state.retry_after(config),
+            retry_after: retry_after_now,
             until: state.until,
             window: window.map(|w| (w.starts_at, w.ends_at)),
         };
-        let html = match &config.html_page {
-            Some(template) => page::render(&String::from_utf8_lossy(&template.body), &values),
+        let template = config
+            .html_page
+            .as_ref()
+            .map(|page| String::from_utf8_lossy(&page.body));
+        let html_body = Bytes::from(match &template {
+            Some(template) => page::render(template, &values),
             None => page::built_in(&values),
-        };
+        });
+        let mut html = Page::new(html_body, "text/html; charset=utf-8", &retry_after);
+        html.countdown = template
+            .as_ref()
+            .and_then(|template| page::Countdown::of(template, &values, &html.body));
         Gate {
             allow_paths: config.allow_paths.clone(),
             bypass_cidrs: config.bypass_cidrs.clone(),
@@ -101,7 +122,7 @@ impl Gate {
             until: state.until,
             bypass: bypass.cloned(),
             json: Page::new(Bytes::from(json), "application/json", &retry_after),
-            html: Page::new(Bytes::from(html), "text/html; charset=utf-8", &retry_after),
+            html,
         }
     }
 
@@ -131,11 +152,11 @@ impl Gate {
     /// The 503 for a client that sent `accept`.
     pub fn response(&self, accept: Option<&HeaderValue>) -> Response<Body> {
         let page = self.page(accept.map(HeaderValue::as_bytes));
-        let mut response = Response::new(Body::full(page.body.clone()));
+        let left = self.left();
+        let mut response = Response::new(Body::full(page.body(left)));
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         *response.headers_mut() = page.headers.clone();
-        if let Some(until) = self.until {
-            let left = seconds_left(until, SystemTime::now());
+        if let Some(left) = left {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(left.as_secs()));
@@ -145,6 +166,12 @@ impl Gate {
 }
 
 impl Gate {
+    /// The whole seconds left until the gate's end, if it has one.
+    fn left(&self) -> Option<Duration> {
+        self.until
+            .map(|until| seconds_left(until, SystemTime::now()))
+    }
+
     /// The page for a client that sent `accept`.
     fn page(&self, accept: Option<&[u8]>) -> &Page {
         if accept.is_some_and(prefers_html) {
@@ -172,14 +199,14 @@ impl Gate {
             return;
         }
         let mut headers = page.headers.clone();
-        if let Some(until) = self.until {
-            let left = seconds_left(until, SystemTime::now());
+        let left = self.left();
+        if let Some(left) = left {
             headers.insert(RETRY_AFTER, HeaderValue::from(left.as_secs()));
         }
         http1::write::answer(
             StatusCode::SERVICE_UNAVAILABLE,
             &headers,
-            &page.body,
+            &page.body(left),
             request,
             persistence,
             out,

@@ -157,7 +157,8 @@ async fn the_configured_page_shows_what_the_operator_said_escaped() {
     let page = page_for_a_browser(&proxy).await;
     assert_eq!(
         page,
-        "<p>Back by 10:30 &lt;script&gt;alert(1)&lt;/script&gt;</p><p>back 2099-01-01T10:30:00Z, retry in 10m (600 s)</p><p></p><script>var t = {{other}};</script>"
+        "<p>Back by 10:30 &lt;script&gt;alert(1)&lt;/script&gt;</p><p>back 2099-01-01T10:30:00Z, retry in 7days (604800 s)</p><p></p><script>var t = {{other}};</script>",
+        "with an end, the time left, at most a week as in Retry-After"
     );
 
     // A window's page names the window.
@@ -175,6 +176,45 @@ async fn the_configured_page_shows_what_the_operator_said_escaped() {
     let page = page_for_a_browser(&proxy).await;
     assert!(page.contains("<p>Planned</p>"), "{page}");
     assert!(page.contains("to 2099-01-01T00:00:00Z</p>"), "{page}");
+}
+
+#[tokio::test]
+async fn a_configured_page_counts_down_with_retry_after_to_the_gate_s_end() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write("down.html", "<p>back in {{retry_after_s}} s</p>");
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[maintenance]\nhtml_page = \"down.html\"\nretry_after = \"10m\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let body = format!(r#"{{"enabled": true, "until": "{}"}}"#, rfc3339_in(120));
+    let (status, doc) = proxy.admin("PUT", "/v1/maintenance", Some(&body)).await;
+    assert_eq!(status, 200, "{doc}");
+    // The page and the header say the same, and both count down.
+    let page_and_header = || async {
+        let request = Request::get(proxy.url("/"))
+            .header("accept", BROWSER)
+            .body(full(""))
+            .unwrap();
+        let (status, headers, page) = send(request).await;
+        assert_eq!(status, 503);
+        let left: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        (page, left)
+    };
+    let (page, left) = page_and_header().await;
+    assert!((100..=120).contains(&left), "{left}");
+    assert_eq!(page, format!("<p>back in {left} s</p>"));
+    until("the page counts down", || async {
+        let (page, now_left) = page_and_header().await;
+        assert_eq!(page, format!("<p>back in {now_left} s</p>"));
+        now_left < left
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The HTML page of the gate's 503, for browsers: the configured
 //! `maintenance.html_page` with its placeholders filled in, or a plain
-//! built-in page. Built once per change of the gate, never per request.
+//! built-in page. Built once per change of the gate, and once a second
+//! while a configured page counts down to the gate's end ([`Countdown`]).
 //!
 //! Placeholders, each replaced by its value HTML-escaped (spaces inside
 //! the braces allowed, any other `{{...}}` left as it is):
@@ -13,7 +14,11 @@
 //! | `{{until}}` | when the gate turns itself off (RFC 3339), or empty |
 //! | `{{window}}` | the running window, `STARTS to ENDS` (RFC 3339), or empty |
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
 
 use super::super::persist::rfc3339;
 
@@ -48,21 +53,107 @@ impl Values<'_> {
 /// `template` with every placeholder replaced by its escaped value.
 pub fn render(template: &str, values: &Values<'_>) -> String {
     let mut out = String::with_capacity(template.len() + values.message.len());
-    let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open + 2..].find("}}") else {
-            break;
-        };
-        let name = rest[open + 2..open + 2 + close].trim();
-        out.push_str(&rest[..open]);
-        match values.of(name) {
-            Some(value) => escape_into(&value, &mut out),
-            None => out.push_str(&rest[open..open + close + 4]),
+    for piece in pieces(template) {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Braced { name, whole } => match values.of(name) {
+                Some(value) => escape_into(&value, &mut out),
+                None => out.push_str(whole),
+            },
         }
-        rest = &rest[open + close + 4..];
     }
-    out.push_str(rest);
     out
+}
+
+/// A configured page that shows the time left (`{{retry_after}}`,
+/// `{{retry_after_s}}`) while the gate has an end: rendered again for each
+/// new second left, by the first request that finds it stale, so that it
+/// says what the `Retry-After` beside it says. (The built-in page shows the
+/// end itself, which needs no counting.)
+#[derive(Debug)]
+pub struct Countdown {
+    template: String,
+    message: String,
+    until: SystemTime,
+    window: Option<(SystemTime, SystemTime)>,
+    /// The whole seconds left it was last rendered for, and that page.
+    last: ArcSwap<(u64, Bytes)>,
+}
+
+impl Countdown {
+    /// `None` unless `template` shows the time left and `values` has an
+    /// end. `first` is the page as rendered from `values`.
+    pub fn of(template: &str, values: &Values<'_>, first: &Bytes) -> Option<Countdown> {
+        let until = values.until?;
+        let counts = pieces(template).any(
+            |piece| matches!(piece, Piece::Braced { name, .. } if name.starts_with("retry_after")),
+        );
+        counts.then(|| Countdown {
+            template: template.to_owned(),
+            message: values.message.to_owned(),
+            until,
+            window: values.window,
+            last: ArcSwap::from_pointee((values.retry_after.as_secs(), first.clone())),
+        })
+    }
+
+    /// The page with `left` to go (whole seconds).
+    pub fn page(&self, left: Duration) -> Bytes {
+        let last = self.last.load();
+        if last.0 == left.as_secs() {
+            return last.1.clone();
+        }
+        let values = Values {
+            message: &self.message,
+            retry_after: left,
+            until: Some(self.until),
+            window: self.window,
+        };
+        let page = Bytes::from(render(&self.template, &values));
+        self.last.store(Arc::new((left.as_secs(), page.clone())));
+        page
+    }
+}
+
+/// A stretch of a template: text, or `{{ name }}` (which may not be a
+/// placeholder at all).
+enum Piece<'a> {
+    Text(&'a str),
+    Braced { name: &'a str, whole: &'a str },
+}
+
+/// `template` in pieces, in order.
+fn pieces(template: &str) -> impl Iterator<Item = Piece<'_>> {
+    let mut rest = template;
+    let mut braced_next = None;
+    std::iter::from_fn(move || {
+        if let Some(piece) = braced_next.take() {
+            return Some(piece);
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        let braced = rest.find("{{").and_then(|open| {
+            let close = rest[open + 2..].find("}}")?;
+            Some((open, open + close + 4))
+        });
+        let Some((open, end)) = braced else {
+            return Some(Piece::Text(std::mem::take(&mut rest)));
+        };
+        let whole = &rest[open..end];
+        let text = &rest[..open];
+        rest = &rest[end..];
+        let piece = Piece::Braced {
+            name: whole[2..whole.len() - 2].trim(),
+            whole,
+        };
+        if text.is_empty() {
+            Some(piece)
+        } else {
+            braced_next = Some(piece);
+            Some(Piece::Text(text))
+        }
+    })
 }
 
 /// The page browsers get when no `maintenance.html_page` is configured:
@@ -165,5 +256,20 @@ mod tests {
             ..values("x")
         });
         assert!(page.contains("try again in 10m."), "{page}");
+    }
+
+    #[test]
+    fn a_page_that_shows_the_time_left_counts_down_to_the_end() {
+        let first = Bytes::from_static(b"first");
+        let counting = Countdown::of("{{retry_after_s}}s: {{message}}", &values("x"), &first);
+        let counting = counting.expect("a page with the time left and an end counts down");
+        assert_eq!(counting.page(Duration::from_secs(600)), first);
+        assert_eq!(counting.page(Duration::from_secs(599)), "599s: x");
+        assert!(Countdown::of("{{message}} {{until}}", &values("x"), &first).is_none());
+        let no_end = Values {
+            until: None,
+            ..values("x")
+        };
+        assert!(Countdown::of("{{retry_after}}", &no_end, &first).is_none());
     }
 }
