@@ -128,7 +128,7 @@ impl Proxy {
             asked: Asked::of(&request, started),
             served: Served::default(),
             client: client.addr,
-            request_id: id.clone(),
+            request_id: id,
         });
         let mut from_upstream = false;
         let mut response = match self.route(&mut request, client) {
