@@ -295,8 +295,19 @@ impl Validator<'_> {
         }
     }
 
-    /// With `on_disk`, records a problem unless `file`'s directory exists.
-    fn directory_exists(&mut self, key: &str, file: &Path, span: Option<Range<usize>>) {
+    /// With `on_disk`, records a problem unless `file` could be made: its
+    /// directory exists, and it is not a directory itself.
+    fn file_can_be(&mut self, key: &str, file: &Path, span: Option<Range<usize>>) {
+        if self.on_disk && file.is_dir() {
+            self.problem(
+                span,
+                format!(
+                    "{key}: {} is a directory; name a file (in it, for example)",
+                    file.display()
+                ),
+            );
+            return;
+        }
         let dir = match file.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),

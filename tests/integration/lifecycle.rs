@@ -190,9 +190,9 @@ async fn a_demo_whose_terminal_closes_stops() {
 }
 
 #[tokio::test]
-async fn check_refuses_directories_that_do_not_exist() {
+async fn check_refuses_files_that_cannot_be_made() {
     let dir = TempDir::new();
-    let text = "[admin]\nsocket = \"gone/admin.sock\"\n[state]\nfile = \"/nonexistent-volume/state.json\"\n[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n";
+    let text = "[admin]\nsocket = \"gone/admin.sock\"\n[state]\nfile = \"/nonexistent-volume/state.json\"\n[log]\naccess = \".\"\n[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\n";
     let path = dir.write("dirs.toml", text);
     let (code, stdout, stderr) = check(&path).await;
     assert_eq!(code, 1, "{stdout}");
@@ -205,6 +205,10 @@ async fn check_refuses_directories_that_do_not_exist() {
         stderr.contains(&format!(
             "{p}:4:8: state.file: the directory /nonexistent-volume does not exist"
         )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{p}:6:10: log.access: ")) && stderr.contains(" is a directory;"),
         "{stderr}"
     );
 }

@@ -24,7 +24,7 @@ impl Validator<'_> {
             Some(file) => self.path("state.file", file),
             None => self.base.join(DEFAULT_STATE_FILE),
         };
-        self.directory_exists("state.file", &file, given.map(Spanned::span));
+        self.file_can_be("state.file", &file, given.map(Spanned::span));
         let initial = section.and_then(|s| s.initial_pool.as_ref());
         let initial_pool = initial
             .map(|p| p.get_ref().clone())

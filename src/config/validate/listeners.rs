@@ -155,7 +155,7 @@ impl Validator<'_> {
             Some(socket) => self.path("admin.socket", socket),
             None => self.base.join(DEFAULT_ADMIN_SOCKET),
         };
-        self.directory_exists("admin.socket", &socket, given.map(Spanned::span));
+        self.file_can_be("admin.socket", &socket, given.map(Spanned::span));
         let bind = section
             .and_then(|s| s.bind.as_ref())
             .map(|b| (b.span(), self.socket_addr("admin.bind", b)));

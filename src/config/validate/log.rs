@@ -28,7 +28,7 @@ impl Validator<'_> {
                 "stderr" => AccessLog::Stderr,
                 _ => {
                     let path = self.path("log.access", access);
-                    self.directory_exists("log.access", &path, Some(access.span()));
+                    self.file_can_be("log.access", &path, Some(access.span()));
                     AccessLog::File(path)
                 }
             },
