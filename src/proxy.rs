@@ -131,7 +131,7 @@ impl Proxy {
             request_id: id,
         });
         let mut from_upstream = false;
-        let mut response = match self.route(&mut request, client) {
+        let mut response = match self.route(&mut request, client, &id) {
             // An unread body goes with its stream, which hyper resets.
             Ok(Routing::Answered(response)) => response,
             Ok(Routing::Gated(response)) => {
@@ -196,7 +196,8 @@ impl Proxy {
 
     /// Checks the request's head and decides, from the one state load of
     /// this request, whether the proxy answers it itself (redirect to
-    /// HTTPS, maintenance gate) or which pool it goes to.
+    /// HTTPS, a reserved path, maintenance gate; its errors name request
+    /// `id`) or which pool it goes to.
     ///
     /// The path is normalized first (see [`path`]), and the request goes on
     /// with the path the gate read.
@@ -204,6 +205,7 @@ impl Proxy {
         &self,
         request: &mut Request<Incoming>,
         client: &Client,
+        id: &RequestId,
     ) -> Result<Routing, ProxyError> {
         let target = frontdoor::check(request.method(), request.uri(), request.headers())?;
         if let Some(normalized) =
@@ -232,6 +234,7 @@ impl Proxy {
             }
             Verdict::Reserved => {
                 return Ok(Routing::Answered(pass::answer(
+                    id,
                     request.method(),
                     request.uri().path(),
                     request.uri().query(),

@@ -247,9 +247,15 @@ impl From<crate::http1::HeadError> for ProxyError {
     }
 }
 
-/// A `{"error": {"code", "message"}}` answer.
-pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_body(status, ErrorDocument::new(code, message).to_json())
+/// A `{"error": {"code", "message", "request_id"}}` answer to request `id`.
+pub fn json_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    id: &RequestId,
+) -> Response<Body> {
+    let document = ErrorDocument::new(code, message).with_request_id(id.as_str());
+    json_body(status, document.to_json())
 }
 
 /// An answer with a JSON `body`, not to be stored.

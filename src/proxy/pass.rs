@@ -11,6 +11,7 @@ use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, LOCATION, SET_COOKIE};
 use http::{Method, Response, StatusCode};
 
 use super::error::json_response;
+use super::request_id::RequestId;
 use crate::body::Body;
 use crate::bypass::{self, BypassKey};
 
@@ -34,10 +35,11 @@ fn is_browser_path(path: &str) -> bool {
     segments == [".switchyard", "bypass"]
 }
 
-/// The answer to a request for a reserved path: for the browser path,
+/// The answer to request `id` for a reserved path: for the browser path,
 /// under `key` (`None` without `maintenance.bypass_secret_file`; `https`
 /// marks the cookie `Secure`); for any other, 404.
 pub fn answer(
+    id: &RequestId,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -49,6 +51,7 @@ pub fn answer(
             StatusCode::NOT_FOUND,
             "not_found",
             "paths under /.switchyard/ are the proxy's; the browser path is /.switchyard/bypass?token=TOKEN",
+            id,
         );
     }
     if !matches!(*method, Method::GET | Method::HEAD) {
@@ -56,6 +59,7 @@ pub fn answer(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "the bypass path takes GET",
+            id,
         );
         response
             .headers_mut()
@@ -67,6 +71,7 @@ pub fn answer(
             StatusCode::NOT_FOUND,
             "bypass_not_configured",
             "bypass tokens are not configured on this proxy",
+            id,
         );
     };
     let token = query.and_then(|query| {
@@ -81,6 +86,7 @@ pub fn answer(
             StatusCode::FORBIDDEN,
             "invalid_bypass_token",
             "the bypass token is missing, invalid or expired; ask for a new one",
+            id,
         );
     };
     let mut response = Response::new(Body::empty());

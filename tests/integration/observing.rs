@@ -99,6 +99,31 @@ async fn every_error_body_names_the_request_id() {
         "{answer}"
     );
 
+    // So do the answers on the proxy's own paths, over both protocols.
+    let reserved = Request::get(proxy.url("/.switchyard/else"))
+        .header("x-request-id", "mine-1")
+        .body(full(""))
+        .unwrap();
+    let (status, _, body) = send(reserved).await;
+    assert_eq!(status, 404);
+    assert!(body.contains(r#""request_id":"mine-1""#), "{body}");
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = within(client.ready()).await.unwrap();
+    let reserved = Request::get(format!("http://{}/.switchyard/else", proxy.addr))
+        .header("x-request-id", "mine-2")
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(reserved, true).unwrap();
+    let mut body = within(answer).await.unwrap().into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = within(body.data()).await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains(r#""request_id":"mine-2""#), "{text}");
+
     // The gate's answer carries it in its head.
     let (status, _) = proxy
         .admin("PUT", "/v1/maintenance", Some(r#"{"enabled": true}"#))

@@ -483,6 +483,7 @@ impl<I: ClientIo> Engine<I> {
                 )))
             }
             Verdict::Reserved => Decision::Answer(Box::new(pass::answer(
+                &self.request_id,
                 &head.method,
                 path,
                 query,
