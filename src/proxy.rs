@@ -150,7 +150,14 @@ impl Proxy {
                         pending.note(|served| served.upstream = Some(upstream));
                         response
                     }
-                    Err(error) => self.failed(error, version, client, &id),
+                    Err(error) => {
+                        pending.note(|served| {
+                            let at = error.upstream();
+                            served.upstream =
+                                at.and_then(|at| destination.pool.upstream_at(at)).cloned();
+                        });
+                        self.failed(error, version, client, &id)
+                    }
                 };
                 destination.pool.requests.count(response.status());
                 response

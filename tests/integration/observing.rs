@@ -319,6 +319,42 @@ async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0()
 }
 
 #[tokio::test]
+async fn an_upstream_that_fails_an_http2_request_is_named_in_its_line() {
+    let blue = Upstream::start(|request| async move {
+        if request
+            .headers()
+            .get("user-agent")
+            .is_some_and(|ua| ua == PROBE)
+        {
+            return text("ok");
+        }
+        std::future::pending().await
+    })
+    .await;
+    let config = config_text(
+        &[blue.addr],
+        &[blue.addr],
+        "[timeouts]\nupstream = \"100ms\"\n[log]\nformat = \"json\"\naccess = \"access.log\"\n",
+    );
+    let proxy = Proxy::with_config(&config).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = within(client.ready()).await.unwrap();
+    let request = Request::get(format!("http://{}/slow", proxy.addr))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let answer = within(answer).await.unwrap();
+    assert_eq!(answer.status(), 504);
+    drop(answer);
+    let lines = access_lines(&proxy.dir().join("access.log"), 1).await;
+    let entry: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(entry["status"], 504, "{entry}");
+    assert_eq!(entry["upstream"], blue.addr.to_string(), "{entry}");
+}
+
+#[tokio::test]
 async fn sigusr1_reopens_the_access_log_and_json_logs_carry_the_audit() {
     let blue = Upstream::named("blue").await;
     let config = format!(
