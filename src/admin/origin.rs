@@ -11,27 +11,40 @@
 //! affected.
 
 use http::header::{HOST, ORIGIN};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// Why a browser's request is refused, if it is. `tokenless`: whether the
 /// listener admits calls without a token (the unix socket), where the
 /// name the browser used must be loopback's.
 pub fn refusal(headers: &HeaderMap, tokenless: bool) -> Option<&'static str> {
-    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
-    if matches!(fetch_site, Some(b"cross-site" | b"same-site")) {
+    // Every copy counts, in any case: whatever relays the request may
+    // merge or re-case fields, and the check must not hinge on which copy
+    // the application would have read.
+    let fetch_sites = headers.get_all("sec-fetch-site");
+    let other_site = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
+    };
+    if fetch_sites.iter().any(other_site) {
         return Some("a page of another site may not call the admin API");
     }
     let host = headers.get(HOST).map(|v| v.as_bytes()).unwrap_or_default();
-    if let Some(origin) = headers.get(ORIGIN) {
+    let same_origin = |origin: &HeaderValue| {
         let origin = origin.as_bytes();
-        let authority = origin
-            .strip_prefix(b"http://")
-            .or_else(|| origin.strip_prefix(b"https://"));
-        if authority != Some(host) {
-            return Some("a page of another origin may not call the admin API");
-        }
+        let scheme = origin.iter().position(|&b| b == b':');
+        let authority = scheme
+            .filter(|&at| {
+                let scheme = &origin[..at];
+                scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")
+            })
+            .and_then(|at| origin[at..].strip_prefix(b"://"));
+        authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+    };
+    let origins = headers.get_all(ORIGIN);
+    if !origins.iter().all(same_origin) {
+        return Some("a page of another origin may not call the admin API");
     }
-    let from_browser = fetch_site.is_some() || headers.contains_key(ORIGIN);
+    let from_browser = fetch_sites.iter().next().is_some() || origins.iter().next().is_some();
     if tokenless && from_browser && !is_loopback_name(host) {
         return Some(
             "without a token, the admin API answers browsers only at a loopback address or localhost",
@@ -98,5 +111,27 @@ mod tests {
         ];
         assert!(refusal(&headers(&rebound), true).is_some());
         assert_eq!(refusal(&headers(&rebound), false), None);
+    }
+
+    #[test]
+    fn every_copy_is_read_in_any_case() {
+        let mut second_copies = headers(&[
+            ("host", "127.0.0.1:9901"),
+            ("origin", "http://127.0.0.1:9901"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        second_copies.append("sec-fetch-site", "Cross-Site".parse().unwrap());
+        assert!(refusal(&second_copies, false).is_some());
+        let mut second_copies = headers(&[("host", "127.0.0.1:9901")]);
+        second_copies.append("origin", "http://127.0.0.1:9901".parse().unwrap());
+        second_copies.append("origin", "http://evil.example".parse().unwrap());
+        assert!(refusal(&second_copies, false).is_some());
+        let recased = [
+            ("host", "LocalHost:9901"),
+            ("origin", "HTTP://localhost:9901"),
+        ];
+        assert_eq!(refusal(&headers(&recased), true), None);
+        let null = [("host", "127.0.0.1:9901"), ("origin", "null")];
+        assert!(refusal(&headers(&null), false).is_some());
     }
 }
