@@ -231,7 +231,7 @@ impl Router {
                     .ok_or(AdminError::TooManyStreams)
             }
             (&Method::GET | &Method::HEAD, Resource::Dashboard(path)) => {
-                Ok(super::dashboard::asset(path, &parts.method))
+                Ok(super::dashboard::asset(path))
             }
             (&Method::PATCH, Resource::ServiceContext) => {
                 self.service_context(required(self.read_body(body).await?)?, via)

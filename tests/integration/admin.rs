@@ -462,3 +462,38 @@ async fn a_read_token_equal_to_the_full_one_fails_check() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("admin.read_token_file"), "{err}");
 }
+
+#[tokio::test]
+async fn the_dashboard_s_files_answer_head_with_their_length_and_no_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = Upstream::named("blue").await;
+    let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
+    let mut stream = tokio::net::UnixStream::connect(&proxy.admin).await.unwrap();
+    // HEAD, then GET on the same connection: the GET's answer must begin
+    // right after the HEAD's head.
+    stream
+        .write_all(b"HEAD /dashboard.js HTTP/1.1\r\nHost: localhost\r\n\r\nGET /dashboard.js HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    within(stream.read_to_end(&mut answers)).await.unwrap();
+    let answers = String::from_utf8(answers).unwrap();
+    let (head_answer, rest) = answers.split_once("\r\n\r\n").unwrap();
+    assert!(head_answer.starts_with("HTTP/1.1 200"), "{head_answer}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200"),
+        "a body after HEAD: {rest:.80}"
+    );
+    let length = |head: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .expect("a content-length")
+    };
+    let (get_head, body) = rest.split_once("\r\n\r\n").unwrap();
+    assert_eq!(length(head_answer), length(get_head));
+    assert_eq!(length(get_head), body.len().to_string());
+}
