@@ -497,3 +497,47 @@ async fn the_dashboard_s_files_answer_head_with_their_length_and_no_body() {
     assert_eq!(length(head_answer), length(get_head));
     assert_eq!(length(get_head), body.len().to_string());
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_gives_its_admin_slot_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write("admin.token", "full-rights-token\n");
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\nmax_connections = 1\n\
+             [timeouts]\nsend = \"1s\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let addr = proxy.admin_tcp.expect("the TCP admin listener is bound");
+    // The one slot, taken by a client asking for megabytes of the
+    // dashboard's files (no token needed) and reading none of them.
+    let mut hog = TcpStream::connect(addr).await.unwrap();
+    let ask = format!("GET /dashboard.js HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(2000);
+    within(hog.write_all(ask.as_bytes())).await.unwrap();
+    // An operator gets in once the hog has been cut off.
+    until("an operator's call is answered", || async {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            return false;
+        };
+        let call = format!(
+            "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer full-rights-token\r\nConnection: close\r\n\r\n"
+        );
+        if stream.write_all(call.as_bytes()).await.is_err() {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            stream.read_to_end(&mut answer),
+        );
+        read.await.is_ok_and(|r| r.is_ok()) && answer.starts_with(b"HTTP/1.1 200")
+    })
+    .await;
+    drop(hog);
+}
