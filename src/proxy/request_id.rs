@@ -3,6 +3,7 @@
 //! request gets one made here. Either way it goes upstream, back to the
 //! client, into the access log and into every error body.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -48,21 +49,17 @@ impl RequestId {
         }
     }
 
-    /// A new id: 24 hex digits, 96 bits of a keyed hash (std's SipHash, keyed
-    /// at random once per process) of a counter. Keyed, so that nobody can
-    /// tell the id the next request will get, and send it on their own
-    /// request to muddle two requests' lines; 96 bits, so that ids repeat
-    /// within a run with negligible odds (about 10⁻⁹ after 10¹⁰ requests)
-    /// and across runs and instances as little.
+    /// A new id: 24 hex digits, 96 bits from the system's random
+    /// generator. Random, so that nobody can tell the id another request
+    /// will get and send it on their own to muddle two requests' lines; 96
+    /// bits, so that ids repeat with negligible odds (about 10⁻⁹ after 10¹⁰
+    /// requests), within a run and across runs and instances.
     pub fn make() -> RequestId {
-        use std::hash::BuildHasher;
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        static KEY: OnceLock<std::hash::RandomState> = OnceLock::new();
-        let key = KEY.get_or_init(std::hash::RandomState::new);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut id = RequestId::default();
-        hex(key.hash_one((n, 0u8)), &mut id.bytes[..16]);
-        hex(key.hash_one((n, 1u8)), &mut id.bytes[16..24]);
+        for (pair, byte) in id.bytes[..24].chunks_exact_mut(2).zip(random_bytes()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
         id.len = 24;
         id
     }
@@ -93,15 +90,58 @@ pub fn is_sane(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+=/@".contains(b))
 }
 
-/// The low `out.len() * 4` bits of `n` as lowercase hex (`out.len()` is
-/// even), two digits a step.
-fn hex(mut n: u64, out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for pair in out.rchunks_exact_mut(2) {
-        let byte = (n & 0xff) as usize;
-        pair[0] = DIGITS[byte >> 4];
-        pair[1] = DIGITS[byte & 0xf];
-        n >>= 8;
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// How many ids' worth of random bytes a thread fetches at once: one
+/// system call per 256 ids rather than one per id.
+const BATCH: usize = 256;
+
+thread_local! {
+    static RANDOM: RefCell<Batch> = const {
+        RefCell::new(Batch {
+            bytes: [0; 12 * BATCH],
+            next: 12 * BATCH,
+        })
+    };
+}
+
+/// Random bytes fetched ahead, used 12 at a time.
+struct Batch {
+    bytes: [u8; 12 * BATCH],
+    next: usize,
+}
+
+/// 12 random bytes, never handed out twice.
+fn random_bytes() -> [u8; 12] {
+    RANDOM.with_borrow_mut(|batch| {
+        if batch.next == batch.bytes.len() {
+            refill(&mut batch.bytes);
+            batch.next = 0;
+        }
+        let at = batch.next;
+        batch.next += 12;
+        batch.bytes[at..at + 12]
+            .try_into()
+            .expect("12 bytes of the batch")
+    })
+}
+
+/// Fills `bytes` from the system's generator. Should it ever fail, ids
+/// still differ and are not guessed from each other: a keyed hash (std's
+/// SipHash, keyed at random once per process) of a counter stands in.
+fn refill(bytes: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    if ring::rand::SystemRandom::new().fill(bytes).is_ok() {
+        return;
+    }
+    use std::hash::BuildHasher;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static KEY: OnceLock<std::hash::RandomState> = OnceLock::new();
+    let key = KEY.get_or_init(std::hash::RandomState::new);
+    for chunk in bytes.chunks_mut(8) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let hash = key.hash_one(n).to_le_bytes();
+        chunk.copy_from_slice(&hash[..chunk.len()]);
     }
 }
 
@@ -139,5 +179,13 @@ mod tests {
             .zip(b.as_bytes())
             .take_while(|(x, y)| x == y);
         assert!(common.count() < 6, "{a:?} then {b:?}");
+    }
+
+    #[test]
+    fn ids_stay_distinct_across_batches() {
+        let ids: std::collections::HashSet<String> = (0..3 * BATCH)
+            .map(|_| RequestId::make().as_str().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 3 * BATCH);
     }
 }
