@@ -280,18 +280,22 @@ pub struct AccessLog {
 
 /// Why the access log could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the access log {}: {source}", path.display())]
-pub struct OpenError {
-    /// The file.
-    pub path: PathBuf,
-    /// Why.
-    pub source: io::Error,
+pub enum StartError {
+    #[error("cannot open the access log {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    #[error("cannot start the access log's writer thread: {0}")]
+    Writer(io::Error),
 }
 
 impl AccessLog {
     /// Starts the writer for `target` in `format`; `None` when the access
     /// log is off.
-    pub fn start(target: &Target, format: LogFormat) -> Result<Option<AccessLog>, OpenError> {
+    pub fn start(target: &Target, format: LogFormat) -> Result<Option<AccessLog>, StartError> {
         let sink = match target {
             Target::Off => return Ok(None),
             Target::Stderr => Sink::Stderr,
@@ -309,10 +313,7 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("access-log".to_owned())
             .spawn(move || writer.run(&lines))
-            .map_err(|source| OpenError {
-                path: PathBuf::from("(writer thread)"),
-                source,
-            })?;
+            .map_err(StartError::Writer)?;
         Ok(Some(AccessLog {
             format,
             queue,
@@ -337,7 +338,7 @@ impl AccessLog {
     }
 }
 
-fn open(path: &Path) -> Result<File, OpenError> {
+fn open(path: &Path) -> Result<File, StartError> {
     use std::os::unix::fs::OpenOptionsExt;
     // Clients' addresses and what they asked for: not for every user.
     OpenOptions::new()
@@ -345,7 +346,7 @@ fn open(path: &Path) -> Result<File, OpenError> {
         .append(true)
         .mode(0o640)
         .open(path)
-        .map_err(|source| OpenError {
+        .map_err(|source| StartError::Open {
             path: path.to_owned(),
             source,
         })

@@ -63,7 +63,7 @@ pub enum ServeError {
     Cluster(#[from] JoinError),
     /// The access log could not be opened.
     #[error(transparent)]
-    AccessLog(#[from] crate::access_log::OpenError),
+    AccessLog(#[from] crate::access_log::StartError),
 }
 
 /// A bound server, ready to run.
