@@ -61,7 +61,7 @@ pub enum ServeError {
     /// The instance could not join its fleet.
     #[error(transparent)]
     Cluster(#[from] JoinError),
-    /// The access log could not be opened.
+    /// The access log could not start.
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::StartError),
 }
