@@ -118,7 +118,11 @@ async fn follow(
             }
             _ = every.tick() => {
                 let snapshot = state.load_full();
-                let mut turned = watcher.health(&snapshot, &mut out);
+                let turns = watcher.health(&snapshot);
+                let mut turned = !turns.is_empty();
+                for turn in &turns {
+                    out.send("health", turn);
+                }
                 // Events were dropped while the client lagged: once there
                 // is room, the whole state again.
                 turned |= std::mem::take(&mut out.dropped);
@@ -193,40 +197,32 @@ impl Watcher {
             healthy: HashMap::new(),
             totals: HashMap::new(),
         };
-        let mut nowhere = Outbox {
-            tx: mpsc::channel(1).0,
-            dropped: false,
-        };
-        watcher.health(snapshot, &mut nowhere);
+        watcher.health(snapshot);
         watcher.rates(snapshot);
         watcher
     }
 
-    /// Sends a `health` event for each upstream whose verdict turned since
-    /// the last look; whether any did.
-    fn health(&mut self, snapshot: &Snapshot, out: &mut Outbox) -> bool {
-        let mut turned = false;
+    /// A `health` event's data for each upstream whose verdict turned
+    /// since the last look.
+    fn health(&mut self, snapshot: &Snapshot) -> Vec<serde_json::Value> {
+        let mut turns = Vec::new();
         for (pool, upstreams) in &snapshot.pools {
             for upstream in &upstreams.upstreams {
                 let healthy = upstream.is_healthy();
                 let key = (pool.clone(), upstream.authority.to_string());
                 let before = self.healthy.insert(key.clone(), healthy);
                 if before.is_some_and(|was| was != healthy) {
-                    turned = true;
-                    out.send(
-                        "health",
-                        &json!({
-                            "at": rfc3339(SystemTime::now()),
-                            "pool": key.0,
-                            "upstream": key.1,
-                            "healthy": healthy,
-                            "reason": upstream.probes().last_error,
-                        }),
-                    );
+                    turns.push(json!({
+                        "at": rfc3339(SystemTime::now()),
+                        "pool": key.0,
+                        "upstream": key.1,
+                        "healthy": healthy,
+                        "reason": upstream.probes().last_error,
+                    }));
                 }
             }
         }
-        turned
+        turns
     }
 
     /// Each pool's answers and errors since the last look, and what it has

@@ -14,6 +14,7 @@
 //! - `lifecycle`: the binary itself: `check`, and SIGTERM's drain.
 //! - `maintenance`: the gate, through the admin socket.
 //! - `observing`: request ids, the access log, JSON logs.
+//! - `events`: the admin API's events stream.
 //! - `switching`: switch and rollback, including under load.
 //! - `durability`: the state file across restarts and failures.
 //! - `admin`: the admin API's socket, token, malformed calls, metrics.
@@ -41,6 +42,7 @@ mod corpus;
 mod ctl;
 mod deploy;
 mod durability;
+mod events;
 mod failures;
 mod front_door;
 mod hostile;
