@@ -11,6 +11,22 @@ use serde_json::Value;
 
 use crate::support::*;
 
+/// `GET /v1/events` on the admin socket at `socket`: the answer, its body
+/// unread.
+async fn ask_for_events(socket: &std::path::Path) -> http::Response<hyper::body::Incoming> {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/v1/events")
+        .header("host", "switchyard")
+        .body(full(""))
+        .unwrap();
+    within(sender.send_request(request)).await.unwrap()
+}
+
 /// An events stream being read, and every event it has sent so far.
 struct Events {
     body: hyper::body::Incoming,
@@ -21,17 +37,7 @@ struct Events {
 impl Events {
     /// Opens `GET /v1/events` on the admin socket of `proxy`.
     async fn open(proxy: &Proxy) -> Events {
-        let stream = tokio::net::UnixStream::connect(&proxy.admin).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let request = Request::get("/v1/events")
-            .header("host", "switchyard")
-            .body(full(""))
-            .unwrap();
-        let answer = within(sender.send_request(request)).await.unwrap();
+        let answer = ask_for_events(&proxy.admin).await;
         assert_eq!(answer.status(), 200);
         assert_eq!(answer.headers()["content-type"], "text/event-stream");
         Events {
@@ -160,20 +166,7 @@ async fn events_streams_take_at_most_half_the_admin_slots() {
     let blue = Upstream::named("blue").await;
     let config = config_text(&[blue.addr], &[blue.addr], "[admin]\nmax_connections = 2\n");
     let proxy = Proxy::with_config(&config).await;
-    let open = |socket: std::path::PathBuf| async move {
-        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let request = Request::get("/v1/events")
-            .header("host", "switchyard")
-            .body(full(""))
-            .unwrap();
-        within(sender.send_request(request)).await.unwrap()
-    };
-    let first = open(proxy.admin.clone()).await;
+    let first = ask_for_events(&proxy.admin).await;
     assert_eq!(first.status(), 200);
     let (status, body) = admin_call(&proxy.admin, "GET", "/v1/events", None).await;
     assert_eq!(status, 503);
@@ -183,7 +176,7 @@ async fn events_streams_take_at_most_half_the_admin_slots() {
     assert_eq!(status, 200);
     drop(first);
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while open(proxy.admin.clone()).await.status() != 200 {
+    while ask_for_events(&proxy.admin).await.status() != 200 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the closed stream's place never came free"

@@ -434,10 +434,7 @@ async fn an_http2_client_resetting_its_streams_gets_goaway() {
     })
     .await;
     let proxy = Proxy::start(&[upstream.addr], &[upstream.addr]).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = within(client.ready()).await.unwrap();
+    let (mut client, connection) = h2_connect(proxy.addr).await;
     // Batches of streams, each reset once the proxy has started on it (a
     // stream reset before that is refused by the HTTP/2 library itself).
     let mut opened = 0;
@@ -491,10 +488,7 @@ async fn the_http2_stream_and_reset_limits_are_the_configured_ones() {
         "http2_max_streams = 3\nhttp2_max_resets = 10\n",
     ))
     .await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = within(client.ready()).await.unwrap();
+    let (mut client, connection) = h2_connect(proxy.addr).await;
     // Once the proxy's SETTINGS have arrived (an answer has), the client
     // knows how many streams it may open.
     let request = http::Request::get("http://a.example/").body(()).unwrap();

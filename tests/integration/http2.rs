@@ -5,16 +5,12 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
 
 use crate::support::*;
 
 /// An HTTP/2 connection to `proxy` (prior knowledge), ready for requests.
 async fn h2_client(proxy: &Proxy) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    within(client.ready()).await.unwrap()
+    h2_connect(proxy.addr).await.0
 }
 
 /// Sends `request` with `chunks` as its body (each a DATA frame, a short

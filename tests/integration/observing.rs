@@ -107,10 +107,7 @@ async fn every_error_body_names_the_request_id() {
     let (status, _, body) = send(reserved).await;
     assert_eq!(status, 404);
     assert!(body.contains(r#""request_id":"mine-1""#), "{body}");
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = within(client.ready()).await.unwrap();
+    let (mut client, _) = h2_connect(proxy.addr).await;
     let reserved = Request::get(format!("http://{}/.switchyard/else", proxy.addr))
         .header("x-request-id", "mine-2")
         .body(())
@@ -235,10 +232,7 @@ async fn http2_requests_are_logged_with_their_answer_s_bytes() {
         "[log]\nformat = \"json\"\naccess = \"access.log\"\n",
     );
     let proxy = Proxy::with_config(&config).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = within(client.ready()).await.unwrap();
+    let (mut client, _) = h2_connect(proxy.addr).await;
     let request = Request::get(format!("http://{}/h2", proxy.addr))
         .body(())
         .unwrap();
@@ -263,18 +257,7 @@ async fn http2_requests_are_logged_with_their_answer_s_bytes() {
 
 #[tokio::test]
 async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0() {
-    // The upstream has the request but never answers it; probes it does.
-    let blue = Upstream::start(|request| async move {
-        if request
-            .headers()
-            .get("user-agent")
-            .is_some_and(|ua| ua == PROBE)
-        {
-            return text("ok");
-        }
-        std::future::pending().await
-    })
-    .await;
+    let blue = Upstream::unanswering().await;
     let config = config_text(
         &[blue.addr],
         &[blue.addr],
@@ -283,10 +266,7 @@ async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0()
     let proxy = Proxy::with_config(&config).await;
 
     // HTTP/2: the stream is reset once the upstream has the request.
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = within(client.ready()).await.unwrap();
+    let (mut client, connection) = h2_connect(proxy.addr).await;
     let request = Request::get(format!("http://{}/left-h2", proxy.addr))
         .header("x-request-id", "gone-on-h2")
         .body(())
@@ -320,27 +300,14 @@ async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0()
 
 #[tokio::test]
 async fn an_upstream_that_fails_an_http2_request_is_named_in_its_line() {
-    let blue = Upstream::start(|request| async move {
-        if request
-            .headers()
-            .get("user-agent")
-            .is_some_and(|ua| ua == PROBE)
-        {
-            return text("ok");
-        }
-        std::future::pending().await
-    })
-    .await;
+    let blue = Upstream::unanswering().await;
     let config = config_text(
         &[blue.addr],
         &[blue.addr],
         "[timeouts]\nupstream = \"100ms\"\n[log]\nformat = \"json\"\naccess = \"access.log\"\n",
     );
     let proxy = Proxy::with_config(&config).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = within(client.ready()).await.unwrap();
+    let (mut client, _) = h2_connect(proxy.addr).await;
     let request = Request::get(format!("http://{}/slow", proxy.addr))
         .body(())
         .unwrap();

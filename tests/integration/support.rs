@@ -146,6 +146,22 @@ impl Upstream {
         Upstream::start(move |_| async move { text(name) }).await
     }
 
+    /// Starts an upstream that takes requests and never answers them
+    /// (its health probes it answers).
+    pub async fn unanswering() -> Upstream {
+        Upstream::start(|request| async move {
+            if request
+                .headers()
+                .get("user-agent")
+                .is_some_and(|ua| ua == PROBE)
+            {
+                return text("ok");
+            }
+            std::future::pending().await
+        })
+        .await
+    }
+
     /// Starts an upstream that accepts WebSocket upgrades and echoes every
     /// byte that arrives afterwards.
     pub async fn websocket_echo() -> Upstream {
@@ -594,6 +610,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An HTTP/2 connection to `addr` (prior knowledge), ready for requests,
+/// and the task that drives it.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = within(h2::client::handshake(tcp)).await.unwrap();
+    let connection = tokio::spawn(connection);
+    (within(client.ready()).await.unwrap(), connection)
 }
 
 /// The `switchyard` binary under test.
