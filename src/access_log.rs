@@ -247,17 +247,20 @@ fn json_option(text: Option<&str>, out: &mut Vec<u8>) {
 
 /// `path` and `query` as the access log shows them: the query of a path
 /// that names switchyard's own (`/.switchyard/bypass?token=...`, however
-/// spelled) is left out, since it may carry a bypass token.
+/// spelled: in any case, percent-encoded or not) is left out, since it may
+/// carry a bypass token.
 pub fn target(path: &str, query: Option<&str>) -> String {
     let mut target = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
     target.push_str(path);
     if let Some(query) = query {
-        let ours = path
-            .as_bytes()
-            .windows(10)
-            .any(|w| w.eq_ignore_ascii_case(b"switchyard"));
+        let names_us = |path: &[u8]| {
+            path.windows(10)
+                .any(|w| w.eq_ignore_ascii_case(b"switchyard"))
+        };
+        let ours = names_us(path.as_bytes())
+            || (path.contains('%') && names_us(&crate::state::gate::path::percent_decoded(path)));
         target.push('?');
-        target.push_str(if ours { "(left out)" } else { query });
+        target.push_str(if ours { "(redacted)" } else { query });
     }
     target
 }
@@ -507,10 +510,13 @@ mod tests {
             "/.switchyard/bypass",
             "//.Switchyard/bypass",
             "/%2eSWITCHYARD%2fbypass",
+            "/.swit%63hyard/bypass",
+            "/%2e%73%77%69%74%63%68%79%61%72%64/%62ypass",
+            "/.%53witchyard/bypass",
         ] {
             assert_eq!(
                 target(path, Some("token=secret")),
-                format!("{path}?(left out)")
+                format!("{path}?(redacted)")
             );
         }
     }

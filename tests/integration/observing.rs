@@ -322,6 +322,42 @@ async fn an_upstream_that_fails_an_http2_request_is_named_in_its_line() {
 }
 
 #[tokio::test]
+async fn a_bypass_token_never_reaches_the_access_log_however_the_path_is_spelled() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    dir.write("bypass.secret", "0123456789abcdef0123456789abcdef\n");
+    dir.write(
+        "switchyard.toml",
+        &config_text(
+            &[blue.addr],
+            &[blue.addr],
+            "[maintenance]\nbypass_secret_file = \"bypass.secret\"\n[log]\naccess = \"access.log\"\n",
+        ),
+    );
+    let proxy = Proxy::in_dir(dir).await;
+    let (status, doc) = proxy
+        .admin("POST", "/v1/bypass-tokens", Some(r#"{"ttl": "1h"}"#))
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    let token = doc["token"].as_str().unwrap().to_owned();
+    let spellings = [
+        "/.switchyard/bypass",
+        "/.swit%63hyard/bypass",
+        "/%2e%73%77%69%74%63%68%79%61%72%64/%62ypass",
+        "/.%53witchyard/bypass",
+    ];
+    for path in spellings {
+        let (status, _, _) = get(&proxy.url(&format!("{path}?token={token}"))).await;
+        assert!(status == 303 || status == 404, "{path}: {status}");
+    }
+    let lines = access_lines(&proxy.dir().join("access.log"), spellings.len()).await;
+    for line in &lines {
+        assert!(!line.contains(&token), "{line}");
+        assert!(line.contains("?(redacted)"), "{line}");
+    }
+}
+
+#[tokio::test]
 async fn sigusr1_reopens_the_access_log_and_json_logs_carry_the_audit() {
     let blue = Upstream::named("blue").await;
     let config = format!(

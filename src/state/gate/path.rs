@@ -98,6 +98,11 @@ fn reads_as_dots(segment: &str) -> bool {
 
 /// Every percent-encoding of `text` decoded; `None` if that is not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
+    String::from_utf8(percent_decoded(text)).ok()
+}
+
+/// The bytes of `text` with every percent-encoding decoded (once).
+pub fn percent_decoded(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -118,7 +123,7 @@ fn percent_decode(text: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    out
 }
 
 /// `path` with its percent-encoded unreserved characters decoded, or
