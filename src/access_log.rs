@@ -270,6 +270,8 @@ enum Message {
     Line(Vec<u8>),
     /// Open the file again (it has been moved away).
     Reopen,
+    /// Write out every line before this one, then say so.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The access log's sending end, shared by every connection.
@@ -333,6 +335,17 @@ impl AccessLog {
         }
     }
 
+    /// Has every line queued so far written out, waiting at most `limit`:
+    /// the last thing a stopping server does, so that the requests of its
+    /// last moments are not lost with the process.
+    pub async fn flush(&self, limit: Duration) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        // Blocks this thread only while the queue is full: at most a flush.
+        if self.queue.send(Message::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, written).await;
+        }
+    }
+
     /// Has the file opened again, after a rotation moved it away.
     pub fn reopen(&self) {
         // Waits for room (blocking this thread for at most a flush): a
@@ -382,6 +395,10 @@ impl Writer {
                     Ok(Message::Reopen) => {
                         self.flush(&mut batch);
                         self.reopen();
+                    }
+                    Ok(Message::Flush(done)) => {
+                        self.flush(&mut batch);
+                        let _ = done.send(());
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -65,6 +66,10 @@ pub enum ServeError {
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::StartError),
 }
+
+/// How long a stopping server waits, past the drain, for the connections
+/// it closed to be gone and for the access log to be written out.
+const CLOSING_GRACE: Duration = Duration::from_millis(500);
 
 /// A bound server, ready to run.
 #[derive(Debug)]
@@ -203,7 +208,8 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains: listeners close at
     /// once, in-flight requests get `timeouts.drain` to finish, and what is
-    /// left after that is closed. The admin socket is removed on the way out.
+    /// left after that is closed. The admin socket is removed on the way
+    /// out, and the access log written out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // First: until they are listened for, a SIGHUP or a SIGUSR1 would
         // end the process.
@@ -257,8 +263,13 @@ impl Server {
                 cut,
                 "drain budget spent; closed connections and tunnels still open"
             );
+            // They close at once now; their last lines are worth the wait.
+            let _ = tokio::time::timeout(CLOSING_GRACE, lifecycle.emptied()).await;
         } else {
             info!("drained");
+        }
+        if let Some(log) = &self.access_log {
+            log.flush(CLOSING_GRACE).await;
         }
         drop(self.state_lock);
     }

@@ -159,6 +159,11 @@ impl Lifecycle {
     pub fn active(&self) -> usize {
         self.tracker.active()
     }
+
+    /// Waits until no connection or tunnel is left.
+    pub async fn emptied(&self) {
+        self.tracker.emptied().await;
+    }
 }
 
 /// Counts live connections and tunnels.

@@ -92,16 +92,26 @@ async fn check_reports_syntax_errors_and_missing_files() {
 }
 
 #[tokio::test]
-async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
+async fn sigterm_finishes_the_requests_in_flight_logs_them_and_exits_0() {
     let slow = Upstream::start(|_| async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         text("finished")
     })
     .await;
-    let mut served = Served::start(&config_text(&[slow.addr], &[slow.addr], "")).await;
+    let config = config_text(
+        &[slow.addr],
+        &[slow.addr],
+        "[log]\naccess = \"access.log\"\n",
+    );
+    let mut served = Served::start(&config).await;
     let url = format!("http://{}/slow", served.addr);
-    let in_flight = tokio::spawn(async move { get(&url).await });
-    eventually("the slow request reached the upstream", || slow.hits() == 1).await;
+    let in_flight: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .collect();
+    eventually("the slow requests reached the upstream", || {
+        slow.hits() == 5
+    })
+    .await;
 
     served.signal("-TERM").await;
 
@@ -115,11 +125,25 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // ...while the request in flight completes normally.
-    let (status, _, body) = within(in_flight).await.unwrap();
-    assert_eq!((status, body.as_str()), (200, "finished"));
+    // ...while the requests in flight complete normally.
+    for request in in_flight {
+        let (status, _, body) = within(request).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "finished"));
+    }
     let exit = within(served.child.wait()).await.unwrap();
     assert_eq!(exit.code(), Some(0));
+    // Answered in the process's last moments, and logged all the same.
+    let log = served.config.with_file_name("access.log");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\" 200 ")).count(),
+        5,
+        "{log}"
+    );
+}
+
+async fn get_owned(url: String) -> (u16, http::HeaderMap, String) {
+    get(&url).await
 }
 
 /// The demo binary on any free ports, and its proxy's URL once printed.
