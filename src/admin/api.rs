@@ -403,7 +403,7 @@ pub enum AdminError {
     #[error("{0}")]
     CrossOrigin(&'static str),
     /// As many events streams are open as may be.
-    #[error("too many events streams are open; close one (at most half of admin.max_connections)")]
+    #[error("too many events streams are open here; close one (at most half of admin.max_connections per listener, half of that for the read-only token)")]
     TooManyStreams,
     /// No such endpoint.
     #[error("no endpoint {0}")]

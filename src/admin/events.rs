@@ -16,13 +16,14 @@
 //! something; requests never look at it. A stream that cannot keep up
 //! (its client reads too slowly) misses events and gets a fresh `status`
 //! once it has room; one that takes nothing for `timeouts.send` is cut
-//! off. At most half of `admin.max_connections` streams are open at once
-//! (`503 too_many_streams` past that).
+//! off. Streams are bounded where they are opened ([`OpenStreams`]), and
+//! past the bound get `503 too_many_streams`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -43,26 +44,100 @@ use crate::state::Snapshot;
 /// dropped (and a fresh `status` follows once there is room).
 const QUEUE_EVENTS: usize = 16;
 
+/// Events streams open now, counted where their bounds apply. With `L`
+/// half of `admin.max_connections` (at least 1): at most `L` on the unix
+/// socket, and at most `L` on the TCP listener, so that the other half of
+/// its slots stay for calls that change things; of those, at most half
+/// (at least 1) opened with the read-only token, so that a monitor holding
+/// that token cannot take every stream from the operators.
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    socket: AtomicUsize,
+    tcp: AtomicUsize,
+    tcp_read: AtomicUsize,
+}
+
+/// Where a stream counts.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Socket,
+    Tcp,
+    TcpRead,
+}
+
+/// One open stream's places in [`OpenStreams`], given back on drop.
+struct StreamSlot {
+    open: Arc<OpenStreams>,
+    places: &'static [Place],
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        for &place in self.places {
+            self.open.count(place).fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl OpenStreams {
+    fn count(&self, place: Place) -> &AtomicUsize {
+        match place {
+            Place::Socket => &self.socket,
+            Place::Tcp => &self.tcp,
+            Place::TcpRead => &self.tcp_read,
+        }
+    }
+
+    /// A place for one more stream with `rights`, on TCP or not; `None`
+    /// past a bound (see [`OpenStreams`]) under `max_connections`.
+    fn take(
+        self: &Arc<Self>,
+        tcp: bool,
+        rights: Rights,
+        max_connections: usize,
+    ) -> Option<StreamSlot> {
+        let limit = (max_connections / 2).max(1);
+        let places: &'static [Place] = match (tcp, rights) {
+            (false, _) => &[Place::Socket],
+            (true, Rights::Full) => &[Place::Tcp],
+            (true, Rights::Read) => &[Place::Tcp, Place::TcpRead],
+        };
+        for (taken, &place) in places.iter().enumerate() {
+            let bound = match place {
+                Place::TcpRead => (limit / 2).max(1),
+                Place::Socket | Place::Tcp => limit,
+            };
+            if self.count(place).fetch_add(1, Ordering::Relaxed) >= bound {
+                for &took in &places[..=taken] {
+                    self.count(took).fetch_sub(1, Ordering::Relaxed);
+                }
+                return None;
+            }
+        }
+        Some(StreamSlot {
+            open: self.clone(),
+            places,
+        })
+    }
+}
+
 /// The answer to `GET /v1/events` for a caller with `rights` (on TCP,
 /// from the token in `credential`, checked again at every change, so a
-/// rotated token ends its streams), or `None`
-/// when `admin.max_connections / 2` streams are open already: the other
-/// half of the TCP listener's slots stay for calls that change things.
+/// rotated token ends its streams), or `None` past the bounds of
+/// [`OpenStreams`].
 pub fn stream(
     router: Router,
     rights: Rights,
     credential: Option<http::HeaderMap>,
 ) -> Option<AdminResponse> {
-    let limit = (router.config().admin.max_connections / 2).max(1);
-    let open = router.event_streams().clone();
-    if open.fetch_add(1, Ordering::Relaxed) >= limit {
-        open.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
+    let max_connections = router.config().admin.max_connections;
+    let slot = router
+        .event_streams()
+        .take(credential.is_some(), rights, max_connections)?;
     let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
     tokio::spawn(async move {
         follow(router, rights, credential, tx).await;
-        open.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
     });
     let mut response = Response::new(AdminBody::Right(EventBody(rx)));
     let headers = response.headers_mut();
@@ -264,5 +339,29 @@ impl http_body::Body for EventBody {
         self.0
             .poll_recv(cx)
             .map(|frame| frame.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_bounded_per_listener_and_read_only_tokens_take_half() {
+        let open = Arc::new(OpenStreams::default());
+        // max_connections = 4: two streams per listener, one of them with
+        // the read-only token.
+        let socket: Vec<_> = (0..2).map(|_| open.take(false, Rights::Full, 4)).collect();
+        assert!(socket.iter().all(Option::is_some));
+        assert!(open.take(false, Rights::Full, 4).is_none());
+        let read = open.take(true, Rights::Read, 4);
+        assert!(read.is_some());
+        assert!(open.take(true, Rights::Read, 4).is_none(), "half for read");
+        let full = open.take(true, Rights::Full, 4);
+        assert!(full.is_some(), "the operator still gets one");
+        assert!(open.take(true, Rights::Full, 4).is_none());
+        drop(read);
+        assert!(open.take(true, Rights::Full, 4).is_some());
+        assert_eq!(open.tcp_read.load(Ordering::Relaxed), 0);
     }
 }

@@ -1,6 +1,5 @@
 //! The admin router: one function per endpoint, callable without a socket.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -38,8 +37,8 @@ pub struct Router {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     listeners: Listeners,
-    /// Events streams open now, on every listener.
-    event_streams: Arc<AtomicUsize>,
+    /// Events streams open now.
+    event_streams: Arc<super::events::OpenStreams>,
 }
 
 /// An admin answer's body: whole, or the events stream.
@@ -61,7 +60,7 @@ impl Router {
     }
 
     /// How many events streams are open, for [`super::events`] to count.
-    pub fn event_streams(&self) -> &Arc<AtomicUsize> {
+    pub fn event_streams(&self) -> &Arc<super::events::OpenStreams> {
         &self.event_streams
     }
 
