@@ -258,7 +258,7 @@ pub fn target(path: &str, query: Option<&str>) -> String {
                 .any(|w| w.eq_ignore_ascii_case(b"switchyard"))
         };
         let ours = names_us(path.as_bytes())
-            || (path.contains('%') && names_us(&crate::state::gate::path::percent_decoded(path)));
+            || (path.contains('%') && names_us(&crate::http1::percent::decoded(path)));
         target.push('?');
         target.push_str(if ours { "(redacted)" } else { query });
     }

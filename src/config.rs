@@ -6,9 +6,13 @@
 //! all of them are reported at once, so `switchyard check` can list them as
 //! `PATH:LINE:COL: message` and a bad reload can show them in the admin API.
 
+mod bounds;
 mod file;
+pub mod read;
 pub mod tls;
 mod validate;
+
+pub use bounds::{message_fault, MAX_MESSAGE_BYTES, MAX_PAGE_PLACEHOLDERS, MAX_RETRY_AFTER};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,9 +53,6 @@ pub const DEFAULT_MAINTENANCE_MESSAGE: &str = "Service is undergoing maintenance
 /// Default `Retry-After` of the maintenance answer.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
-/// The longest `Retry-After` the gate sends: a week. Longer is surely a
-/// typo (`1000000000y`), and no client waits that long anyway.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default paths that pass the maintenance gate.
 pub const DEFAULT_ALLOW_PATHS: &[&str] = &["/health", "/status"];
 /// Default health probe path.
@@ -518,9 +519,16 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_error = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let bytes = read::regular_file(path).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8 text",
+            ))
         })?;
         Config::validate(path, &text, true)
     }

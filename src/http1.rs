@@ -22,6 +22,7 @@
 //!   ([`mod@write`]): the next hop never sees a byte the proxy did not judge.
 
 pub mod chunked;
+pub mod percent;
 pub mod request;
 pub mod response;
 pub mod write;

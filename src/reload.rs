@@ -171,17 +171,18 @@ fn dirs_of(path: &Path) -> Vec<PathBuf> {
 async fn on_disk(control: &Control) -> Option<Fingerprint> {
     let snapshot = control.state().load_full();
     let config = &snapshot.config;
-    let text = tokio::fs::read(&config.path).await.ok()?;
+    let read = |path: &std::path::Path| crate::config::read::regular_file(path);
+    let text = read(&config.path).ok()?;
     let page = match &config.maintenance.html_page {
-        Some(page) => tokio::fs::read(&page.path).await.ok().map(|b| digest(&b)),
+        Some(page) => read(&page.path).ok().map(|b| digest(&b)),
         None => None,
     };
     // Certificates and keys count as part of the config: renewing them
     // reloads it (and a broken pair is refused like any invalid config).
     let mut pairs = Vec::new();
     for (_, cert) in config.certificates() {
-        let cert_pem = tokio::fs::read(&cert.cert).await.unwrap_or_default();
-        let key_pem = tokio::fs::read(&cert.key).await.unwrap_or_default();
+        let cert_pem = read(&cert.cert).unwrap_or_default();
+        let key_pem = read(&cert.key).unwrap_or_default();
         pairs.extend(pair_digest(&cert_pem, &key_pem).to_le_bytes());
     }
     Some((digest(&text), page, digest(&pairs)))

@@ -18,7 +18,7 @@ use crate::config::{Maintenance, MAX_RETRY_AFTER};
 use crate::control::ControlError;
 use crate::envelope::ErrorDocument;
 use crate::state::persist::{parse_rfc3339, rfc3339};
-use crate::state::schedule::{whole_second, PlannedWindow, MAX_MESSAGE_BYTES};
+use crate::state::schedule::{whole_second, PlannedWindow};
 use crate::state::{MaintenanceMode, Snapshot, Window};
 
 /// `PUT /v1/maintenance`.
@@ -40,6 +40,15 @@ pub struct MaintenanceRequest {
     /// When the gate turns itself off (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+}
+
+/// `message`, if it is a fit maintenance message (see
+/// [`crate::config::message_fault`]).
+pub fn checked_message(message: Option<&str>) -> Result<(), AdminError> {
+    match message.and_then(crate::config::message_fault) {
+        Some(fault) => Err(AdminError::BadRequest(format!("message: {fault}"))),
+        None => Ok(()),
+    }
 }
 
 impl MaintenanceRequest {
@@ -138,15 +147,7 @@ impl WindowRequest {
     /// The window asked for, its fields parsed (the control plane checks
     /// it against the others).
     pub fn planned(&self) -> Result<PlannedWindow, AdminError> {
-        if self
-            .message
-            .as_ref()
-            .is_some_and(|m| m.len() > MAX_MESSAGE_BYTES)
-        {
-            return Err(AdminError::BadRequest(format!(
-                "message: at most {MAX_MESSAGE_BYTES} bytes"
-            )));
-        }
+        checked_message(self.message.as_deref())?;
         Ok(PlannedWindow {
             starts_at: parse_time("starts_at", &self.starts_at)?,
             ends_at: parse_time("ends_at", &self.ends_at)?,

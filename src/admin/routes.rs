@@ -310,6 +310,7 @@ impl Router {
         request: MaintenanceRequest,
         via: Via,
     ) -> Result<AdminResponse, AdminError> {
+        super::api::checked_message(request.message.as_deref())?;
         let change = MaintenanceChange {
             enabled: request.enabled,
             retry_after: request.retry_after()?,

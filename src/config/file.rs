@@ -165,4 +165,7 @@ pub struct FileConfig {
     pub timeouts: Option<Spanned<TimeoutsSection>>,
     pub cluster: Option<Spanned<ClusterSection>>,
     pub log: Option<Spanned<LogSection>>,
+    /// Whether the file has a `[pools]` section, read or not: one that
+    /// could not be read is not also missing.
+    pub has_pools: bool,
 }

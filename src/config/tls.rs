@@ -162,7 +162,7 @@ impl PairError {
 /// parse, match each other, and have not expired.
 pub fn load_pair(cert: &Path, key: &Path, now: SystemTime) -> Result<LoadedPair, PairError> {
     let read = |path: &Path, is_key: bool| {
-        std::fs::read(path).map_err(|source| PairError::Unreadable {
+        super::read::regular_file(path).map_err(|source| PairError::Unreadable {
             path: path.to_owned(),
             is_key,
             source,
@@ -313,7 +313,7 @@ pub enum RootsError {
 
 /// The certificates of a CA file, as trust roots.
 pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, RootsError> {
-    let pem = std::fs::read(path).map_err(|source| RootsError::Unreadable {
+    let pem = super::read::regular_file(path).map_err(|source| RootsError::Unreadable {
         path: path.to_owned(),
         source,
     })?;

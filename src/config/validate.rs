@@ -21,6 +21,7 @@ use super::*;
 
 mod behaviour;
 mod cluster;
+mod files;
 mod listeners;
 mod log;
 mod pools;
@@ -137,7 +138,10 @@ impl Validator<'_> {
                 "admin" => file.admin = self.section(name, value),
                 "state" => file.state = self.section(name, value),
                 "maintenance" => file.maintenance = self.section(name, value),
-                "pools" => file.pools = self.section(name, value),
+                "pools" => {
+                    file.has_pools = true;
+                    file.pools = self.section(name, value);
+                }
                 "health" => file.health = self.section(name, value),
                 "switch" => file.switch = self.section(name, value),
                 "timeouts" => file.timeouts = self.section(name, value),
@@ -229,7 +233,7 @@ impl Validator<'_> {
             }
         });
         let admin = self.admin(file.admin.as_ref());
-        let pools = self.pools(file.pools.as_ref());
+        let pools = self.pools(file.pools.as_ref(), file.has_pools);
         let state = self.state(file.state.as_ref(), &pools);
         let maintenance = self.maintenance(file.maintenance.as_ref());
         let health = self.health(file.health.as_ref());
@@ -237,7 +241,7 @@ impl Validator<'_> {
         let timeouts = self.timeouts(file.timeouts.as_ref());
         let cluster = file.cluster.as_ref().map(|c| self.cluster(c.get_ref()));
         let log = self.log(file.log.as_ref());
-        Config {
+        let config = Config {
             path: path.to_owned(),
             listener,
             preview,
@@ -252,7 +256,9 @@ impl Validator<'_> {
             log,
             digest: 0,
             warnings: Vec::new(),
-        }
+        };
+        self.files_apart(&config);
+        config
     }
 
     fn socket_addr(&mut self, key: &str, value: &Spanned<String>) -> SocketAddr {
@@ -271,7 +277,7 @@ impl Validator<'_> {
     /// The bytes of `file`, named by `key` at `span`; a problem if it
     /// cannot be read.
     fn read_file(&mut self, key: &str, span: Range<usize>, file: &Path) -> Option<Vec<u8>> {
-        match std::fs::read(file) {
+        match super::read::regular_file(file) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 self.problem(

@@ -14,9 +14,7 @@ use super::{Decisions, MaintenanceMode, MaintenanceState};
 /// The most windows that may be planned at once: the list is part of every
 /// decision written, so it has a bound.
 pub const MAX_WINDOWS: usize = 100;
-/// The longest message a window may carry: all of them together stay
-/// well within what one etcd request takes (1.5 MiB).
-pub const MAX_MESSAGE_BYTES: usize = 2048;
+pub use crate::config::MAX_MESSAGE_BYTES;
 
 /// A maintenance window planned ahead: at `starts_at` the gate goes on with
 /// `until = ends_at`.

@@ -90,6 +90,18 @@ async fn malformed_calls_get_400_with_the_reason_and_change_nothing() {
             "{\"too\": \"green\"}",
             "unknown field `too`",
         ),
+        (
+            "PUT",
+            "/v1/maintenance",
+            "{\"enabled\": true, \"message\": \"Back\\u001b[2J soon\"}",
+            "message: no control characters",
+        ),
+        (
+            "POST",
+            "/v1/maintenance/windows",
+            "{\"starts_at\": \"2030-01-01T00:00:00Z\", \"ends_at\": \"2030-01-01T01:00:00Z\", \"message\": \"a\\nb\"}",
+            "message: no control characters",
+        ),
         ("POST", "/v1/switch", "{\"to\": 5}", "invalid type"),
         ("POST", "/v1/rollback", "{\"force\": 1}", "invalid type"),
         (

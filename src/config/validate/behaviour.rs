@@ -51,8 +51,12 @@ impl Validator<'_> {
         section: Option<&Spanned<MaintenanceSection>>,
     ) -> Maintenance {
         let section = section.map(Spanned::get_ref);
-        let message = section
-            .and_then(|s| s.message.as_ref())
+        let given = section.and_then(|s| s.message.as_ref());
+        if let Some(fault) = given.and_then(|m| message_fault(m.get_ref())) {
+            let span = given.map(Spanned::span);
+            self.problem(span, format!("maintenance.message: {fault}"));
+        }
+        let message = given
             .map(|m| m.get_ref().clone())
             .unwrap_or_else(|| DEFAULT_MAINTENANCE_MESSAGE.to_owned());
         let retry_after = match section.and_then(|s| s.retry_after.as_ref()) {
@@ -118,6 +122,16 @@ impl Validator<'_> {
         let html_page = section.and_then(|s| s.html_page.as_ref()).and_then(|p| {
             let path = self.path("maintenance.html_page", p);
             let body = self.read_file("maintenance.html_page", p.span(), &path)?;
+            let placeholders = String::from_utf8_lossy(&body).matches("{{").count();
+            if placeholders > MAX_PAGE_PLACEHOLDERS {
+                self.problem(
+                    Some(p.span()),
+                    format!(
+                        "maintenance.html_page: {} holds {placeholders} `{{{{`; at most {MAX_PAGE_PLACEHOLDERS} (the page is rendered whole at every change)",
+                        path.display()
+                    ),
+                );
+            }
             Some(HtmlPage {
                 path,
                 body: Bytes::from(body),

@@ -29,6 +29,7 @@ impl Validator<'_> {
                 _ => {
                     let path = self.path("log.access", access);
                     self.file_can_be("log.access", &path, Some(access.span()));
+                    self.access_log_can_be_opened(&path, access.span());
                     AccessLog::File(path)
                 }
             },

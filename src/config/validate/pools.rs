@@ -16,9 +16,13 @@ impl Validator<'_> {
     pub(super) fn pools(
         &mut self,
         section: Option<&Spanned<PoolsSection>>,
+        has_pools: bool,
     ) -> BTreeMap<String, PoolConfig> {
         let mut pools = BTreeMap::new();
         let Some(section) = section else {
+            if has_pools {
+                return pools;
+            }
             self.problem(
                 None,
                 "missing [pools]: define at least one pool, e.g. [pools.blue] upstreams = [\"127.0.0.1:9001\"]",

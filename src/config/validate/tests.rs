@@ -264,3 +264,35 @@ fn the_cluster_section_is_checked_and_defaulted() {
         "{found:?}"
     );
 }
+
+#[test]
+fn the_maintenance_message_is_one_line_of_bounded_text() {
+    let text = format!("{MINIMAL}[maintenance]\nmessage = \"Back soon\\u001b[2J\"\n");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("4:11: maintenance.message: no control characters"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn files_written_are_kept_apart_from_each_other_and_the_config() {
+    let text = format!(
+        "{MINIMAL}[admin]\nsocket = \"run/x\"\n[state]\nfile = \"run/./x\"\n[log]\naccess = \"sy.toml\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "1:1: admin.socket and state.file are the same file (run/x); switchyard writes admin.socket, so each needs its own",
+            "1:1: log.access and the config file are the same file (sy.toml); switchyard writes log.access, so each needs its own",
+        ]
+    );
+}
+
+#[test]
+fn a_pools_section_that_cannot_be_read_is_not_also_missing() {
+    let found = problems("[pools.blue]\nupstreams = [\"127.0.0.1:9001\"]\nbogus = 1\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("unknown field `bogus`"), "{found:?}");
+}

@@ -98,32 +98,7 @@ fn reads_as_dots(segment: &str) -> bool {
 
 /// Every percent-encoding of `text` decoded; `None` if that is not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    String::from_utf8(percent_decoded(text)).ok()
-}
-
-/// The bytes of `text` with every percent-encoding decoded (once).
-pub fn percent_decoded(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
+    String::from_utf8(crate::http1::percent::decoded(text)).ok()
 }
 
 /// `path` with its percent-encoded unreserved characters decoded, or
