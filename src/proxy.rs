@@ -144,20 +144,14 @@ impl Proxy {
                 // the future of every request it serves; this way only
                 // forwarded requests pay for it, and once (see
                 // `boxed_forward` for why boxing takes a function).
-                let response = match self.boxed_forward(request, client, &destination).await {
-                    Ok((response, upstream)) => {
+                let tried = pending.upstream_tried();
+                let forwarded = self.boxed_forward(request, client, &destination, tried);
+                let response = match forwarded.await {
+                    Ok(response) => {
                         from_upstream = true;
-                        pending.note(|served| served.upstream = Some(upstream));
                         response
                     }
-                    Err(error) => {
-                        pending.note(|served| {
-                            let at = error.upstream();
-                            served.upstream =
-                                at.and_then(|at| destination.pool.upstream_at(at)).cloned();
-                        });
-                        self.failed(error, version, client, &id)
-                    }
+                    Err(error) => self.failed(error, version, client, &id),
                 };
                 destination.pool.requests.count(response.status());
                 response
@@ -185,8 +179,9 @@ impl Proxy {
         request: Request<Incoming>,
         client: &'a Client,
         destination: &'a Destination,
-    ) -> Pin<Box<impl Future<Output = Result<Forwarded, ProxyError>> + Send + 'a>> {
-        Box::pin(self.forward(request, client, destination))
+        tried: Option<&'a mut Option<Arc<Upstream>>>,
+    ) -> Pin<Box<impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
+        Box::pin(self.forward(request, client, destination, tried))
     }
 
     /// The proxy's answer to `error`, logged.
@@ -303,13 +298,14 @@ impl Proxy {
     }
 
     /// Forwards `request` to `destination.pool` and passes on the answer,
-    /// with the upstream that gave it.
+    /// noting in `tried` (if given) each upstream it goes to.
     async fn forward(
         &self,
         request: Request<Incoming>,
         client: &Client,
         destination: &Destination,
-    ) -> Result<Forwarded, ProxyError> {
+        tried: Option<&mut Option<Arc<Upstream>>>,
+    ) -> Result<Response<Body>, ProxyError> {
         let Client {
             forwarded_for,
             https,
@@ -345,7 +341,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
         };
-        forward::send(pool, head, body, timeouts).await
+        forward::send(pool, head, body, timeouts, tried).await
     }
 }
 
@@ -358,9 +354,6 @@ fn log_failure(error: &ProxyError, client: &Client) {
         warn!(%error, client.addr = %client.addr, "request failed");
     }
 }
-
-/// A forwarded request's answer, and the upstream that gave it.
-type Forwarded = (Response<Body>, Arc<Upstream>);
 
 /// Where a request goes, decided by [`Proxy::route`].
 enum Routing {

@@ -320,11 +320,6 @@ impl Pool {
         })
     }
 
-    /// Its upstream at `authority`.
-    pub fn upstream_at(&self, authority: &Authority) -> Option<&Arc<Upstream>> {
-        self.upstreams.iter().find(|u| u.authority == *authority)
-    }
-
     /// Whether a failed attempt may be retried on another upstream.
     pub fn has_alternative(&self) -> bool {
         self.upstreams.len() > 1

@@ -96,18 +96,6 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The upstream it happened with, if one had been picked.
-    pub fn upstream(&self) -> Option<&Authority> {
-        match self {
-            ProxyError::UpstreamUnreachable { upstream, .. }
-            | ProxyError::UpstreamTls { upstream, .. }
-            | ProxyError::UpstreamBusy { upstream, .. }
-            | ProxyError::UpstreamTimeout { upstream, .. }
-            | ProxyError::BadUpstreamResponse { upstream, .. } => Some(upstream),
-            _ => None,
-        }
-    }
-
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -58,13 +58,15 @@ pub struct Outgoing {
 }
 
 /// Sends `head` and `body` to an upstream of `pool` and returns its answer,
-/// ready for the client.
+/// ready for the client. Each upstream tried is noted in `tried`, if given:
+/// the last one had the request, whatever becomes of it.
 pub async fn send(
     pool: &Pool,
     mut head: Outgoing,
     mut body: Body,
     timeouts: &Timeouts,
-) -> Result<(Response<Body>, Arc<Upstream>), ProxyError> {
+    mut tried: Option<&mut Option<Arc<Upstream>>>,
+) -> Result<Response<Body>, ProxyError> {
     let mut picked = Picked::from(pool)?;
     let framing = http1::framing(&body);
     let mut written = Vec::with_capacity(512);
@@ -87,6 +89,9 @@ pub async fn send(
     let (mut h2_retried, mut woken) = (false, false);
     loop {
         let upstream = picked.upstream().clone();
+        if let Some(tried) = tried.as_deref_mut() {
+            *tried = Some(upstream.clone());
+        }
         // Made before looking, so that a connection shared meanwhile wakes
         // a request waiting for room of its own.
         let opened = upstream.http2.opened();
@@ -156,7 +161,7 @@ pub async fn send(
                                 body_settled(upload_done, framing.has_body(), answer.status);
                             let response =
                                 answered(connection, buf, &answer, settled, in_flight).await?;
-                            return Ok((response, upstream));
+                            return Ok(response);
                         }
                         Err(Attempt::Resend) => {
                             debug!(upstream = %upstream.authority, "reused connection closed under the request; sending it again on a new one");
@@ -179,12 +184,7 @@ pub async fn send(
                     _in_flight: picked.into_in_flight(),
                     _hold: hold,
                 });
-                // A clone: `opened` still borrows this one.
-                let upstream = upstream.clone();
-                return Ok((
-                    response.map(|body| body.on_completion(completion)),
-                    upstream,
-                ));
+                return Ok(response.map(|body| body.on_completion(completion)));
             }
             OverHttp2::Unsent(unsent_head, unsent_body, retry) if !h2_retried => {
                 h2_retried = true;

@@ -103,6 +103,11 @@ impl Pending {
         }
     }
 
+    /// Where the upstreams the request goes to are noted, if it is logged.
+    pub(super) fn upstream_tried(&mut self) -> Option<&mut Option<Arc<Upstream>>> {
+        self.0.as_mut().map(|(_, line)| &mut line.served.upstream)
+    }
+
     /// `response`, logged once its body is let go.
     pub(super) fn answered(mut self, response: Response<Body>) -> Response<Body> {
         let Some((log, mut line)) = self.0.take() else {

@@ -279,6 +279,7 @@ async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0()
     assert_eq!(entry["status"], 0, "{entry}");
     assert_eq!(entry["target"], "/left-h2");
     assert_eq!(entry["pool"], "blue");
+    assert_eq!(entry["upstream"], blue.addr.to_string(), "{entry}");
     assert_eq!(entry["request_id"], "gone-on-h2");
     drop(client);
     connection.abort();
@@ -295,6 +296,7 @@ async fn a_request_whose_client_left_before_the_answer_is_logged_with_status_0()
     assert_eq!(entry["status"], 0, "{entry}");
     assert_eq!(entry["target"], "/left-h1");
     assert_eq!(entry["pool"], "blue");
+    assert_eq!(entry["upstream"], blue.addr.to_string(), "{entry}");
     assert_eq!(entry["request_id"], "gone-on-h1");
 }
 

@@ -231,6 +231,10 @@ impl<I: ClientIo> Engine<I> {
             let reused = checkout.idle_since.is_some();
             let mut connection = checkout.connection;
             self.relay.clear();
+            // Whatever becomes of it now, this upstream had the request.
+            if self.logs_access() {
+                self.served.upstream = Some(upstream.clone());
+            }
 
             // The head and the body bytes already read, in one write.
             self.out.truncate(head_len);
@@ -321,9 +325,6 @@ impl<I: ClientIo> Engine<I> {
         let in_flight = picked.into_in_flight();
         // An answer cut short after its head was sent is logged with it.
         self.served.status = self.answer.status;
-        if self.logs_access() {
-            self.served.upstream = Some(in_flight.upstream().clone());
-        }
         if self.answer.status == 101 {
             return match destination.tunnel.as_ref().filter(|_| websocket) {
                 Some(ask) => self.tunnel(connection, in_flight, ask, &pool.name).await,
