@@ -161,7 +161,13 @@ impl Proxy {
         if head && !from_upstream {
             // The proxy's own answers are written with their body; an
             // HTTP/2 client reads one after HEAD as a protocol error.
-            // (The upstream's answer to HEAD has none already.)
+            // (The upstream's answer to HEAD has none already.) Its
+            // length is what a GET would have had, as over HTTP/1.
+            if let Some(length) = http_body::Body::size_hint(response.body()).exact() {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
             *response.body_mut() = Body::empty();
         }
         response.headers_mut().insert(X_REQUEST_ID, id_field);

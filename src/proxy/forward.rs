@@ -264,6 +264,9 @@ async fn answered(
         fields.append(name, value);
     }
     headers::prepare_response(fields);
+    // A 204 has no body and may not say it has (RFC 9110, section 8.6):
+    // an HTTP/2 client refuses one whose length is not 0.
+    let length = length.filter(|_| answer.status != 204);
     if let Some(length) = length {
         fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
     }

@@ -213,6 +213,15 @@ async fn a_head_request_gets_the_proxy_s_own_answers_without_a_body() {
     let (status, headers, body) = exchange_h2(&mut client, head("/.switchyard/none"), &[]).await;
     assert_eq!(status, 404);
     assert_eq!(body.unwrap(), b"", "{headers:?}");
+    let get = Request::get("http://a.example/.switchyard/none")
+        .body(())
+        .unwrap();
+    let (_, _, whole) = exchange_h2(&mut client, get, &[]).await;
+    assert_eq!(
+        headers["content-length"],
+        whole.unwrap().len().to_string(),
+        "the length a GET gets"
+    );
     let (status, _, body) = exchange_h2(&mut client, head("/a%00b"), &[]).await;
     assert_eq!(status, 400);
     assert_eq!(body.unwrap(), b"");
@@ -223,5 +232,18 @@ async fn a_head_request_gets_the_proxy_s_own_answers_without_a_body() {
     let (status, headers, body) = exchange_h2(&mut client, head("/page"), &[]).await;
     assert_eq!(status, 503);
     assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(body.unwrap(), b"");
+}
+
+#[tokio::test]
+async fn a_204_comes_back_without_a_length_whatever_the_upstream_said() {
+    let (upstream, _task) =
+        raw_upstream(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello").await;
+    let proxy = Proxy::start(&[upstream], &[upstream]).await;
+    let mut client = h2_client(&proxy).await;
+    let get = Request::get("http://a.example/").body(()).unwrap();
+    let (status, headers, body) = exchange_h2(&mut client, get, &[]).await;
+    assert_eq!(status, 204);
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
     assert_eq!(body.unwrap(), b"");
 }
