@@ -158,14 +158,19 @@ pub fn parse_request(
     // parsing the usual head.
     let mut raw = [const { MaybeUninit::uninit() }; super::MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
+    // Too large a head: its request line alone, if no line ends within
+    // the bound (`414`), else the whole (`431`).
+    let too_large = || {
+        if buf[..max_head.min(buf.len())].contains(&b'\n') {
+            HeadError::TooLarge
+        } else {
+            HeadError::LineTooLong
+        }
+    };
     let len = match request.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Ok(false),
-        Ok(httparse::Status::Partial) if !buf.contains(&b'\n') => {
-            return Err(HeadError::LineTooLong)
-        }
-        Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(_) | httparse::Status::Partial) => return Err(too_large()),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) => return Err(HeadError::Version),
         Err(httparse::Error::HeaderName) => return Err(HeadError::Bad("invalid header name")),

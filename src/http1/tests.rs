@@ -133,6 +133,12 @@ fn oversized_heads_are_refused_before_they_end() {
         parse_request(&long_line, 100, &mut head),
         Err(HeadError::LineTooLong)
     );
+    // Whole, in one read: still the line that is too long.
+    let whole = [long_line.as_slice(), b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+    assert_eq!(
+        parse_request(&whole, 100, &mut head),
+        Err(HeadError::LineTooLong)
+    );
     let many = [
         b"GET / HTTP/1.1\r\nHost: a\r\n".as_slice(),
         &b"X-A: 1\r\n".repeat(20),
