@@ -107,6 +107,10 @@ impl Router {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // A declared length past the bound is refused before any wait.
+        if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
+            return Err(AdminError::TooLarge(MAX_BODY_BYTES));
+        }
         let timeout = self.control.state().load().config.timeouts.client_body;
         let read = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect());
         let Ok(read) = read.await else {

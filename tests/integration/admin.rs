@@ -4,6 +4,7 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
 use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -137,6 +138,15 @@ async fn malformed_calls_get_400_with_the_reason_and_change_nothing() {
     );
     let (status, _) = proxy.admin("PUT", "/v1/maintenance", Some(&big)).await;
     assert_eq!(status, 413);
+    // A length declared past the bound is refused at once, body or none.
+    let mut socket = tokio::net::UnixStream::connect(&proxy.admin).await.unwrap();
+    socket
+        .write_all(b"PUT /v1/maintenance HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    within(socket.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
 
     let (_, doc) = proxy.admin("GET", "/v1/status", None).await;
     assert_eq!(doc["generation"], 0);
@@ -279,7 +289,6 @@ async fn a_rotated_token_takes_effect_at_the_next_reload() {
 
 #[tokio::test]
 async fn strangers_cannot_hold_more_than_a_few_admin_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (proxy, addr, _blue) = with_tcp_admin_and("the-token\n", "max_connections = 8\n").await;
     let mut strangers = Vec::new();
     for _ in 0..100 {
@@ -329,7 +338,6 @@ async fn only_a_json_object_is_a_request_body_and_retry_after_is_bounded() {
 
 #[tokio::test]
 async fn an_admin_body_that_stalls_is_refused_after_its_deadline() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let blue = Upstream::named("blue").await;
     let proxy = Proxy::with_config(&config_text(
         &[blue.addr],
@@ -477,7 +485,6 @@ async fn a_read_token_equal_to_the_full_one_fails_check() {
 
 #[tokio::test]
 async fn the_dashboard_s_files_answer_head_with_their_length_and_no_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let blue = Upstream::named("blue").await;
     let proxy = Proxy::start(&[blue.addr], &[blue.addr]).await;
     let mut stream = tokio::net::UnixStream::connect(&proxy.admin).await.unwrap();
@@ -512,7 +519,6 @@ async fn the_dashboard_s_files_answer_head_with_their_length_and_no_body() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_its_answers_gives_its_admin_slot_back() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let blue = Upstream::named("blue").await;
     let dir = TempDir::new();
     dir.write("admin.token", "full-rights-token\n");
