@@ -22,8 +22,10 @@ pub fn refusal(headers: &HeaderMap, tokenless: bool) -> Option<&'static str> {
     // the application would have read.
     let fetch_sites = headers.get_all("sec-fetch-site");
     let other_site = |v: &HeaderValue| {
-        let v = v.as_bytes();
-        v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
+        v.as_bytes().split(|&b| b == b',').any(|v| {
+            let v = v.trim_ascii();
+            v.eq_ignore_ascii_case(b"cross-site") || v.eq_ignore_ascii_case(b"same-site")
+        })
     };
     if fetch_sites.iter().any(other_site) {
         return Some("a page of another site may not call the admin API");
@@ -131,6 +133,11 @@ mod tests {
             ("origin", "HTTP://localhost:9901"),
         ];
         assert_eq!(refusal(&headers(&recased), true), None);
+        let joined = [
+            ("host", "127.0.0.1:9901"),
+            ("sec-fetch-site", "same-origin, cross-site"),
+        ];
+        assert!(refusal(&headers(&joined), false).is_some());
         let null = [("host", "127.0.0.1:9901"), ("origin", "null")];
         assert!(refusal(&headers(&null), false).is_some());
     }
