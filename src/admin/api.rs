@@ -376,6 +376,16 @@ pub struct RollbackRequest {
 /// `PATCH /service-context`: the compatibility route. Other fields of an
 /// application's service context are ignored, as that route always did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceContextRequest {
+    /// The maintenance flag.
+    pub maintenance: bool,
+    /// The 503's message; without one, `maintenance.message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The answer of `GET` and `PATCH /service-context`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceContext {
     /// The maintenance flag.
     pub maintenance: bool,

@@ -73,7 +73,7 @@ impl<'a> Resource<'a> {
             Resource::Windows => "GET, POST",
             Resource::Window(_) => "DELETE",
             Resource::Deploy(_) => "PUT, DELETE",
-            Resource::ServiceContext => "PATCH",
+            Resource::ServiceContext => "GET, PATCH",
             Resource::Switch
             | Resource::Rollback
             | Resource::Reload
@@ -89,7 +89,11 @@ impl<'a> Resource<'a> {
         *method == Method::GET
             && matches!(
                 self,
-                Resource::Status | Resource::Windows | Resource::Metrics | Resource::Events
+                Resource::Status
+                    | Resource::Windows
+                    | Resource::Metrics
+                    | Resource::Events
+                    | Resource::ServiceContext
             )
             || self.is_public(method)
     }

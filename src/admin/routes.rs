@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use super::api::{
     AdminError, BypassTokenDocument, BypassTokenRequest, DeployDocument, DeployLockRequest,
     DeployStep, Listeners, MaintenanceRequest, ProbeDocument, ProbeOutcome, RollbackRequest,
-    ServiceContext, StatusDocument, SwitchRequest, WindowDocument, WindowList, WindowRequest,
+    ServiceContext, ServiceContextRequest, StatusDocument, SwitchRequest, WindowDocument,
+    WindowList, WindowRequest,
 };
 use super::auth::Rights;
 use super::events::EventBody;
@@ -236,6 +237,13 @@ impl Router {
             (&Method::GET | &Method::HEAD, Resource::Dashboard(path)) => {
                 Ok(super::dashboard::asset(path))
             }
+            (&Method::GET, Resource::ServiceContext) => {
+                let snapshot = self.control.state().load();
+                let answer = ServiceContext {
+                    maintenance: snapshot.decisions.maintenance.enabled,
+                };
+                Ok(json(StatusCode::OK, &answer))
+            }
             (&Method::PATCH, Resource::ServiceContext) => {
                 self.service_context(required(self.read_body(body).await?)?, via)
                     .await
@@ -426,14 +434,17 @@ impl Router {
     }
 
     /// `PATCH /service-context`: the maintenance flag, as existing
-    /// pipelines set it; the config's message and retry-after apply.
+    /// pipelines set it, with their message if they send one; otherwise the
+    /// config's message applies, and its retry-after always.
     async fn service_context(
         &self,
-        request: ServiceContext,
+        request: ServiceContextRequest,
         via: Via,
     ) -> Result<AdminResponse, AdminError> {
+        super::api::checked_message(request.message.as_deref())?;
         let change = MaintenanceChange {
             enabled: request.maintenance,
+            message: request.message,
             ..MaintenanceChange::default()
         };
         let snapshot = self.control.set_maintenance(change, via).await?;

@@ -318,6 +318,30 @@ async fn the_compat_route_flips_the_gate() {
     assert_eq!(status, 200);
     assert_eq!(body, serde_json::json!({"maintenance": false}));
     assert_eq!(get(&proxy.url("/")).await.0, 200);
+    let (status, body) = proxy.admin("GET", "/service-context", None).await;
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!({"maintenance": false}))
+    );
+
+    // A pipeline's own message is taken; the context's other fields are
+    // not switchyard's and are left alone.
+    let (status, body) = proxy
+        .admin(
+            "PATCH",
+            "/service-context",
+            Some(r#"{"maintenance": true, "message": "Migrating, back by 10:30", "build": 42}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"maintenance": true}));
+    let (_, _, page) = get(&proxy.url("/")).await;
+    assert_eq!(page, r#"{"message":"Migrating, back by 10:30"}"#);
+    let (status, body) = proxy.admin("GET", "/service-context", None).await;
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!({"maintenance": true}))
+    );
 }
 
 #[tokio::test]
