@@ -9,6 +9,7 @@
 mod client;
 mod deploy;
 mod render;
+mod wait;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -71,6 +72,9 @@ pub enum CtlAction {
     },
     /// Re-read the config file now.
     Reload,
+    /// Wait until something has happened (exit 1 if it has not in time).
+    #[command(subcommand)]
+    Wait(wait::WaitAction),
     /// Run a migration as one guarded command: check, gate, migrate,
     /// verify, switch, ungate, watch; undone on failure or Ctrl-C.
     Deploy(deploy::DeployArgs),
@@ -198,6 +202,7 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             })
         }
         CtlAction::Maintenance(action) => maintenance(&endpoint, action).await,
+        CtlAction::Wait(action) => wait::run(&endpoint, action).await,
         CtlAction::Switch { pool, force } => {
             let body = json_body(&SwitchRequest {
                 to: pool.clone(),

@@ -248,3 +248,52 @@ async fn ctl_turns_on_read_only_maintenance() {
     .await;
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test]
+async fn ctl_wait_drained_returns_once_the_old_pool_has_nothing_in_flight() {
+    let slow = Upstream::start(|request| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+        text("blue")
+    })
+    .await;
+    let green = Upstream::named("green").await;
+    let proxy = Proxy::start(&[slow.addr], &[green.addr]).await;
+    let admin = proxy.admin.display().to_string();
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    eventually("the slow request reached blue", || slow.hits() == 1).await;
+    let (status, _) = proxy
+        .admin("POST", "/v1/switch", Some(r#"{"to": "green"}"#))
+        .await;
+    assert_eq!(status, 200);
+
+    // Not in time: exit 1, saying what is still open.
+    let (code, _, err) = ctl(
+        &["--admin", &admin, "wait", "drained", "--timeout", "100ms"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pool `blue` not drained after 100ms: 1 requests in flight, 0 tunnels open"),
+        "{err}"
+    );
+    // The previous pool by default: back once the slow request is answered.
+    let (code, out, err) = ctl(&["--admin", &admin, "wait", "drained"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "pool `blue` drained: no request in flight, no tunnel open\n"
+    );
+    assert!(
+        in_flight.is_finished(),
+        "ctl returned before the request ended"
+    );
+    assert_eq!(within(in_flight).await.unwrap().0, 200);
+
+    let (code, _, err) = ctl(&["--admin", &admin, "wait", "drained", "red"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("`red` is not a pool"), "{err}");
+}
