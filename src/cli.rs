@@ -1,5 +1,5 @@
-//! The command line: `serve`, `check`, `demo` and `ctl`, and what each
-//! exits with.
+//! The command line: `serve`, `check`, `demo`, `ctl`, `completions` and
+//! `man`, and what each exits with.
 //!
 //! Exit codes: 0 done; 1 refused or failed (a one-line reason on stderr);
 //! 2 usage error (from clap, before anything runs).
@@ -36,6 +36,14 @@ pub enum Command {
     Demo(DemoArgs),
     /// Drive a running proxy through its admin API.
     Ctl(CtlArgs),
+    /// Print the completion script for SHELL on stdout (e.g. `switchyard
+    /// completions bash > /etc/bash_completion.d/switchyard`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `switchyard man | man -l -`.
+    Man,
 }
 
 /// Where the config file is.
@@ -65,13 +73,27 @@ pub fn log_format(cli: &Cli) -> LogFormat {
     }
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> ExitCode {
+/// Runs a parsed command line; `definition` is the command line's
+/// definition as the binary completed it (its version), for the
+/// completions and the man page.
+pub fn run(cli: Cli, definition: clap::Command) -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Serve(args) => with_runtime(serve(args.config)),
         Command::Demo(args) => with_runtime(crate::demo::run(args.listen)),
         Command::Ctl(args) => crate::ctl::run(args),
+        Command::Completions { shell } => {
+            let mut definition = definition;
+            clap_complete::generate(shell, &mut definition, "switchyard", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(definition).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard: cannot write the man page: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`http1`]: HTTP/1.1 heads parsed in place and judged strictly, written
 //!   out again with a hop's edits; chunked bodies decoded and re-encoded.
 //! - [`metrics`]: Prometheus counters and a lock-free latency histogram.
+//! - [`notify`]: what the service manager (systemd) is told.
 //! - [`shutdown`]: signals, the drain of in-flight work, and background
 //!   tasks that stop when dropped.
 //! - [`body`]: the streamed body with one frame read ahead.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod envelope;
 pub mod http1;
 pub mod metrics;
+pub mod notify;
 pub mod shutdown;
 
 pub mod access_log;
@@ -76,6 +78,7 @@ mod tests {
         ("envelope", 0),
         ("http1", 0),
         ("metrics", 0),
+        ("notify", 0),
         ("shutdown", 0),
         ("access_log", 1),
         ("body", 1),

@@ -3,7 +3,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use switchyard::cli::Cli;
 use switchyard::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -12,9 +13,19 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// What `--version` says: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHYARD_COMMIT"),
+    ")"
+);
+
 fn main() -> ExitCode {
     // Usage errors exit with 2 from here, before anything starts.
-    let cli = switchyard::cli::Cli::parse();
+    let command = Cli::command().version(VERSION);
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -26,5 +37,5 @@ fn main() -> ExitCode {
         // message, for log pipelines.
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    switchyard::cli::run(cli)
+    switchyard::cli::run(cli, command)
 }

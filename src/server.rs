@@ -241,7 +241,9 @@ impl Server {
                 None
             }
         };
+        crate::notify::ready();
         shutdown.await;
+        crate::notify::stopping();
         drop(hangups);
         drop(reopens);
         drop(fleet);

@@ -22,6 +22,8 @@
 //!   Chromium.
 //! - `reloading`: config reload on edit, rename, symlink swap and API.
 //! - `ctl`: the `switchyard ctl` binary against a served proxy, and SIGHUP.
+//! - `service`: `--version`, completions, the man page, and systemd's
+//!   readiness notification.
 //! - `safety`: health checks, passive health, preview, tunnel drain,
 //!   automatic rollback.
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
@@ -54,6 +56,7 @@ mod observing;
 mod proxying;
 mod reloading;
 mod safety;
+mod service;
 mod support;
 mod switching;
 mod tls;
