@@ -403,7 +403,12 @@ async fn a_read_only_token_reads_and_changes_nothing() {
     let addr = proxy.admin_tcp.expect("the TCP admin listener is bound");
     let read = "read-only-token";
 
-    for path in ["/v1/status", "/v1/maintenance/windows", "/metrics", "/service-context"] {
+    for path in [
+        "/v1/status",
+        "/v1/maintenance/windows",
+        "/metrics",
+        "/service-context",
+    ] {
         let (status, body) = tcp_call(addr, read, "GET", path, "").await;
         assert_eq!(status, 200, "{path}: {body}");
     }
