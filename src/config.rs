@@ -519,16 +519,9 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let read_error = |source| ConfigError::Read {
+        let text = read::regular_text_file(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        };
-        let bytes = read::regular_file(path).map_err(read_error)?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            read_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "not UTF-8 text",
-            ))
         })?;
         Config::validate(path, &text, true)
     }

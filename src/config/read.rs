@@ -32,6 +32,12 @@ pub fn regular_file(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The same, as UTF-8 text.
+pub fn regular_text_file(path: &Path) -> io::Result<String> {
+    String::from_utf8(regular_file(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
