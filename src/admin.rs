@@ -8,6 +8,7 @@
 //! | `POST /v1/switch` | make a pool live (`to`, `force`) |
 //! | `POST /v1/rollback` | make the previous pool live (`force`) |
 //! | `POST /v1/reload` | re-read the config file |
+//! | `POST /v1/upgrade` | a new process of the binary takes over ([`crate::upgrade`]) |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `PATCH /service-context` | the maintenance flag, for existing pipelines |
 //! | `GET`, `POST /v1/maintenance/windows` | list or plan maintenance windows |
@@ -115,18 +116,27 @@ pub struct AdminListeners {
 }
 
 impl AdminListeners {
-    /// Binds the unix socket and, if configured, the TCP listener.
-    pub async fn bind(config: &AdminConfig) -> Result<AdminListeners, AdminStartError> {
-        let socket = bind_socket(&config.socket)?;
+    /// Binds the unix socket and, if configured, the TCP listener; each
+    /// given already bound (handed over by an upgrade) is used instead.
+    pub async fn bind(
+        config: &AdminConfig,
+        socket: Option<UnixListener>,
+        tcp: Option<TcpListener>,
+    ) -> Result<AdminListeners, AdminStartError> {
+        let socket = match socket {
+            Some(socket) => socket,
+            None => bind_socket(&config.socket)?,
+        };
         // Validation requires a token with `bind`; each request is checked
         // against the token of the config in force when it arrives.
-        let tcp = match config.bind {
-            Some(addr) => Some(
+        let tcp = match (config.bind, tcp) {
+            (Some(_), Some(tcp)) => Some(tcp),
+            (Some(addr), None) => Some(
                 TcpListener::bind(addr)
                     .await
                     .map_err(|source| AdminStartError::Bind { addr, source })?,
             ),
-            None => None,
+            (None, _) => None,
         };
         Ok(AdminListeners {
             socket_path: config.socket.clone(),
@@ -145,6 +155,16 @@ impl AdminListeners {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The unix socket's listener.
+    pub fn unix_socket(&self) -> &UnixListener {
+        &self.socket
+    }
+
+    /// The TCP listener, if there is one.
+    pub fn tcp_listener(&self) -> Option<&TcpListener> {
+        self.tcp.as_ref()
+    }
+
     /// Serves admin calls until dropped (the accept loops end when the
     /// returned guard is dropped, and the socket file is removed then).
     pub fn serve(self, router: Router) -> AdminServing {
@@ -161,7 +181,7 @@ impl AdminListeners {
         }
         AdminServing {
             tasks,
-            socket_path: self.socket_path,
+            socket_path: Some(self.socket_path),
         }
     }
 }
@@ -171,15 +191,27 @@ impl AdminListeners {
 #[derive(Debug)]
 pub struct AdminServing {
     tasks: Vec<StopOnDrop>,
-    socket_path: PathBuf,
+    /// The socket file to remove; `None` once a new process owns it.
+    socket_path: Option<PathBuf>,
+}
+
+impl AdminServing {
+    /// Leaves the socket file in place when dropped: a new process (a
+    /// binary upgrade) answers on it now.
+    pub fn keep_socket_file(&mut self) {
+        self.socket_path = None;
+    }
 }
 
 impl Drop for AdminServing {
     fn drop(&mut self) {
         // Stop accepting before the socket file goes.
         self.tasks.clear();
-        if let Err(error) = std::fs::remove_file(&self.socket_path) {
-            debug!(%error, socket = %self.socket_path.display(), "cannot remove admin socket");
+        let Some(path) = &self.socket_path else {
+            return;
+        };
+        if let Err(error) = std::fs::remove_file(path) {
+            debug!(%error, socket = %path.display(), "cannot remove admin socket");
         }
     }
 }
@@ -281,8 +313,14 @@ where
     // As on the public listeners: a request head within `timeouts.header`.
     let header_timeout = router.config().timeouts.header;
     let send_timeout = router.config().timeouts.send;
+    // Set once this connection answers an upgrade: when it ends, the
+    // answer is out, and the process that gave it may exit.
+    let upgraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upgrader = router.upgrader().cloned();
+    let answered = upgraded.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let router = router.clone();
+        let answered = answered.clone();
         async move {
             let method = request.method();
             let resource = Resource::of(request.uri().path());
@@ -320,7 +358,12 @@ where
             }
             // Only the dashboard's files are served without rights.
             let rights = rights.unwrap_or(Rights::Read);
-            Ok(router.handle(request, via, rights).await)
+            let upgrade = resource == Some(Resource::Upgrade);
+            let response = router.handle(request, via, rights).await;
+            if upgrade && response.status().is_success() {
+                answered.store(true, Ordering::Relaxed);
+            }
+            Ok(response)
         }
     });
     let stream = stall::SendDeadline::new(stream, send_timeout);
@@ -330,6 +373,9 @@ where
         .serve_connection(TokioIo::new(stream), service);
     if let Err(error) = connection.await {
         debug!(%error, "admin connection ended with an error");
+    }
+    if let Some(upgrader) = upgrader.filter(|_| upgraded.load(Ordering::Relaxed)) {
+        upgrader.answered();
     }
 }
 

@@ -14,6 +14,7 @@ use tracing::info;
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use crate::ctl::CtlArgs;
 use crate::server::Server;
+use crate::upgrade::Successor;
 
 /// switchyard: a reverse proxy that holds the maintenance and blue/green
 /// decisions, so database migrations stop being outages.
@@ -29,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
-    Serve(ConfigArgs),
+    Serve(ServeArgs),
     /// Validate a config file without serving; exit 1 listing every error.
     Check(ConfigArgs),
     /// Zero-setup tour: built-in blue and green apps behind the proxy.
@@ -54,6 +55,27 @@ pub struct ConfigArgs {
     pub config: PathBuf,
 }
 
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the config file is.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Take over the listening sockets of the process that started this
+    /// one (a binary upgrade, `switchyard ctl upgrade`); standard input is
+    /// the line to it.
+    #[arg(long, hide = true)]
+    pub take_over: bool,
+}
+
+/// What `--version` says: the version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHYARD_COMMIT"),
+    ")"
+);
+
 /// Options of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -66,7 +88,7 @@ pub struct DemoArgs {
 /// config that does not load is reported in text, by `serve` itself.
 pub fn log_format(cli: &Cli) -> LogFormat {
     match &cli.command {
-        Command::Serve(args) => Config::load(&args.config)
+        Command::Serve(args) => Config::load(&args.config.config)
             .map(|config| config.log.format)
             .unwrap_or_default(),
         _ => LogFormat::Text,
@@ -79,7 +101,7 @@ pub fn log_format(cli: &Cli) -> LogFormat {
 pub fn run(cli: Cli, definition: clap::Command) -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args.config),
-        Command::Serve(args) => with_runtime(serve(args.config)),
+        Command::Serve(args) => with_runtime(serve(args.config.config, args.take_over)),
         Command::Demo(args) => with_runtime(crate::demo::run(args.listen)),
         Command::Ctl(args) => crate::ctl::run(args),
         Command::Completions { shell } => {
@@ -151,24 +173,47 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// `serve`: run until SIGTERM or SIGINT, then drain and exit 0.
-async fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(config) => config,
-        Err(e) => {
-            for line in e.lines() {
-                eprintln!("{line}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    info!(config = %path.display(), summary = %config.summary(), "starting");
-    let server = match Server::bind(config).await {
-        Ok(server) => server,
+/// `serve`: run until SIGTERM or SIGINT (or until a new process has taken
+/// over), then drain and exit 0. With `take_over`, first take the sockets
+/// of the process that started this one.
+async fn serve(path: PathBuf, take_over: bool) -> ExitCode {
+    let successor = match take_over.then(Successor::connect).transpose() {
+        Ok(successor) => successor,
         Err(e) => {
             eprintln!("switchyard: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // Each reason to stop is told to the old process too, if there is one.
+    let told = successor.as_ref();
+    let fail = move |lines: Vec<String>| async move {
+        for line in &lines {
+            eprintln!("{line}");
+        }
+        if let Some(successor) = told {
+            successor.fail(&lines.join("; ")).await;
+        }
+        ExitCode::FAILURE
+    };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => return fail(e.lines()).await,
+    };
+    info!(config = %path.display(), summary = %config.summary(), "starting");
+    let inherited = match &successor {
+        Some(successor) => match successor.take_over(VERSION).await {
+            Ok(inherited) => Some(inherited),
+            Err(e) => return fail(vec![format!("switchyard: cannot take over: {e}")]).await,
+        },
+        None => None,
+    };
+    let server = match Server::bind_inheriting(config, inherited).await {
+        Ok(server) => server,
+        Err(e) => return fail(vec![format!("switchyard: {e}")]).await,
+    };
+    let server = match successor {
+        Some(successor) => server.succeeding(successor),
+        None => server,
     };
     // Registered before anything is served: a signal that arrived before
     // its handler would kill the process (the default action).

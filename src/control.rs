@@ -20,12 +20,13 @@ pub mod fleet;
 mod schedule;
 pub mod watch;
 mod windows;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -38,6 +39,7 @@ use commit::Committed;
 pub use error::{ControlError, ReloadRefusal};
 pub use events::{Event, EventKind, Via};
 use fleet::Fleet;
+pub use writer::Frozen;
 
 /// How many times in a row a change may lose its compare-and-swap to
 /// another instance's change before it is given up.
@@ -76,8 +78,8 @@ pub struct Control {
     /// The state file, fixed at startup (a reload that moves it takes
     /// effect at the next restart, so decisions never split across files).
     state_file: PathBuf,
-    /// Held for the whole of each change, probes and fsync included.
-    writer: Mutex<()>,
+    /// Held for the whole of each change; refuses once a new process took over.
+    writer: writer::Writer,
     /// Last event and running watch. A std mutex: held only to read or
     /// replace a field, never across an await.
     journal: std::sync::Mutex<Journal>,
@@ -104,7 +106,7 @@ impl Control {
             state,
             fleet,
             state_file,
-            writer: Mutex::new(()),
+            writer: writer::Writer::default(),
             journal: std::sync::Mutex::new(Journal::default()),
             deploy: std::sync::Mutex::new(None),
             events: broadcast::Sender::new(EVENTS_BACKLOG),
@@ -242,7 +244,7 @@ impl Control {
         change: MaintenanceChange,
         via: Via,
     ) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         let old = &current.decisions.maintenance;
         let since = match (change.enabled, old.since) {
@@ -320,7 +322,7 @@ impl Control {
         force: bool,
         via: Via,
     ) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         if !current.pools.contains_key(to) {
             return Err(ControlError::UnknownPool(to.to_owned()));
@@ -341,7 +343,7 @@ impl Control {
     }
 
     async fn rollback_now(&self, force: bool, via: Via) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         let Some(to) = current.decisions.previous_pool.clone() else {
             return Err(ControlError::NoPreviousPool);
@@ -439,7 +441,7 @@ impl Control {
     }
 
     async fn reload_now(&self, via: Via) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         let path = current.config.path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path))

@@ -25,6 +25,7 @@ use crate::admin::api::{
 };
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::state::persist::rfc3339;
+use crate::upgrade::Upgraded;
 use client::{call, endpoint, expect_done, expect_ok, json_body, Failure};
 use render::{pools_line, render_status, window_line};
 
@@ -72,6 +73,11 @@ pub enum CtlAction {
     },
     /// Re-read the config file now.
     Reload,
+    /// Replace the running process with a new one of its binary (as
+    /// installed now), failing no request: the new process takes over the
+    /// listening sockets, the decisions and the health records; the old
+    /// one drains and exits.
+    Upgrade,
     /// Wait until something has happened (exit 1 if it has not in time).
     #[command(subcommand)]
     Wait(wait::WaitAction),
@@ -235,6 +241,14 @@ async fn execute(args: CtlArgs) -> Result<String, Failure> {
             Ok(format!("{}\n", issued.token))
         }
         CtlAction::Deploy(_) => unreachable!("deploy runs on its own"),
+        CtlAction::Upgrade => {
+            let (status, body) = call(&endpoint, Method::POST, "/v1/upgrade", None).await?;
+            let upgraded: Upgraded = expect_ok(status, &body, "upgrade")?;
+            Ok(format!(
+                "upgraded: pid {} (switchyard {}) took over from pid {}, which drains and exits\n",
+                upgraded.pid, upgraded.version, upgraded.previous_pid
+            ))
+        }
         CtlAction::Reload => {
             let (status, body) = call(&endpoint, Method::POST, "/v1/reload", None).await?;
             let document: StatusDocument = expect_ok(status, &body, "reload")?;

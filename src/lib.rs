@@ -30,8 +30,10 @@
 //!   persisted and audited), which probes through `health`. `proxy` and
 //!   `control` meet only at the snapshot. [`cluster`], beside them, speaks
 //!   to etcd for `control` when the decisions are a fleet's.
-//! - [`admin`] and [`reload`]: the admin API (unix socket, optional TCP with
-//!   a token); what triggers a reload (the config file watch, SIGHUP).
+//! - [`admin`], [`reload`] and [`upgrade`]: the admin API (unix socket,
+//!   optional TCP with a token); what triggers a reload (the config file
+//!   watch, SIGHUP); a new binary taking over the listening sockets, which
+//!   the admin API starts.
 //! - [`server`]: the serving process: restore decisions, bind, run, drain.
 //! - [`cli`], [`ctl`] and [`demo`]: the command line and its exit codes,
 //!   `switchyard ctl` (the admin API's client), the zero-setup tour.
@@ -59,6 +61,7 @@ pub mod proxy;
 
 pub mod admin;
 pub mod reload;
+pub mod upgrade;
 
 pub mod server;
 
@@ -90,6 +93,7 @@ mod tests {
         ("cluster", 4),
         ("admin", 5),
         ("reload", 5),
+        ("upgrade", 5),
         ("server", 6),
         ("cli", 7),
         ("ctl", 7),
@@ -100,6 +104,7 @@ mod tests {
     const BESIDE: &[(&str, &str)] = &[
         ("control", "health"),
         ("control", "cluster"),
+        ("admin", "upgrade"),
         ("cli", "ctl"),
         ("cli", "demo"),
     ];

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use switchyard::cli::Cli;
+use switchyard::cli::{Cli, VERSION};
 use switchyard::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -12,14 +12,6 @@ use tracing_subscriber::EnvFilter;
 /// where glibc's allocator keeps it; see benches/compare/README.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// What `--version` says: the version and the commit it was built from.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("SWITCHYARD_COMMIT"),
-    ")"
-);
 
 fn main() -> ExitCode {
     // Usage errors exit with 2 from here, before anything starts.

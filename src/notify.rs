@@ -11,6 +11,12 @@ pub fn ready() {
     send(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
+/// A binary upgrade's new process serves now: systemd is to follow it
+/// (with `NotifyAccess=main`, only the main process may say so).
+pub fn main_pid(pid: u32) {
+    send(&[NotifyState::MainPid(pid)]);
+}
+
 /// The listeners are closed; requests in flight are draining.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining")]);

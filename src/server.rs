@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::proxy::{accept_loop, Proxy, Route};
 use crate::shutdown::{Lifecycle, StopOnDrop};
 use crate::state::persist::{self, PersistError};
 use crate::state::{Decisions, SharedState, Snapshot};
+use crate::upgrade::{Inherited, Role, Successor, Upgrader};
 use crate::upstream::connection;
 
 /// Why the server could not start.
@@ -65,6 +67,9 @@ pub enum ServeError {
     /// The access log could not start.
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::StartError),
+    /// The listening sockets could not be copied for a later upgrade.
+    #[error("cannot keep the listening sockets for upgrades: {0}")]
+    Sockets(std::io::Error),
 }
 
 /// How long a stopping server waits, past the drain, for the connections
@@ -81,14 +86,28 @@ pub struct Server {
     admin: AdminListeners,
     /// The access log the proxy writes, if any.
     access_log: Option<Arc<AccessLog>>,
-    /// This process's hold on the state file, released when `run` ends.
-    state_lock: persist::StateLock,
+    /// Hands over to a new binary; holds the state file's lock until then,
+    /// or until `run` ends.
+    upgrader: Arc<Upgrader>,
+    /// The process this one takes over from, told once this one serves.
+    successor_of: Option<Successor>,
+    /// The sockets of that process this one adopted.
+    adopted: Vec<Role>,
 }
 
 impl Server {
     /// Restores the decisions from the state file (or starts from
     /// `initial_pool` when there is none) and binds every listener.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        Server::bind_inheriting(config, None).await
+    }
+
+    /// [`Server::bind`], adopting the sockets an upgrade handed over where
+    /// the config names the same addresses, and the health records.
+    pub async fn bind_inheriting(
+        config: Config,
+        mut inherited: Option<Inherited>,
+    ) -> Result<Server, ServeError> {
         let state_file = config.state.file.clone();
         let state_lock = persist::lock(&state_file)?;
         let restored = persist::load(&state_file)?;
@@ -156,12 +175,53 @@ impl Server {
             }
         }
         let state = Arc::new(SharedState::new(snapshot));
-        let mut listeners = vec![(Route::Live, bind("listener", config.listener.bind).await?)];
+        let mut take = |role, addr| inherited.as_mut().and_then(|i| i.take_tcp(role, addr));
+        let public = match take(Role::Public, config.listener.bind) {
+            Some(listener) => listener,
+            None => bind("listener", config.listener.bind).await?,
+        };
+        let mut listeners = vec![(Route::Live, public)];
         if let Some(preview) = &config.preview {
-            listeners.push((Route::Preview, bind("preview", preview.bind).await?));
+            let listener = match take(Role::Preview, preview.bind) {
+                Some(listener) => listener,
+                None => bind("preview", preview.bind).await?,
+            };
+            listeners.push((Route::Preview, listener));
         }
-        let admin = AdminListeners::bind(&config.admin).await?;
+        let admin_tcp = config
+            .admin
+            .bind
+            .and_then(|addr| take(Role::AdminTcp, addr));
+        let admin_socket = inherited
+            .as_mut()
+            .and_then(|i| i.take_unix(&config.admin.socket));
+        let admin = AdminListeners::bind(&config.admin, admin_socket, admin_tcp).await?;
+        if let Some(inherited) = &inherited {
+            inherited.restore_health(&state);
+        }
+        let adopted = inherited.map(|i| i.adopted()).unwrap_or_default();
         let access_log = AccessLog::start(&config.log.access, config.log.format)?.map(Arc::new);
+        let control = Control::new(state.clone(), fleet);
+        // Each with the address its config names, for a new process to
+        // recognise.
+        let mut sockets = vec![(
+            Role::Public,
+            config.listener.bind.to_string(),
+            listeners[0].1.as_fd(),
+        )];
+        if let (Some(preview), Some((_, listener))) = (&config.preview, listeners.get(1)) {
+            sockets.push((Role::Preview, preview.bind.to_string(), listener.as_fd()));
+        }
+        sockets.push((
+            Role::AdminSocket,
+            config.admin.socket.display().to_string(),
+            admin.unix_socket().as_fd(),
+        ));
+        if let (Some(addr), Some(listener)) = (config.admin.bind, admin.tcp_listener()) {
+            sockets.push((Role::AdminTcp, addr.to_string(), listener.as_fd()));
+        }
+        let upgrader =
+            Upgrader::new(control.clone(), state_lock, sockets).map_err(ServeError::Sockets)?;
         Ok(Server {
             proxy: Arc::new(
                 Proxy::new(state.clone(), metrics.clone(), Lifecycle::default())
@@ -169,7 +229,6 @@ impl Server {
             ),
             access_log,
             control: {
-                let control = Control::new(state, fleet);
                 if let Some(watch) = watch {
                     control.resume_watch(watch);
                 }
@@ -179,8 +238,17 @@ impl Server {
             metrics,
             listeners,
             admin,
-            state_lock,
+            upgrader: Arc::new(upgrader),
+            successor_of: None,
+            adopted,
         })
+    }
+
+    /// This server takes over from the process `successor` speaks to: it
+    /// tells that process once it serves, instead of systemd.
+    pub fn succeeding(mut self, successor: Successor) -> Server {
+        self.successor_of = Some(successor);
+        self
     }
 
     /// The address a route's listener is bound to.
@@ -225,11 +293,10 @@ impl Server {
             }
             tokio::spawn(accept_loop(self.proxy.clone(), listener, route));
         }
-        let admin = self.admin.serve(Router::new(
-            self.control.clone(),
-            self.metrics.clone(),
-            bound,
-        ));
+        let mut admin = self.admin.serve(
+            Router::new(self.control.clone(), self.metrics.clone(), bound)
+                .with_upgrader(self.upgrader.clone()),
+        );
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
         let fleet = self.control.follow_fleet();
         let schedule = self.control.keep_schedule();
@@ -241,9 +308,18 @@ impl Server {
                 None
             }
         };
-        crate::notify::ready();
-        shutdown.await;
-        crate::notify::stopping();
+        match self.successor_of {
+            Some(successor) => successor.ready(self.adopted).await,
+            None => crate::notify::ready(),
+        }
+        let handed_over = tokio::select! {
+            () = shutdown => None,
+            handed = self.upgrader.handed_over() => Some(handed),
+        };
+        // After a handover, systemd follows the new process.
+        if handed_over.is_none() {
+            crate::notify::stopping();
+        }
         drop(hangups);
         drop(reopens);
         drop(fleet);
@@ -254,7 +330,14 @@ impl Server {
         drop(checks);
         drop(reaper);
         // The admin API closes with the public listeners: the process is on
-        // its way out, and the socket file goes with it.
+        // its way out, and the socket file goes with it, unless a new
+        // process has taken it over.
+        if handed_over
+            .as_ref()
+            .is_some_and(|h| h.adopted.contains(&Role::AdminSocket))
+        {
+            admin.keep_socket_file();
+        }
         drop(admin);
         let lifecycle = self.proxy.lifecycle();
         let budget = self.proxy.state().load().config.timeouts.drain;
@@ -273,7 +356,10 @@ impl Server {
         if let Some(log) = &self.access_log {
             log.flush(CLOSING_GRACE).await;
         }
-        drop(self.state_lock);
+        if handed_over.is_some() {
+            self.upgrader.until_answered(CLOSING_GRACE).await;
+        }
+        self.upgrader.release_state_lock();
     }
 }
 

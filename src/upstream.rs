@@ -161,6 +161,13 @@ impl Upstream {
         self.set_healthy(false).is_some()
     }
 
+    /// Takes over another process's verdict and record of this upstream
+    /// (a binary upgrade), so the new process routes as the old one did.
+    pub fn restore(&self, healthy: bool, record: ProbeRecord) {
+        *self.probes.lock().expect("probe record lock poisoned") = record;
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
     /// Sets the verdict; `Some(new)` if it changed.
     fn set_healthy(&self, healthy: bool) -> Option<bool> {
         (self.healthy.swap(healthy, Ordering::Relaxed) != healthy).then_some(healthy)
@@ -168,7 +175,7 @@ impl Upstream {
 }
 
 /// The health probes' findings about one upstream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProbeRecord {
     /// When it was last probed.
     pub last_check: Option<SystemTime>,

@@ -20,6 +20,7 @@ use crate::envelope::ErrorDocument;
 use crate::state::persist::{parse_rfc3339, rfc3339};
 use crate::state::schedule::{whole_second, PlannedWindow};
 use crate::state::{MaintenanceMode, Snapshot, Window};
+use crate::upgrade::UpgradeError;
 
 /// `PUT /v1/maintenance`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,6 +437,9 @@ pub enum AdminError {
     /// The control plane refused the change.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// A binary upgrade did not happen.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
 }
 
 impl AdminError {
@@ -450,6 +454,13 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::BypassNotConfigured => StatusCode::CONFLICT,
+            AdminError::Upgrade(e) => match e {
+                UpgradeError::InProgress | UpgradeError::AlreadyHandedOver(_) => {
+                    StatusCode::CONFLICT
+                }
+                UpgradeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                UpgradeError::Control(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => StatusCode::NOT_FOUND,
                 ControlError::PoolUnhealthy { .. }
@@ -465,7 +476,9 @@ impl AdminError {
                 }
                 ControlError::DeployRunning(_) => StatusCode::CONFLICT,
                 ControlError::Window(_) => StatusCode::BAD_REQUEST,
-                ControlError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::ClusterUnavailable(_) | ControlError::HandedOver => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ControlError::NotAcknowledged(_) => StatusCode::GATEWAY_TIMEOUT,
             },
         }
@@ -482,6 +495,11 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::TooLarge(_) => "payload_too_large",
             AdminError::BypassNotConfigured => "bypass_not_configured",
+            AdminError::Upgrade(e) => match e {
+                UpgradeError::InProgress => "upgrade_in_progress",
+                UpgradeError::AlreadyHandedOver(_) | UpgradeError::Control(_) => "handed_over",
+                UpgradeError::Failed(_) => "upgrade_failed",
+            },
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => "unknown_pool",
                 ControlError::PoolUnhealthy { .. } => "pool_unhealthy",
@@ -499,6 +517,7 @@ impl AdminError {
                 ControlError::UnknownDeploy(_) => "unknown_deploy",
                 ControlError::DeployRunning(_) => "deploy_running",
                 ControlError::Window(_) => "bad_request",
+                ControlError::HandedOver => "handed_over",
             },
         }
     }

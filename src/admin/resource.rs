@@ -19,6 +19,8 @@ pub enum Resource<'a> {
     Rollback,
     /// `/v1/reload`.
     Reload,
+    /// `/v1/upgrade`.
+    Upgrade,
     /// `/v1/bypass-tokens`.
     BypassTokens,
     /// `/v1/pools/{name}/probe`.
@@ -49,6 +51,7 @@ impl<'a> Resource<'a> {
             "/v1/switch" => Some(Resource::Switch),
             "/v1/rollback" => Some(Resource::Rollback),
             "/v1/reload" => Some(Resource::Reload),
+            "/v1/upgrade" => Some(Resource::Upgrade),
             "/v1/bypass-tokens" => Some(Resource::BypassTokens),
             "/v1/deploys" => Some(Resource::Deploys),
             "/metrics" => Some(Resource::Metrics),
@@ -77,6 +80,7 @@ impl<'a> Resource<'a> {
             Resource::Switch
             | Resource::Rollback
             | Resource::Reload
+            | Resource::Upgrade
             | Resource::BypassTokens
             | Resource::PoolProbe(_)
             | Resource::Deploys

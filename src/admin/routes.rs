@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::state::persist::rfc3339;
 use crate::state::schedule::whole_second;
 use crate::state::Snapshot;
+use crate::upgrade::Upgrader;
 
 /// The largest request body an admin call accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,6 +41,8 @@ pub struct Router {
     listeners: Listeners,
     /// Events streams open now.
     event_streams: Arc<super::events::OpenStreams>,
+    /// What `POST /v1/upgrade` runs; without it, the endpoint is missing.
+    upgrader: Option<Arc<Upgrader>>,
 }
 
 /// An admin answer's body: whole, or the events stream.
@@ -57,7 +60,21 @@ impl Router {
             metrics,
             listeners,
             event_streams: Arc::default(),
+            upgrader: None,
         }
+    }
+
+    /// The router of a process that a new binary can take over from.
+    pub fn with_upgrader(self, upgrader: Arc<Upgrader>) -> Router {
+        Router {
+            upgrader: Some(upgrader),
+            ..self
+        }
+    }
+
+    /// What runs a binary upgrade, if this process can be taken over.
+    pub fn upgrader(&self) -> Option<&Arc<Upgrader>> {
+        self.upgrader.as_ref()
     }
 
     /// How many events streams are open, for [`super::events`] to count.
@@ -195,6 +212,17 @@ impl Router {
                 self.rollback(request, via).await
             }
             (&Method::POST, Resource::Reload) => self.reload(via).await,
+            (&Method::POST, Resource::Upgrade) => {
+                let Some(upgrader) = &self.upgrader else {
+                    return Err(AdminError::NotFound(path.to_owned()));
+                };
+                let upgraded = upgrader.upgrade(via).await?;
+                // Closed once answered: the process that answered drains.
+                let mut answer = json(StatusCode::OK, &upgraded);
+                let close = HeaderValue::from_static("close");
+                answer.headers_mut().insert(http::header::CONNECTION, close);
+                Ok(answer)
+            }
             (&Method::GET, Resource::Windows) => Ok(self.windows()),
             (&Method::POST, Resource::Windows) => {
                 self.plan_window(required(self.read_body(body).await?)?, via)

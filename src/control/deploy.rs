@@ -54,6 +54,7 @@ impl Control {
         holder: &str,
         id: Option<String>,
     ) -> Result<DeployLock, ControlError> {
+        self.writer.check()?;
         if !self.state.load().pools.contains_key(pool) {
             return Err(ControlError::UnknownPool(pool.to_owned()));
         }
@@ -122,6 +123,7 @@ impl Control {
 
     /// Renews the deploy lock `id` for another [`LOCK_TTL`].
     pub async fn renew_deploy_lock(&self, id: &str) -> Result<DeployLock, ControlError> {
+        self.writer.check()?;
         let unknown = || ControlError::UnknownDeploy(id.to_owned());
         match &self.fleet {
             None => {
@@ -150,6 +152,7 @@ impl Control {
 
     /// Releases the deploy lock `id`.
     pub async fn release_deploy_lock(&self, id: &str) -> Result<(), ControlError> {
+        self.writer.check()?;
         let unknown = || ControlError::UnknownDeploy(id.to_owned());
         match &self.fleet {
             None => {

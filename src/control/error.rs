@@ -71,6 +71,10 @@ pub enum ControlError {
     /// restarted).
     #[error("no deploy holds lock `{0}` (it lapsed, was released, or the proxy restarted)")]
     UnknownDeploy(String),
+    /// A new process took over from this one (a binary upgrade); it makes
+    /// the changes now.
+    #[error("this process has handed over to a new one (a binary upgrade); ask again, and the new process answers")]
+    HandedOver,
     /// The window cannot be planned as asked.
     #[error(transparent)]
     Window(#[from] WindowRefusal),

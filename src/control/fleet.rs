@@ -288,7 +288,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         let _writer = match held {
             Held::Writer => None,
-            Held::Nothing => Some(self.writer.lock().await),
+            Held::Nothing => Some(self.writer.lock().await?),
         };
         let current = self.state.load_full();
         let stale = match freshness {

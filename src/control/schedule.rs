@@ -62,7 +62,7 @@ impl Control {
     }
 
     async fn timed_changes_now(&self) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         let Some((decisions, what)) = current.decisions.timed_changes(SystemTime::now()) else {
             return Ok(current);

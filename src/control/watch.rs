@@ -212,7 +212,10 @@ impl Control {
     }
 
     async fn auto_rollback_now(&self, id: u64, reason: String) {
-        let _writer = self.writer.lock().await;
+        // After an upgrade handed over, the new process's watch decides.
+        let Ok(_writer) = self.writer.lock().await else {
+            return;
+        };
         // A manual switch may have cancelled this watch while it waited.
         let Some(watch) = self.journal().watch.take_if(|w| w.id() == id) else {
             return;

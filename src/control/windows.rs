@@ -42,7 +42,7 @@ impl Control {
         planned: PlannedWindow,
         via: Via,
     ) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         let generation = current.decisions.generation;
         let next = generation
@@ -109,7 +109,7 @@ impl Control {
     }
 
     async fn cancel_window_now(&self, id: &str, via: Via) -> Result<Arc<Snapshot>, ControlError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.lock().await?;
         let current = self.state.load_full();
         let Some(decisions) = current.decisions.without_window(id) else {
             return Err(ControlError::UnknownWindow(id.to_owned()));

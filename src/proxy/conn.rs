@@ -191,8 +191,7 @@ async fn serve_connection(
         let deadline = Instant::now() + header_timeout;
         let sniffed = tokio::select! {
             sniffed = sniff::sniff(stream, deadline) => sniffed,
-            // Nothing was asked yet, so nothing is lost by closing now.
-            _ = serving.phase.wait_for(|p| *p != Phase::Serving) => return,
+            _ = quiet_in_drain(&mut serving.phase) => return,
         };
         let (protocol, io) = match sniffed {
             Ok(sniffed) => sniffed,
@@ -219,6 +218,19 @@ async fn serve_connection(
     Box::pin(serve_tls(serving, stream, server)).await;
 }
 
+/// Resolves [`park::PARK_AFTER`] into a drain. A connection accepted just
+/// before it is most likely sending its first request now: closing it at
+/// once would fail that request, and answering it (with `Connection:
+/// close`) costs a moment. One whose client says nothing in that time is
+/// closed.
+async fn quiet_in_drain(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+    tokio::select! {
+        () = tokio::time::sleep(park::PARK_AFTER) => {}
+        _ = phase.wait_for(|p| *p == Phase::Closing) => {}
+    }
+}
+
 /// Handshakes TLS within the header timeout, then serves HTTP/1 or HTTP/2
 /// as ALPN chose.
 async fn serve_tls(
@@ -231,7 +243,7 @@ async fn serve_tls(
     let mut first = [0u8; 1];
     let peeked = tokio::select! {
         peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
-        _ = serving.phase.wait_for(|p| *p != Phase::Serving) => return,
+        _ = quiet_in_drain(&mut serving.phase) => return,
     };
     match peeked {
         Ok(Ok(1..)) if first[0].is_ascii_uppercase() => {
@@ -253,7 +265,7 @@ async fn serve_tls(
     let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
     let accepted = tokio::select! {
         accepted = tokio::time::timeout_at(deadline, accept) => accepted,
-        _ = serving.phase.wait_for(|p| *p != Phase::Serving) => return,
+        _ = quiet_in_drain(&mut serving.phase) => return,
     };
     let io = match accepted {
         Ok(Ok(io)) => io,

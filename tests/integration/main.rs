@@ -29,6 +29,8 @@
 //! - `tls`: TLS termination, SNI, certificate renewal, `check` on TLS files.
 //! - `tls_upstream`: upstreams over TLS, HTTP/1.1 and a shared h2
 //!   connection.
+//! - `upgrade`: a new process of the binary taking over under load, and
+//!   one that cannot.
 //! - `windows`: maintenance windows planned ahead.
 //! - `bypass`: bypass tokens through the gate.
 //! - `deploy`: `ctl deploy` with real shell commands as migration and
@@ -61,4 +63,5 @@ mod support;
 mod switching;
 mod tls;
 mod tls_upstream;
+mod upgrade;
 mod windows;

@@ -331,9 +331,12 @@ impl<I: ClientIo> Engine<I> {
                     Err(error) => return Next::Refused(error.into()),
                 }
             }
-            if *self.phase.borrow() >= Phase::Draining && self.input.is_empty() {
-                return Next::Over;
-            }
+            // A drain does not close a connection that has just been
+            // accepted or answered: its client may be sending a request
+            // now, which closing would fail. It gets until the clock below
+            // (`PARK_AFTER` from then) to send one, which is answered with
+            // `Connection: close`; a connection woken from parking has its
+            // request's bytes waiting.
             // Between requests, wait for bytes before taking memory for
             // them, and let the buffers go once the client is quiet.
             if self.input.is_empty() {
