@@ -222,8 +222,9 @@ http {{
                 log=log,
             )
         elif target == "nginx":
+            # By its full path: a binary upgrade (USR2) runs argv[0] again.
             proc = self.procs.start(
-                ["nginx", "-c", os.path.join(self.dir, "nginx.conf"), "-p", self.dir], CPU_PROXY, log=log
+                [shutil.which("nginx"), "-c", os.path.join(self.dir, "nginx.conf"), "-p", self.dir], CPU_PROXY, log=log
             )
         else:
             proc = self.procs.start(
@@ -334,7 +335,7 @@ global
   # HAProxy wants 2 descriptors per connection up front; 9900 fits a
   # 20 000 descriptor limit (what containers commonly allow).
   maxconn 9900
-  stats socket {self.dir}/haproxy.sock mode 600 level admin
+  stats socket {self.dir}/haproxy.sock mode 600 level admin expose-fd listeners
 defaults
   mode http
   timeout connect 2s
@@ -513,6 +514,84 @@ backend green
         finally:
             self.procs.stop(proc)
 
+    def upgrade(self, target, running):
+        """Replaces `target`'s running binary with the installed one, its
+        own way; `running` is the process serving now, and the one serving
+        afterwards is returned."""
+        if target == "switchyard":
+            conn = UnixHTTPConnection(os.path.join(self.dir, "switchyard", "run", "admin.sock"))
+            conn.request("POST", "/v1/upgrade", headers={"Host": "switchyard"})
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            if response.status != 200:
+                raise RuntimeError(f"upgrade answered {response.status}: {body!r}")
+            return running
+        if target == "nginx":
+            # USR2 starts the new binary beside the old master, which then
+            # leaves on QUIT (finishing its requests).
+            pid_file = os.path.join(self.dir, "nginx.pid")
+            with open(pid_file) as f:
+                old = int(f.read().strip())
+            os.kill(old, signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while not (os.path.exists(pid_file + ".oldbin") and os.path.exists(pid_file)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start its new binary")
+                time.sleep(0.01)
+            os.kill(old, signal.SIGQUIT)
+            return running
+        # HAProxy: a new process takes the listeners over the stats socket
+        # (-x), and tells the old one to finish (-sf).
+        argv = [
+            "haproxy", "-f", os.path.join(self.dir, "haproxy.cfg"),
+            "-x", os.path.join(self.dir, "haproxy.sock"), "-sf", str(running.pid),
+        ]
+        return self.procs.start(argv, CPU_PROXY, log=os.path.join(self.dir, "haproxy.log"))
+
+    def upgrade_under_load(self, target):
+        port = free_port()
+        getattr(self, f"config_{target}")(port, False, "blue")
+        if target == "haproxy":
+            # Standalone (not master-worker): the upgrade is the new process's own.
+            proc = self.procs.start(
+                ["haproxy", "-f", os.path.join(self.dir, "haproxy.cfg")],
+                CPU_PROXY,
+                log=os.path.join(self.dir, "haproxy.log"),
+            )
+            wait_port(port)
+        elif target == "nginx":
+            # nginx ignores USR2 unless its master is a daemon (its parent
+            # gone): it takes a parent for an older binary it was started from.
+            conf = os.path.join(self.dir, "nginx.conf")
+            with open(conf) as f:
+                text = f.read().replace("daemon off;", "daemon on;")
+            with open(conf, "w") as f:
+                f.write(text)
+            proc = self.launch(target, port)
+        else:
+            proc = self.launch(target, port)
+        group = proc.pid
+        serving = [proc]
+        try:
+            stop, done = threading.Event(), []
+
+            def upgrader():
+                while not stop.wait(2):
+                    serving.append(self.upgrade(target, serving[-1]))
+                    done.append(1)
+
+            figures = self.load_while(port, upgrader, stop)
+            return {"upgrades": len(done), "failed": failed(figures), "requests": figures["requests"]}
+        finally:
+            # A new switchyard or nginx is the old one's child, in its
+            # process group; a new HAProxy is a process of its own.
+            for proc in serving:
+                self.procs.stop(proc)
+            stop_group(group)
+            if target == "nginx":
+                stop_daemon(os.path.join(self.dir, "nginx.pid"))
+
     def idle(self, target, count):
         port, proc = self.start_target(target)
         try:
@@ -522,6 +601,35 @@ backend green
             return {"connections": opened[0], "rss_per_conn_bytes": (opened[1] - before) * 1024 / max(opened[0], 1)}
         finally:
             self.procs.stop(proc)
+
+
+def stop_group(group):
+    """Ends what is left of process group `group`, SIGTERM then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def stop_daemon(pid_file):
+    """Ends the daemon whose pid `pid_file` holds, SIGTERM then SIGKILL."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 def failed(figures):
@@ -623,7 +731,7 @@ def main():
         "--idle", type=int, default=9500,
         help="idle connections to hold (HAProxy caps at about half the descriptor limit)",
     )
-    parser.add_argument("--only", default="", help="comma-separated scenario keys (get50,get256,close,big,upload,gate,switch,reload,idle)")
+    parser.add_argument("--only", default="", help="comma-separated scenario keys (get50,get256,close,big,upload,gate,switch,reload,upgrade,idle)")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     bench = Bench(args)
@@ -659,6 +767,9 @@ def main():
         if not only or "reload" in only:
             results["reload"] = {t: bench.reload_under_load(t) for t in PROXIES}
             print(f"  [reload] {results['reload']}", file=sys.stderr)
+        if not only or "upgrade" in only:
+            results["upgrade"] = {t: bench.upgrade_under_load(t) for t in PROXIES}
+            print(f"  [upgrade] {results['upgrade']}", file=sys.stderr)
         if not only or "idle" in only:
             results["idle"] = {t: bench.idle(t, args.idle) for t in PROXIES}
             print(f"  [idle] {results['idle']}", file=sys.stderr)
@@ -747,6 +858,14 @@ def render(results):
         lines += ["", "| reload under load (every 1 s) | requests | failed requests |", "|---|---:|---:|"]
         for target, r in results["reload"].items():
             lines.append(f"| {target} | {r['requests']} | {r['failed']} |")
+    if "upgrade" in results:
+        lines += [
+            "",
+            "| binary upgrade under load (every 2 s: switchyard `ctl upgrade`, nginx USR2 + QUIT, HAProxy `-x` + `-sf`) | upgrades | requests | failed requests |",
+            "|---|---:|---:|---:|",
+        ]
+        for target, r in results["upgrade"].items():
+            lines.append(f"| {target} | {r['upgrades']} | {r['requests']} | {r['failed']} |")
     if "idle" in results:
         lines += ["", "| idle keep-alive connections | held | RSS per connection, bytes |", "|---|---:|---:|"]
         for target, r in results["idle"].items():
