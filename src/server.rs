@@ -316,6 +316,8 @@ impl Server {
             () = shutdown => None,
             handed = self.upgrader.handed_over() => Some(handed),
         };
+        // The listeners close below; these copies must not keep them open.
+        self.upgrader.close_sockets();
         // After a handover, systemd follows the new process.
         if handed_over.is_none() {
             crate::notify::stopping();

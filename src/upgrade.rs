@@ -3,7 +3,7 @@
 //!
 //! The running process starts the binary it was started from (so a
 //! package upgrade's new file is what runs) as `serve --config PATH
-//! --take-over`, with one end of a private [`channel`] as its standard
+//! --take-over`, with one end of a private `channel` as its standard
 //! input, and they talk:
 //!
 //! 1. The new process loads the config and says hello (or why it cannot).
@@ -160,8 +160,10 @@ pub struct Upgrader {
     /// The binary this process was started from; an error if unknown.
     binary: Result<PathBuf, String>,
     control: Arc<Control>,
-    /// Copies of the listening sockets, to send.
-    sockets: Vec<(Offered, OwnedFd)>,
+    /// Copies of the listening sockets, to send; closed when the process
+    /// stops serving (a copy open would keep a closed listener's queue
+    /// taking connections nobody accepts).
+    sockets: std::sync::Mutex<Vec<(Offered, OwnedFd)>>,
     state_file: PathBuf,
     /// This process's hold on the state file; given up during a handover.
     state_lock: std::sync::Mutex<Option<StateLock>>,
@@ -190,7 +192,7 @@ impl Upgrader {
             binary: std::env::current_exe().map_err(|e| e.to_string()),
             state_file: control.state().load().config.state.file.clone(),
             control,
-            sockets,
+            sockets: std::sync::Mutex::new(sockets),
             state_lock: std::sync::Mutex::new(Some(state_lock)),
             running: tokio::sync::Mutex::new(()),
             handed_over: watch::Sender::new(None),
@@ -276,13 +278,25 @@ impl Upgrader {
             Ok(Some((FromNew::Hello { version }, _))) => version,
             other => return Err(refusal(other)),
         };
+        // Copies again, so that no lock is held across the send.
+        let sockets = self
+            .sockets
+            .lock()
+            .expect("sockets lock poisoned")
+            .iter()
+            .map(|(offered, socket)| Ok((offered.clone(), socket.try_clone()?)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("could not be given the sockets: {e}"))?;
+        if sockets.is_empty() {
+            return Err("was too late: this process is stopping".to_owned());
+        }
         drop(self.state_lock().take());
         let handover = Handover {
-            sockets: self.sockets.iter().map(|(o, _)| o.clone()).collect(),
+            sockets: sockets.iter().map(|(o, _)| o.clone()).collect(),
             health: health_of(self.control.state()),
         };
-        let sockets: Vec<_> = self.sockets.iter().map(|(_, s)| s.as_fd()).collect();
-        if let Err(e) = channel.send(&handover, &sockets).await {
+        let fds: Vec<_> = sockets.iter().map(|(_, s)| s.as_fd()).collect();
+        if let Err(e) = channel.send(&handover, &fds).await {
             return Err(format!("could not be sent the sockets: {e}"));
         }
         match channel.recv().await {
@@ -335,6 +349,12 @@ impl Upgrader {
     /// Waits, up to `at_most`, for the answer to the upgrade to be written.
     pub async fn until_answered(&self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.answered.notified()).await;
+    }
+
+    /// Closes the copies of the listening sockets: the process stops
+    /// serving, and no upgrade can take them any more.
+    pub fn close_sockets(&self) {
+        self.sockets.lock().expect("sockets lock poisoned").clear();
     }
 
     /// Lets go of the state file: the process is done with it.

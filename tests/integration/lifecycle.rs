@@ -125,7 +125,13 @@ async fn sigterm_finishes_the_requests_in_flight_logs_them_and_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // ...while the requests in flight complete normally.
+    // ...while the requests in flight are still running (the listening
+    // socket is closed, not merely no longer accepted from)...
+    assert!(
+        in_flight.iter().all(|request| !request.is_finished()),
+        "the listener was refused only once the requests were done"
+    );
+    // ...and they complete normally.
     for request in in_flight {
         let (status, _, body) = within(request).await.unwrap();
         assert_eq!((status, body.as_str()), (200, "finished"));
