@@ -604,29 +604,27 @@ backend green
 
 
 def stop_group(group):
-    """Ends what is left of process group `group`, SIGTERM then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+    """Ends what is left of process group `group`."""
+    end_with(lambda sig: os.killpg(group, sig))
 
 
 def stop_daemon(pid_file):
-    """Ends the daemon whose pid `pid_file` holds, SIGTERM then SIGKILL."""
+    """Ends the daemon whose pid `pid_file` holds."""
     try:
         with open(pid_file) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return
+    end_with(lambda sig: os.kill(pid, sig))
+
+
+def end_with(send):
+    """Sends SIGTERM through `send`, then SIGKILL, until it finds no process."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                os.kill(pid, sig)
+                send(sig)
             except ProcessLookupError:
                 return
             time.sleep(0.1)
