@@ -359,6 +359,8 @@ where
             // Only the dashboard's files are served without rights.
             let rights = rights.unwrap_or(Rights::Read);
             let upgrade = resource == Some(Resource::Upgrade);
+            // An events stream lasts as long as its reader: not a call to wait for.
+            let _call = (resource != Some(Resource::Events)).then(|| router.calls().track());
             let response = router.handle(request, via, rights).await;
             if upgrade && response.status().is_success() {
                 answered.store(true, Ordering::Relaxed);

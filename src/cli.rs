@@ -199,9 +199,9 @@ async fn serve(path: PathBuf, take_over: bool) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e.lines()).await,
     };
-    info!(config = %path.display(), summary = %config.summary(), "starting");
+    info!(pid = std::process::id(), config = %path.display(), summary = %config.summary(), "starting");
     let inherited = match &successor {
-        Some(successor) => match successor.take_over(VERSION).await {
+        Some(successor) => match successor.take_over(VERSION, &config.state.file).await {
             Ok(inherited) => Some(inherited),
             Err(e) => return fail(vec![format!("switchyard: cannot take over: {e}")]).await,
         },

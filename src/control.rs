@@ -39,7 +39,7 @@ use commit::Committed;
 pub use error::{ControlError, ReloadRefusal};
 pub use events::{Event, EventKind, Via};
 use fleet::Fleet;
-pub use writer::Frozen;
+pub use writer::{Frozen, Held};
 
 /// How many times in a row a change may lose its compare-and-swap to
 /// another instance's change before it is given up.

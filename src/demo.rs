@@ -58,7 +58,8 @@ async fn tour(listen: SocketAddr) -> Result<(), String> {
             "{e}\n  another program has this port; try: switchyard demo --listen 127.0.0.1:0"
         ),
         other => other.to_string(),
-    })?;
+    })?
+    .without_upgrades("the demo's upstreams live in its own process, and would not outlive it: stop the demo and start it again instead");
     let proxy = server
         .local_addr(Route::Live)
         .ok_or("the proxy listener has no address")?;

@@ -76,6 +76,10 @@ pub enum ServeError {
 /// it closed to be gone and for the access log to be written out.
 const CLOSING_GRACE: Duration = Duration::from_millis(500);
 
+/// How long an idle connection of an old process is kept once a new one
+/// has taken over (its drain's wait for a first or next request).
+const OLD_PROCESS_IDLE: Duration = Duration::from_secs(1);
+
 /// A bound server, ready to run.
 #[derive(Debug)]
 pub struct Server {
@@ -92,7 +96,7 @@ pub struct Server {
     /// The process this one takes over from, told once this one serves.
     successor_of: Option<Successor>,
     /// The sockets of that process this one adopted.
-    adopted: Vec<Role>,
+    adopted_sockets: Vec<Role>,
 }
 
 impl Server {
@@ -199,7 +203,7 @@ impl Server {
         if let Some(inherited) = &inherited {
             inherited.restore_health(&state);
         }
-        let adopted = inherited.map(|i| i.adopted()).unwrap_or_default();
+        let adopted_sockets = inherited.map(|i| i.adopted()).unwrap_or_default();
         let access_log = AccessLog::start(&config.log.access, config.log.format)?.map(Arc::new);
         let control = Control::new(state.clone(), fleet);
         // Each with the address its config names, for a new process to
@@ -214,7 +218,9 @@ impl Server {
         }
         sockets.push((
             Role::AdminSocket,
-            config.admin.socket.display().to_string(),
+            crate::upgrade::normalized(&config.admin.socket)
+                .display()
+                .to_string(),
             admin.unix_socket().as_fd(),
         ));
         if let (Some(addr), Some(listener)) = (config.admin.bind, admin.tcp_listener()) {
@@ -240,8 +246,17 @@ impl Server {
             admin,
             upgrader: Arc::new(upgrader),
             successor_of: None,
-            adopted,
+            adopted_sockets,
         })
+    }
+
+    /// Refuses upgrades, saying `why` (the demo: its upstreams live in its
+    /// own process).
+    pub fn without_upgrades(mut self, why: &'static str) -> Server {
+        if let Some(upgrader) = Arc::get_mut(&mut self.upgrader) {
+            upgrader.refuse(why);
+        }
+        self
     }
 
     /// This server takes over from the process `successor` speaks to: it
@@ -293,10 +308,19 @@ impl Server {
             }
             tokio::spawn(accept_loop(self.proxy.clone(), listener, route));
         }
-        let mut admin = self.admin.serve(
-            Router::new(self.control.clone(), self.metrics.clone(), bound)
-                .with_upgrader(self.upgrader.clone()),
-        );
+        // A new process holds changes back until the one it took over from
+        // decides no more requests on the decisions it had: until it has
+        // exited, or at most as long as a request head it began reading
+        // before the handover may take (an idle connection of its closes
+        // within a second).
+        let held = match self.successor_of {
+            Some(_) => Some(self.control.hold_changes().await),
+            None => None,
+        };
+        let router = Router::new(self.control.clone(), self.metrics.clone(), bound)
+            .with_upgrader(self.upgrader.clone());
+        let admin_calls = router.calls().clone();
+        let mut admin = self.admin.serve(router);
         let checks = crate::health::spawn_checks(self.proxy.state().clone());
         let fleet = self.control.follow_fleet();
         let schedule = self.control.keep_schedule();
@@ -309,7 +333,14 @@ impl Server {
             }
         };
         match self.successor_of {
-            Some(successor) => successor.ready(self.adopted).await,
+            Some(successor) => {
+                successor.ready(self.adopted_sockets).await;
+                let header = self.proxy.state().load().config.timeouts.header;
+                tokio::spawn(async move {
+                    successor.until_gone(header + OLD_PROCESS_IDLE).await;
+                    drop(held);
+                });
+            }
             None => crate::notify::ready(),
         }
         let handed_over = tokio::select! {
@@ -343,7 +374,7 @@ impl Server {
         drop(admin);
         let lifecycle = self.proxy.lifecycle();
         let budget = self.proxy.state().load().config.timeouts.drain;
-        info!(connections = lifecycle.active(), budget = ?budget, "stopping: listeners closed, draining");
+        info!(pid = std::process::id(), connections = lifecycle.active(), budget = ?budget, "stopping: listeners closed, draining");
         let cut = lifecycle.drain(budget).await;
         if cut > 0 {
             warn!(
@@ -359,9 +390,15 @@ impl Server {
             log.flush(CLOSING_GRACE).await;
         }
         if handed_over.is_some() {
-            self.upgrader.until_answered(CLOSING_GRACE).await;
+            // The upgrade's answer, and those refused `handed_over` since,
+            // reach their callers before the process is gone.
+            let answered = async {
+                admin_calls.emptied().await;
+                self.upgrader.until_answered().await;
+            };
+            let _ = tokio::time::timeout(CLOSING_GRACE, answered).await;
         }
-        self.upgrader.release_state_lock();
+        self.upgrader.release();
     }
 }
 

@@ -182,7 +182,8 @@ struct TrackerInner {
 pub struct Tracked(Tracker);
 
 impl Tracker {
-    fn track(&self) -> Tracked {
+    /// Counts one more until the guard is dropped.
+    pub fn track(&self) -> Tracked {
         self.0.active.fetch_add(1, Ordering::AcqRel);
         Tracked(self.clone())
     }
@@ -192,7 +193,7 @@ impl Tracker {
     }
 
     /// Resolves once nothing is tracked.
-    async fn emptied(&self) {
+    pub async fn emptied(&self) {
         loop {
             let notified = self.0.emptied.notified();
             tokio::pin!(notified);

@@ -103,6 +103,8 @@ struct Health {
 struct Handover {
     sockets: Vec<Offered>,
     health: Vec<Health>,
+    /// Where its decisions are ([`normalized`]).
+    state_file: PathBuf,
 }
 
 /// What the new process says.
@@ -132,6 +134,9 @@ pub enum UpgradeError {
     /// The control plane refused (it handed over meanwhile).
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// This process cannot be upgraded.
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 /// The answer to a successful upgrade.
@@ -157,6 +162,8 @@ pub struct HandedOver {
 /// What a running process needs to hand over to a new one.
 #[derive(Debug)]
 pub struct Upgrader {
+    /// Why this process cannot be upgraded, if it cannot (the demo).
+    refusal: Option<&'static str>,
     /// The binary this process was started from; an error if unknown.
     binary: Result<PathBuf, String>,
     control: Arc<Control>,
@@ -170,6 +177,9 @@ pub struct Upgrader {
     /// Held while an upgrade runs: one at a time.
     running: tokio::sync::Mutex<()>,
     handed_over: watch::Sender<Option<HandedOver>>,
+    /// The line to the new process, kept open until this one is done: the
+    /// new one holds changes back until it closes.
+    successor_line: std::sync::Mutex<Option<Channel>>,
     /// Told when the connection that asked for the upgrade has its answer.
     answered: Notify,
 }
@@ -189,15 +199,22 @@ impl Upgrader {
             })
             .collect::<std::io::Result<_>>()?;
         Ok(Upgrader {
-            binary: std::env::current_exe().map_err(|e| e.to_string()),
+            binary: started_from(),
+            refusal: None,
             state_file: control.state().load().config.state.file.clone(),
             control,
             sockets: std::sync::Mutex::new(sockets),
             state_lock: std::sync::Mutex::new(Some(state_lock)),
             running: tokio::sync::Mutex::new(()),
             handed_over: watch::Sender::new(None),
+            successor_line: std::sync::Mutex::new(None),
             answered: Notify::new(),
         })
+    }
+
+    /// Refuses every upgrade, saying `why`.
+    pub fn refuse(&mut self, why: &'static str) {
+        self.refusal = Some(why);
     }
 
     /// Starts the binary anew and hands over to it; see the module docs.
@@ -207,6 +224,9 @@ impl Upgrader {
         };
         if let Some(handed) = &*self.handed_over.borrow() {
             return Err(UpgradeError::AlreadyHandedOver(handed.pid));
+        }
+        if let Some(why) = self.refusal {
+            return Err(UpgradeError::Unavailable(why));
         }
         let binary = self.binary.as_ref().map_err(|e| {
             UpgradeError::Failed(format!("cannot tell which binary this process runs: {e}"))
@@ -238,6 +258,7 @@ impl Upgrader {
                 crate::notify::main_pid(pid);
                 frozen.hand_over();
                 info!(target: "audit", %via, change = "upgrade", pid, %version, "binary upgrade: the new process has taken over; this one drains and exits");
+                *self.successor_line.lock().expect("line lock poisoned") = Some(channel);
                 self.handed_over
                     .send_replace(Some(HandedOver { pid, adopted }));
                 Ok(Upgraded {
@@ -262,8 +283,10 @@ impl Upgrader {
                     Ok(status) => status.to_string(),
                     Err(e) => format!("status unknown: {e}"),
                 };
-                self.retake_state_lock().await;
-                drop(frozen);
+                match self.retake_state_lock().await {
+                    true => drop(frozen),
+                    false => frozen.lose_state_file(),
+                }
                 let why = format!("the new process (pid {pid}, {status}) {why}");
                 warn!(target: "audit", %via, change = "upgrade", error = %why, "binary upgrade failed; this process goes on serving");
                 Err(UpgradeError::Failed(why))
@@ -294,6 +317,7 @@ impl Upgrader {
         let handover = Handover {
             sockets: sockets.iter().map(|(o, _)| o.clone()).collect(),
             health: health_of(self.control.state()),
+            state_file: normalized(&self.state_file),
         };
         let fds: Vec<_> = sockets.iter().map(|(_, s)| s.as_fd()).collect();
         if let Err(e) = channel.send(&handover, &fds).await {
@@ -305,21 +329,21 @@ impl Upgrader {
         }
     }
 
-    /// Takes the state file back after a failed handover.
-    async fn retake_state_lock(&self) {
+    /// Takes the state file back after a failed handover; whether it could.
+    async fn retake_state_lock(&self) -> bool {
         if self.state_lock().is_some() {
-            return;
+            return true;
         }
         let deadline = tokio::time::Instant::now() + RELOCK_FOR;
         loop {
             match persist::lock(&self.state_file) {
                 Ok(lock) => {
                     *self.state_lock() = Some(lock);
-                    return;
+                    return true;
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    error!(error = %e, "cannot take the state file back after a failed upgrade; another process may write it");
-                    return;
+                    error!(error = %e, "cannot take the state file back after a failed upgrade; serving on, but refusing every change until restarted");
+                    return false;
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -346,9 +370,9 @@ impl Upgrader {
         self.answered.notify_one();
     }
 
-    /// Waits, up to `at_most`, for the answer to the upgrade to be written.
-    pub async fn until_answered(&self, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.answered.notified()).await;
+    /// Waits for the answer to the upgrade to be written.
+    pub async fn until_answered(&self) {
+        self.answered.notified().await;
     }
 
     /// Closes the copies of the listening sockets: the process stops
@@ -357,9 +381,50 @@ impl Upgrader {
         self.sockets.lock().expect("sockets lock poisoned").clear();
     }
 
-    /// Lets go of the state file: the process is done with it.
-    pub fn release_state_lock(&self) {
+    /// Lets go of the state file, and of the line to a new process: this
+    /// one is done.
+    pub fn release(&self) {
         drop(self.state_lock().take());
+        drop(
+            self.successor_line
+                .lock()
+                .expect("line lock poisoned")
+                .take(),
+        );
+    }
+}
+
+/// The binary this process was started from, as it was named: a path
+/// made absolute, or the name found on `PATH`, not resolved through links
+/// (so that a `current` link moved to a new release is followed); the
+/// file it runs from if that cannot be told.
+fn started_from() -> Result<PathBuf, String> {
+    let named = std::env::args_os().next().map(PathBuf::from);
+    let found = named.and_then(|named| {
+        if named.components().count() > 1 {
+            return std::path::absolute(named).ok();
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(&named))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => Ok(path),
+        None => std::env::current_exe().map_err(|e| e.to_string()),
+    }
+}
+
+/// `path` as both processes can compare it: its directory resolved, its
+/// name kept (a socket or state file that does not exist yet has none to
+/// resolve).
+pub fn normalized(path: &std::path::Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    match (dir.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_owned(),
     }
 }
 

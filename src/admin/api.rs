@@ -455,9 +455,9 @@ impl AdminError {
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::BypassNotConfigured => StatusCode::CONFLICT,
             AdminError::Upgrade(e) => match e {
-                UpgradeError::InProgress | UpgradeError::AlreadyHandedOver(_) => {
-                    StatusCode::CONFLICT
-                }
+                UpgradeError::InProgress
+                | UpgradeError::AlreadyHandedOver(_)
+                | UpgradeError::Unavailable(_) => StatusCode::CONFLICT,
                 UpgradeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 UpgradeError::Control(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -476,9 +476,9 @@ impl AdminError {
                 }
                 ControlError::DeployRunning(_) => StatusCode::CONFLICT,
                 ControlError::Window(_) => StatusCode::BAD_REQUEST,
-                ControlError::ClusterUnavailable(_) | ControlError::HandedOver => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ControlError::ClusterUnavailable(_)
+                | ControlError::HandedOver
+                | ControlError::StateFileUnlocked => StatusCode::SERVICE_UNAVAILABLE,
                 ControlError::NotAcknowledged(_) => StatusCode::GATEWAY_TIMEOUT,
             },
         }
@@ -499,6 +499,7 @@ impl AdminError {
                 UpgradeError::InProgress => "upgrade_in_progress",
                 UpgradeError::AlreadyHandedOver(_) | UpgradeError::Control(_) => "handed_over",
                 UpgradeError::Failed(_) => "upgrade_failed",
+                UpgradeError::Unavailable(_) => "upgrade_unavailable",
             },
             AdminError::Control(e) => match e {
                 ControlError::UnknownPool(_) => "unknown_pool",
@@ -518,6 +519,7 @@ impl AdminError {
                 ControlError::DeployRunning(_) => "deploy_running",
                 ControlError::Window(_) => "bad_request",
                 ControlError::HandedOver => "handed_over",
+                ControlError::StateFileUnlocked => "state_file_unlocked",
             },
         }
     }

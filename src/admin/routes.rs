@@ -22,6 +22,7 @@ use super::events::EventBody;
 use super::resource::Resource;
 use crate::control::{Control, ControlError, MaintenanceChange, Via};
 use crate::metrics::Metrics;
+use crate::shutdown::Tracker;
 use crate::state::persist::rfc3339;
 use crate::state::schedule::whole_second;
 use crate::state::Snapshot;
@@ -43,6 +44,9 @@ pub struct Router {
     event_streams: Arc<super::events::OpenStreams>,
     /// What `POST /v1/upgrade` runs; without it, the endpoint is missing.
     upgrader: Option<Arc<Upgrader>>,
+    /// Calls being answered (not events streams), which a process handing
+    /// over waits for before it exits.
+    calls: Tracker,
 }
 
 /// An admin answer's body: whole, or the events stream.
@@ -61,7 +65,13 @@ impl Router {
             listeners,
             event_streams: Arc::default(),
             upgrader: None,
+            calls: Tracker::default(),
         }
+    }
+
+    /// The calls being answered now.
+    pub fn calls(&self) -> &Tracker {
+        &self.calls
     }
 
     /// The router of a process that a new binary can take over from.

@@ -75,6 +75,9 @@ pub enum ControlError {
     /// the changes now.
     #[error("this process has handed over to a new one (a binary upgrade); ask again, and the new process answers")]
     HandedOver,
+    /// A failed upgrade could not take the state file's lock back.
+    #[error("this process lost its lock on the state file (a failed upgrade could not take it back), so another process may write it; it serves on with its decisions but changes none: restart it")]
+    StateFileUnlocked,
     /// The window cannot be planned as asked.
     #[error(transparent)]
     Window(#[from] WindowRefusal),

@@ -98,8 +98,39 @@ pub fn endpoint(args: &CtlArgs) -> Result<Endpoint, Failure> {
     }
 }
 
+/// How often, and how far apart, a call refused `handed_over` is sent
+/// again: a binary upgrade's old process refuses changes once the new one
+/// has taken over, and stops accepting at once, so the next connection
+/// reaches the new one.
+const HANDED_OVER_RETRIES: u32 = 20;
+const HANDED_OVER_PAUSE: Duration = Duration::from_millis(50);
+
 /// One admin call: the status and the body of the answer.
 pub async fn call(
+    endpoint: &Endpoint,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> Result<(StatusCode, Bytes), Failure> {
+    let mut retries = 0;
+    loop {
+        let answer = call_once(endpoint, method.clone(), path, body.clone()).await?;
+        if retries == HANDED_OVER_RETRIES || !is_handed_over(&answer) {
+            return Ok(answer);
+        }
+        retries += 1;
+        tokio::time::sleep(HANDED_OVER_PAUSE).await;
+    }
+}
+
+/// Whether the answer is a `503 handed_over` (nothing was changed).
+fn is_handed_over((status, body): &(StatusCode, Bytes)) -> bool {
+    *status == StatusCode::SERVICE_UNAVAILABLE
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .is_ok_and(|answer| answer["error"]["code"] == "handed_over")
+}
+
+async fn call_once(
     endpoint: &Endpoint,
     method: Method,
     path: &str,

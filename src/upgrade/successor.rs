@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Channel, FromNew, Handover, Health, Offered, Role};
+use super::{normalized, Channel, FromNew, Handover, Health, Offered, Role};
 use crate::state::SharedState;
 
 /// This process, taking over from the one that started it.
@@ -31,8 +32,9 @@ impl Successor {
         })
     }
 
-    /// Says hello as `version` and waits for the sockets.
-    pub async fn take_over(&self, version: &str) -> std::io::Result<Inherited> {
+    /// Says hello as `version` and waits for the sockets; refuses if the
+    /// old process's decisions are in another file than `state_file`.
+    pub async fn take_over(&self, version: &str, state_file: &Path) -> std::io::Result<Inherited> {
         let hello = FromNew::Hello {
             version: version.to_owned(),
         };
@@ -42,6 +44,13 @@ impl Successor {
                 "the old process closed the channel before handing over",
             ));
         };
+        if normalized(state_file) != handover.state_file {
+            return Err(std::io::Error::other(format!(
+                "state.file is now {}, but the running process's decisions are in {}: the new process would start from other decisions; put state.file back, or move the file while switchyard is stopped",
+                state_file.display(),
+                handover.state_file.display()
+            )));
+        }
         if sockets.len() != handover.sockets.len() {
             return Err(std::io::Error::other(format!(
                 "{} sockets announced, {} received",
@@ -80,18 +89,38 @@ impl Successor {
             warn!(error = %e, "cannot tell the old process this one serves");
         }
     }
+
+    /// Resolves once the old process has exited (its end of the line
+    /// closes with it), or after `at_most`.
+    pub async fn until_gone(self, at_most: Duration) {
+        let gone = async { while let Ok(Some(_)) = self.channel.recv::<FromNew>().await {} };
+        match tokio::time::timeout(at_most, gone).await {
+            Ok(()) => info!("the old process has exited; changes go on here"),
+            Err(_) => {
+                info!(waited = ?at_most, "the old process still finishes requests; changes go on here")
+            }
+        }
+    }
 }
 
 impl Inherited {
-    /// The socket of `role`, if the old process's config named the same
-    /// `configured` address for it (port 0 included: it is the socket it
-    /// got for that line); `None` to bind anew.
+    /// The socket the old process's config named `configured` for `role`
+    /// (port 0 included: it is the socket it got for that line), or for
+    /// another TCP listener when it names a port (listeners that swapped
+    /// addresses); `None` to bind anew.
     pub fn take_tcp(
         &mut self,
         role: Role,
         configured: SocketAddr,
     ) -> Option<tokio::net::TcpListener> {
-        let socket = self.take(role, &configured.to_string())?;
+        let address = configured.to_string();
+        let socket = match self.take(role, &address) {
+            Some(socket) => socket,
+            None if configured.port() != 0 => [Role::Public, Role::Preview, Role::AdminTcp]
+                .into_iter()
+                .find_map(|other| self.take(other, &address))?,
+            None => return None,
+        };
         let listener = std::net::TcpListener::from(socket);
         adopt(
             role,
@@ -103,7 +132,8 @@ impl Inherited {
 
     /// The admin socket, if the old process's config named the same path.
     pub fn take_unix(&mut self, configured: &Path) -> Option<tokio::net::UnixListener> {
-        let socket = self.take(Role::AdminSocket, &configured.display().to_string())?;
+        let path = normalized(configured).display().to_string();
+        let socket = self.take(Role::AdminSocket, &path)?;
         let listener = std::os::unix::net::UnixListener::from(socket);
         adopt(
             Role::AdminSocket,
@@ -115,11 +145,7 @@ impl Inherited {
 
     fn take(&mut self, role: Role, configured: &str) -> Option<OwnedFd> {
         let (offered, socket) = self.sockets.iter_mut().find(|(o, _)| o.role == role)?;
-        if offered.configured != configured {
-            info!(?role, was = %offered.configured, now = %configured, "the config names another address; binding it");
-            return None;
-        }
-        socket.take()
+        (offered.configured == configured).then(|| socket.take())?
     }
 
     /// The roles whose socket was taken.

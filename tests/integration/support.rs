@@ -661,10 +661,25 @@ impl Served {
         Served::start_in(TempDir::new(), config, envs).await
     }
 
+    /// [`Served::start`] in `dir`, the binary run as `binary` (a link to
+    /// [`BIN`], say).
+    pub async fn start_as(binary: &Path, dir: TempDir, config: &str) -> Served {
+        Served::start_from(binary, dir, config, &[]).await
+    }
+
     async fn start_in(dir: TempDir, config: &str, envs: &[(&str, &str)]) -> Served {
+        Served::start_from(Path::new(BIN), dir, config, envs).await
+    }
+
+    async fn start_from(
+        binary: &Path,
+        dir: TempDir,
+        config: &str,
+        envs: &[(&str, &str)],
+    ) -> Served {
         use tokio::io::AsyncBufReadExt;
         let path = dir.write("switchyard.toml", config);
-        let mut child = tokio::process::Command::new(BIN)
+        let mut child = tokio::process::Command::new(binary)
             .arg("serve")
             .arg("--config")
             .arg(&path)

@@ -309,3 +309,94 @@ async fn take_over_is_refused_when_run_by_hand() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn changes_after_an_upgrade_wait_until_the_old_process_is_gone() {
+    let slow = Upstream::start(|_| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        text("slow")
+    })
+    .await;
+    let served = Served::start(&config_text(&[slow.addr], &[slow.addr], "")).await;
+    let config = served.config.display().to_string();
+    let old = served.child.id().unwrap();
+    let url = format!("http://{}/", served.addr);
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    eventually("the request to reach the upstream", || slow.hits() == 1).await;
+    let new = KillOnDrop(upgrade(&config).await);
+
+    // The old process still decides requests on the decisions it had until
+    // its request in flight is answered and it exits: a change made before
+    // that would not apply to all of them.
+    let (code, _, err) = ctl(&["--config", &config, "maintenance", "on"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        exited_or_gone(old),
+        "the change was made while the old process served"
+    );
+    let (status, _, body) = within(in_flight).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    let (status, _, _) = get(&format!("http://{}/", served.addr)).await;
+    assert_eq!(status, 503);
+    assert!(!exited_or_gone(new.0));
+}
+
+#[tokio::test]
+async fn an_upgrade_runs_the_binary_at_the_path_it_was_started_from() {
+    let blue = Upstream::named("blue").await;
+    let dir = TempDir::new();
+    // A release layout: `current` links to the release that runs.
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink(BIN, &current).unwrap();
+    let served =
+        Served::start_as(&current, dir, &config_text(&[blue.addr], &[blue.addr], "")).await;
+    let config = served.config.display().to_string();
+    let dir = served.config.parent().unwrap().to_owned();
+    // The next release: a wrapper that leaves a mark, then runs the binary.
+    let mark = dir.join("next-release-ran");
+    let next = dir.join("next");
+    std::fs::write(
+        &next,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec '{BIN}' \"$@\"\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::remove_file(&current).unwrap();
+    std::os::unix::fs::symlink(&next, &current).unwrap();
+
+    let _new = KillOnDrop(upgrade(&config).await);
+    assert!(
+        mark.exists(),
+        "the link was resolved when the old process started"
+    );
+    let (status, _, body) = get(&format!("http://{}/", served.addr)).await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+}
+
+#[tokio::test]
+async fn an_upgrade_that_would_move_the_decisions_is_refused() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::named("green").await;
+    let served = Served::start(&config_text(&[blue.addr], &[green.addr], "")).await;
+    let config = served.config.display().to_string();
+    let (code, _, err) = ctl(&["--config", &config, "switch", "green"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&served.config).unwrap();
+    std::fs::write(
+        &served.config,
+        format!("{text}\n[state]\nfile = \"elsewhere.json\"\n"),
+    )
+    .unwrap();
+
+    let (code, _, err) = ctl(&["--config", &config, "upgrade"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("state.file is now") && err.contains("elsewhere.json"),
+        "{err}"
+    );
+    let (status, _, body) = get(&format!("http://{}/", served.addr)).await;
+    assert_eq!((status, body.as_str()), (200, "green"));
+}
