@@ -203,6 +203,11 @@ impl Server {
         if let Some(inherited) = &inherited {
             inherited.restore_health(&state);
         }
+        // A watch after a switch goes on with what the old process counted.
+        let watched = match (&inherited, &watch) {
+            (Some(inherited), Some(watch)) => inherited.watch_figures(&watch.pool),
+            _ => (0, 0),
+        };
         let adopted_sockets = inherited.map(|i| i.adopted()).unwrap_or_default();
         let access_log = AccessLog::start(&config.log.access, config.log.format)?.map(Arc::new);
         let control = Control::new(state.clone(), fleet);
@@ -236,7 +241,7 @@ impl Server {
             access_log,
             control: {
                 if let Some(watch) = watch {
-                    control.resume_watch(watch);
+                    control.resume_watch(watch, watched);
                 }
                 control.restore_deploy_lock();
                 control

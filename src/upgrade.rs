@@ -105,6 +105,8 @@ struct Handover {
     health: Vec<Health>,
     /// Where its decisions are ([`normalized`]).
     state_file: PathBuf,
+    /// The watch after a switch in progress: its pool, requests, errors.
+    watch: Option<(String, u64, u64)>,
 }
 
 /// What the new process says.
@@ -318,6 +320,10 @@ impl Upgrader {
             sockets: sockets.iter().map(|(o, _)| o.clone()).collect(),
             health: health_of(self.control.state()),
             state_file: normalized(&self.state_file),
+            watch: self
+                .control
+                .watch_status()
+                .map(|w| (w.pool, w.requests, w.errors)),
         };
         let fds: Vec<_> = sockets.iter().map(|(_, s)| s.as_fd()).collect();
         if let Err(e) = channel.send(&handover, &fds).await {

@@ -40,8 +40,11 @@ struct Watched {
     id: u64,
     pool: String,
     counters: RequestCounters,
-    /// The counters' totals at the switch.
+    /// The counters' totals at the switch (or when the watch resumed).
     baseline: (u64, u64),
+    /// Requests and errors counted before it resumed, by the process a
+    /// binary upgrade took over from.
+    carried: (u64, u64),
 }
 
 impl Watched {
@@ -49,8 +52,8 @@ impl Watched {
     fn since(&self) -> (u64, u64) {
         let (requests, errors) = self.counters.totals();
         (
-            requests.saturating_sub(self.baseline.0),
-            errors.saturating_sub(self.baseline.1),
+            requests.saturating_sub(self.baseline.0) + self.carried.0,
+            errors.saturating_sub(self.baseline.1) + self.carried.1,
         )
     }
 }
@@ -78,12 +81,25 @@ impl ActiveWatch {
         rules: SwitchWatch,
         until: SystemTime,
     ) -> ActiveWatch {
+        ActiveWatch::resume(control, snapshot, rules, until, (0, 0))
+    }
+
+    /// [`ActiveWatch::start`], with `carried` requests and errors already
+    /// counted.
+    fn resume(
+        control: Weak<Control>,
+        snapshot: &Snapshot,
+        rules: SwitchWatch,
+        until: SystemTime,
+        carried: (u64, u64),
+    ) -> ActiveWatch {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let counters = snapshot.live.requests.clone();
         let watched = Watched {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pool: snapshot.live.name.clone(),
             baseline: counters.totals(),
+            carried,
             counters,
         };
         let left = until
@@ -183,8 +199,9 @@ impl Control {
     /// Resumes the watch the state file recorded, if its window is still
     /// open, its pool is still live and `[switch]` is still configured:
     /// a restart does not drop an automatic rollback. Its figures start
-    /// from zero.
-    pub fn resume_watch(&self, pending: PendingWatch) {
+    /// from `carried` (zero after a restart; after a binary upgrade, those
+    /// of the process taken over from).
+    pub fn resume_watch(&self, pending: PendingWatch, carried: (u64, u64)) {
         let snapshot = self.state.load_full();
         let Some(rules) = snapshot.config.switch else {
             return;
@@ -193,7 +210,7 @@ impl Control {
             return;
         }
         info!(pool = %pending.pool, until = %crate::state::persist::rfc3339(pending.until), "resuming the watch after the switch");
-        let watch = ActiveWatch::start(self.me.clone(), &snapshot, rules, pending.until);
+        let watch = ActiveWatch::resume(self.me.clone(), &snapshot, rules, pending.until, carried);
         self.journal().watch = Some(watch);
     }
 

@@ -22,6 +22,7 @@ pub struct Successor {
 pub struct Inherited {
     sockets: Vec<(Offered, Option<OwnedFd>)>,
     health: Vec<Health>,
+    watch: Option<(String, u64, u64)>,
 }
 
 impl Successor {
@@ -70,6 +71,7 @@ impl Successor {
                 .zip(sockets.into_iter().map(Some))
                 .collect(),
             health: handover.health,
+            watch: handover.watch,
         })
     }
 
@@ -155,6 +157,14 @@ impl Inherited {
             .filter(|(_, socket)| socket.is_none())
             .map(|(offered, _)| offered.role)
             .collect()
+    }
+
+    /// The requests and errors the old process's watch of `pool` counted.
+    pub fn watch_figures(&self, pool: &str) -> (u64, u64) {
+        match &self.watch {
+            Some((watched, requests, errors)) if watched == pool => (*requests, *errors),
+            _ => (0, 0),
+        }
     }
 
     /// Gives each upstream still configured the health the old process

@@ -400,3 +400,32 @@ async fn an_upgrade_that_would_move_the_decisions_is_refused() {
     let (status, _, body) = get(&format!("http://{}/", served.addr)).await;
     assert_eq!((status, body.as_str()), (200, "green"));
 }
+
+#[tokio::test]
+async fn the_watch_after_a_switch_keeps_its_figures_across_an_upgrade() {
+    let blue = Upstream::named("blue").await;
+    let failing = Upstream::start(|_| async move {
+        let mut answer = text("broken");
+        *answer.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        answer
+    })
+    .await;
+    let extra = "[switch]\nwatch = \"2m\"\nmax_error_rate = 0.9\nmin_requests = 100\n";
+    let served = Served::start(&config_text(&[blue.addr], &[failing.addr], extra)).await;
+    let config = served.config.display().to_string();
+    let (code, _, err) = ctl(&["--config", &config, "switch", "green", "--force"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    for _ in 0..5 {
+        let (status, _, _) = get(&format!("http://{}/", served.addr)).await;
+        assert_eq!(status, 500);
+    }
+    assert_eq!(status_json(&config).await["watch"]["errors"], 5);
+
+    let _new = KillOnDrop(upgrade(&config).await);
+    let watch = status_json(&config).await["watch"].clone();
+    assert_eq!(
+        (watch["requests"].as_u64(), watch["errors"].as_u64()),
+        (Some(5), Some(5)),
+        "{watch}"
+    );
+}
