@@ -294,10 +294,11 @@ impl Server {
         self.proxy.state()
     }
 
-    /// Serves until `shutdown` resolves, then drains: listeners close at
-    /// once, in-flight requests get `timeouts.drain` to finish, and what is
-    /// left after that is closed. The admin socket is removed on the way
-    /// out, and the access log written out.
+    /// Serves until `shutdown` resolves or a new process has taken over
+    /// (`crate::upgrade`), then drains: listeners close at once, in-flight
+    /// requests get `timeouts.drain` to finish, and what is left after that
+    /// is closed. The admin socket is removed on the way out (unless a new
+    /// process answers on it), and the access log written out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // First: until they are listened for, a SIGHUP or a SIGUSR1 would
         // end the process.
